@@ -1,0 +1,3 @@
+from mlcbuild.cli.main import main
+
+raise SystemExit(main())
