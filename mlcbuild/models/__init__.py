@@ -1,0 +1,42 @@
+"""Registry of model families. Adding a family is one folder plus one line in MODELS.
+
+Importing this module must not import TVM, numpy-heavy code or transformers.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mlcbuild.errors import UserError
+from mlcbuild.models.family import ModelFamily
+
+MODELS: dict[str, ModelFamily] = {
+    "gpt_neox": ModelFamily("gpt_neox", "mlcbuild.models.gpt_neox", "GPTNeoXConfig", ("gpt_neox",), ("GPTNeoXForCausalLM",)),
+    "llama": ModelFamily("llama", "mlcbuild.models.llama", "LlamaConfig", ("llama",), ("LlamaForCausalLM",)),
+    "mistral": ModelFamily("mistral", "mlcbuild.models.llama", "LlamaConfig", ("mistral",), ("MistralForCausalLM",)),
+}
+
+
+def detect_model_type(hf_config: Mapping[str, Any]) -> str:
+    """The MODELS key for an HF config.json (its `model_type`, else its `architectures`)."""
+    model_type = hf_config.get("model_type")
+    for name, family in MODELS.items():
+        if model_type in family.hf_model_types:
+            return name
+    for arch in hf_config.get("architectures") or ():
+        for name, family in MODELS.items():
+            if arch in family.hf_architectures:
+                return name
+    raise UserError(
+        f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(sorted(MODELS))}"
+    )
+
+
+def get_family(model_type: str) -> ModelFamily:
+    """The family for a model_type, or a UserError listing the supported ones."""
+    try:
+        return MODELS[model_type]
+    except KeyError:
+        raise UserError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(MODELS))}") from None
+
+
+__all__ = ["MODELS", "ModelFamily", "detect_model_type", "get_family"]

@@ -1,0 +1,101 @@
+"""Shared behaviour of model configs: HF → MLC field mapping helpers and JSON round trip.
+
+Pure Python: gen-config and planning import this without TVM.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from mlcbuild.errors import UserError
+
+C = TypeVar("C", bound="ModelConfigBase")
+
+OVERRIDABLE = (
+    "context_window_size",
+    "prefill_chunk_size",
+    "sliding_window_size",
+    "attention_sink_size",
+    "tensor_parallel_shards",
+    "max_batch_size",
+)
+"""Fields a recipe's `overrides` may set on the model config (other override keys are ignored here)."""
+
+
+@dataclass
+class ModelConfigBase:
+    """Runtime-shape fields every family carries; families add their architecture fields."""
+
+    context_window_size: int = 0
+    prefill_chunk_size: int = 0
+    sliding_window_size: int = -1
+    attention_sink_size: int = 0
+    tensor_parallel_shards: int = 1
+    max_batch_size: int = 1
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `model_config` object of mlc-chat-config.json (sorted keys, JSON types only)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls: type[C], model_config: Mapping[str, Any]) -> C:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in model_config.items() if k in names}
+        extra = {k: v for k, v in model_config.items() if k not in names}
+        if extra:
+            known["kwargs"] = {**known.get("kwargs", {}), **extra}
+        try:
+            return cls(**known)
+        except TypeError as exc:
+            raise UserError(f"model_config does not fit {cls.__name__}: {exc}") from None
+
+    def apply_overrides(self, overrides: Mapping[str, Any]) -> None:
+        for key in OVERRIDABLE:
+            value = overrides.get(key)
+            if value is not None:
+                setattr(self, key, int(value))
+
+    def finalize_runtime_sizes(self, max_position_embeddings: int | None) -> None:
+        """MLC's defaults: window from HF max positions, chunk ≤ 2048 and ≤ the window."""
+        if self.context_window_size <= 0:
+            if max_position_embeddings is None:
+                raise UserError("config.json has no max_position_embeddings; set overrides.context_window_size")
+            self.context_window_size = int(max_position_embeddings)
+        if self.sliding_window_size > 0 and self.context_window_size <= 0:
+            self.context_window_size = -1
+        if self.prefill_chunk_size <= 0:
+            window = self.context_window_size if self.context_window_size > 0 else self.sliding_window_size
+            self.prefill_chunk_size = min(window, 2048)
+        if self.tensor_parallel_shards != 1:
+            raise UserError("tensor_parallel_shards > 1 is not supported yet", field="overrides.tensor_parallel_shards")
+
+
+def require(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> Any:
+    """First present key among `names` (HF renamed fields across versions)."""
+    for name in names:
+        if name in hf and hf[name] is not None:
+            return hf[name]
+    if default is not dataclasses.MISSING:
+        return default
+    raise UserError(f"config.json is missing {' / '.join(names)}")
+
+
+def rope_params(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """transformers ≥5 nests rope settings in `rope_parameters`; older files use top-level keys."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    for k, v in legacy.items():
+        params.setdefault(k, v)
+    if "type" in params and "rope_type" not in params:
+        params["rope_type"] = params.pop("type")
+    return params
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,60 @@
+"""What the rest of mlcbuild needs to know about one model family.
+
+Everything here is pure Python; the nn module (TVM) and the weight mapping (numpy) are
+imported only when `create_model` / `weight_plan` are called, so planning never imports TVM.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from mlcbuild.errors import UserError
+
+if TYPE_CHECKING:
+    from mlcbuild.models.config_base import ModelConfigBase
+    from mlcbuild.weights.plan import WeightPlan
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One architecture. `package` is the folder holding config.py, model.py and weights.py."""
+
+    name: str
+    package: str
+    config_cls_name: str
+    hf_model_types: tuple[str, ...]
+    hf_architectures: tuple[str, ...] = ()
+
+    def _module(self, leaf: str) -> Any:
+        return importlib.import_module(f"{self.package}.{leaf}")
+
+    @property
+    def config_cls(self) -> type["ModelConfigBase"]:
+        return getattr(self._module("config"), self.config_cls_name)
+
+    def config_from_hf(self, hf_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> "ModelConfigBase":
+        """HF config.json (+ recipe overrides of the runtime sizes) → MLC model config."""
+        return self._module("config").config_from_hf(hf_config, overrides or {})
+
+    def config_from_json(self, model_config: Mapping[str, Any]) -> "ModelConfigBase":
+        """The `model_config` object of mlc-chat-config.json → model config."""
+        return self.config_cls.from_json(model_config)
+
+    def create_model(self, config: "ModelConfigBase", quantization_name: str) -> Any:
+        """The tvm.relax.frontend.nn module, already quantized (imports TVM)."""
+        from mlcbuild.quantization import get_scheme
+
+        scheme = get_scheme(quantization_name)
+        return self._module("model").create_model(config, scheme)
+
+    def weight_plan(self, config: "ModelConfigBase", quantization_name: str) -> "WeightPlan":
+        """HF tensor names → final MLC parameters (names, shapes, dtypes, transforms); numpy only."""
+        from mlcbuild.quantization import get_scheme
+
+        scheme = get_scheme(quantization_name)
+        return self._module("weights").weight_plan(config, scheme)
+
+
+def registry_error(kind: str, value: Any, valid: Callable[[], list[str]]) -> UserError:
+    return UserError(f"unsupported {kind} {value!r}; supported: {', '.join(valid())}")

@@ -1,0 +1,65 @@
+"""GPT-NeoX (Pythia, RedPajama-INCITE, Dolly): HF config.json → MLC model config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from mlcbuild.errors import UserError
+from mlcbuild.models.config_base import ModelConfigBase, require, rope_params
+
+
+@dataclass
+class GPTNeoXConfig(ModelConfigBase):
+    vocab_size: int = 0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_attention_heads: int = 0
+    num_hidden_layers: int = 0
+    layer_norm_eps: float = 1e-5
+    rotary_pct: float = 1.0
+    position_embedding_base: float = 10000.0
+    use_parallel_residual: bool = True
+    hidden_act: str = "gelu"
+    head_dim: int = 0
+    ffn_out_dtype: str = "float32"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0 and self.num_attention_heads:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_pct)
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return self.num_attention_heads
+
+
+def config_from_hf(hf: Mapping[str, Any], overrides: Mapping[str, Any]) -> GPTNeoXConfig:
+    rope = rope_params(hf)
+    cfg = GPTNeoXConfig(
+        vocab_size=int(require(hf, "vocab_size")),
+        hidden_size=int(require(hf, "hidden_size")),
+        intermediate_size=int(require(hf, "intermediate_size")),
+        num_attention_heads=int(require(hf, "num_attention_heads")),
+        num_hidden_layers=int(require(hf, "num_hidden_layers")),
+        layer_norm_eps=float(require(hf, "layer_norm_eps", default=1e-5)),
+        rotary_pct=float(require(hf, "rotary_pct", default=rope.get("partial_rotary_factor", 1.0))),
+        position_embedding_base=float(
+            require(hf, "rotary_emb_base", "rope_theta", default=rope.get("rope_theta", 10000.0))
+        ),
+        use_parallel_residual=bool(require(hf, "use_parallel_residual", default=True)),
+        hidden_act=str(require(hf, "hidden_act", default="gelu")),
+        tie_word_embeddings=bool(require(hf, "tie_word_embeddings", default=False)),
+    )
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise UserError(f"gpt_neox: rope scaling {rope.get('rope_type')!r} is not supported")
+    if hf.get("attention_bias") is False:
+        raise UserError("gpt_neox: attention_bias=false is not supported")
+    if cfg.hidden_act not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
+        raise UserError(f"gpt_neox: hidden_act {cfg.hidden_act!r} is not supported")
+    cfg.apply_overrides(overrides)
+    cfg.finalize_runtime_sizes(hf.get("max_position_embeddings"))
+    return cfg

@@ -1,0 +1,84 @@
+"""Llama family (Llama 2/3, Vicuna, TinyLlama, Mistral): HF config.json → MLC model config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from mlcbuild.errors import UserError
+from mlcbuild.models.config_base import ModelConfigBase, require, rope_params
+
+
+@dataclass
+class LlamaConfig(ModelConfigBase):
+    vocab_size: int = 0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_attention_heads: int = 0
+    num_key_value_heads: int = 0
+    num_hidden_layers: int = 0
+    rms_norm_eps: float = 1e-6
+    position_embedding_base: float = 10000.0
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+    head_dim: int = 0
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads == 0:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim == 0 and self.num_attention_heads:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+
+_SUPPORTED_ROPE = ("default", "llama3")
+
+
+def config_from_hf(hf: Mapping[str, Any], overrides: Mapping[str, Any]) -> LlamaConfig:
+    rope = rope_params(hf)
+    rope_type = rope.get("rope_type", "default") or "default"
+    if rope_type not in _SUPPORTED_ROPE:
+        raise UserError(f"llama: rope_scaling type {rope_type!r} is not supported (supported: {', '.join(_SUPPORTED_ROPE)})")
+    scaling: dict[str, Any] = {}
+    if rope_type == "llama3":
+        scaling = {
+            "rope_type": "llama3",
+            "factor": float(rope["factor"]),
+            "low_freq_factor": float(rope["low_freq_factor"]),
+            "high_freq_factor": float(rope["high_freq_factor"]),
+            "original_max_position_embeddings": int(rope["original_max_position_embeddings"]),
+        }
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise UserError(f"llama: {flag}=true is not supported")
+    hidden = int(require(hf, "hidden_size"))
+    heads = int(require(hf, "num_attention_heads"))
+    cfg = LlamaConfig(
+        vocab_size=int(require(hf, "vocab_size")),
+        hidden_size=hidden,
+        intermediate_size=int(require(hf, "intermediate_size")),
+        num_attention_heads=heads,
+        num_key_value_heads=int(require(hf, "num_key_value_heads", default=heads)),
+        num_hidden_layers=int(require(hf, "num_hidden_layers")),
+        rms_norm_eps=float(require(hf, "rms_norm_eps", default=1e-6)),
+        position_embedding_base=float(require(hf, "rope_theta", default=rope.get("rope_theta", 10000.0))),
+        rope_scaling=scaling,
+        head_dim=int(require(hf, "head_dim", default=hidden // heads)),
+        hidden_act=str(require(hf, "hidden_act", default="silu")),
+        tie_word_embeddings=bool(require(hf, "tie_word_embeddings", default=False)),
+    )
+    if cfg.hidden_act != "silu":
+        raise UserError(f"llama: hidden_act {cfg.hidden_act!r} is not supported")
+    sliding = hf.get("sliding_window")
+    if sliding and hf.get("use_sliding_window", True):
+        cfg.sliding_window_size = int(sliding)
+        cfg.context_window_size = -1 if "context_window_size" not in overrides else cfg.context_window_size
+    cfg.apply_overrides(overrides)
+    max_pos = hf.get("max_position_embeddings")
+    if cfg.sliding_window_size > 0 and cfg.context_window_size == -1:
+        if cfg.prefill_chunk_size <= 0:
+            cfg.prefill_chunk_size = min(cfg.sliding_window_size, 2048)
+        if cfg.attention_sink_size <= 0:
+            cfg.attention_sink_size = 4
+        return cfg
+    cfg.finalize_runtime_sizes(max_pos)
+    return cfg
