@@ -1,0 +1,274 @@
+"""The subcommands. Each returns the process exit code."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from mlcbuild.cli.main import command
+from mlcbuild.errors import UserError
+from mlcbuild.plan.graph import BuildGraph, Node
+from mlcbuild.plan.planner import PlanOptions, plan
+from mlcbuild.recipe.load import load_recipe
+from mlcbuild.recipe.model import Recipe
+from mlcbuild.store.cas import Store, default_cache_dir
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _store() -> Store:
+    return Store(default_cache_dir())
+
+
+def _check(node: Node) -> None:
+    from mlcbuild.steps import get_step
+
+    get_step(node.kind).check(node.params)
+
+
+def _prepare(args: argparse.Namespace, recipes_arg: list[Path]) -> tuple[list[Recipe], Store, BuildGraph]:
+    from mlcbuild.plan.revisions import pin_revisions
+
+    recipes = [load_recipe(p) for p in recipes_arg]
+    store = _store()
+    options = PlanOptions(
+        quantizations=tuple(getattr(args, "quant", []) or ()),
+        targets=tuple(getattr(args, "target", []) or ()),
+        revisions=pin_revisions(recipes, frozen=getattr(args, "frozen", False)),
+    )
+    graph = plan(recipes, store, options, check=_check)
+    return recipes, store, graph
+
+
+def _all(graph: BuildGraph) -> set[str]:
+    return set(graph.g.nodes)
+
+
+@command("build")
+def build(args: argparse.Namespace) -> int:
+    from mlcbuild.cli.reporting import RichReporter, summary_table
+    from mlcbuild.execute.local import LocalExecutor, dry_run
+    from mlcbuild.execute.materialize import materialize
+
+    _, store, graph = _prepare(args, args.recipes)
+    if args.dry_run:
+        report = dry_run(graph, _all(graph), store, force=args.force)
+        out.print(summary_table(report, title="dry run"))
+        return 0
+    with RichReporter(err) as reporter:
+        executor = LocalExecutor(store, jobs=args.jobs, keep_going=args.keep_going, force=args.force, reporter=reporter)
+        report = executor.run(graph, _all(graph))
+    written = materialize(graph, report, store)
+    if report.count("built") or not report.ok:
+        out.print(summary_table(report))
+    else:
+        out.print(f"[green]up to date[/]: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
+    for outcome in report.outcomes.values():
+        if outcome.status == "failed":
+            err.print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}")
+    return 0 if report.ok else 1
+
+
+@command("plan")
+def plan_cmd(args: argparse.Namespace) -> int:
+    from mlcbuild.cli.reporting import summary_table
+    from mlcbuild.execute.local import dry_run
+
+    _, store, graph = _prepare(args, args.recipes)
+    report = dry_run(graph, _all(graph), store)
+    out.print(summary_table(report, title="plan"))
+    return 0
+
+
+@command("explain")
+def explain(args: argparse.Namespace) -> int:
+    from mlcbuild.execute.local import dry_run, slot
+    from mlcbuild.plan.keys import diff_preimages, key_preimage
+
+    _, store, graph = _prepare(args, [args.recipe])
+    matches = graph.find(args.node)
+    if not matches:
+        labels = ", ".join(sorted(graph.node(n).label for n in graph.g))
+        raise UserError(f"no node matches '{args.node}' (nodes: {labels})")
+    report = dry_run(graph, _all(graph), store)
+    for node in matches:
+        outcome = report.outcomes[node.id]
+        out.print(f"[bold]{node.label}[/] ({node.kind}, id {node.id})")
+        if outcome.status == "cached":
+            out.print(f"  cached: key {outcome.key}")
+            continue
+        deps = {role: report.outcomes[d] for role, d in node.deps}
+        if any(d.manifest is None for d in deps.values()):
+            waiting = [d.node.label for d in deps.values() if d.manifest is None]
+            out.print(f"  waits for: {', '.join(waiting)} (its key depends on their output)")
+            continue
+        preimage = key_preimage(node, {r: d.manifest for r, d in deps.items()}, store)
+        last = store.last_node_build(slot(node))
+        if last is None:
+            out.print("  never built with this cache")
+            continue
+        changes = diff_preimages(last["preimage"], preimage)
+        out.print(f"  will run; changed since the build with key {last['key'][:12]}:")
+        for change in changes or ["nothing in the key changed; the cached result was removed"]:
+            out.print(f"    {change}")
+    return 0
+
+
+@command("graph")
+def graph_cmd(args: argparse.Namespace) -> int:
+    _, _, graph = _prepare(args, args.recipes)
+    nodes = list(graph.topological())
+    if args.format == "json":
+        data = {
+            "nodes": [{"id": n.id, "kind": n.kind, "label": n.label, "params": n.params} for n in nodes],
+            "edges": [{"from": a, "to": b, "role": r} for b in graph.g for r, a in graph.node(b).deps],
+        }
+        out.print_json(json.dumps(data))
+    elif args.format == "dot":
+        lines = ["digraph mlcbuild {", "  rankdir=LR;"]
+        lines += [f'  "{n.id}" [label="{n.label}", shape=box];' for n in nodes]
+        lines += [f'  "{a}" -> "{n.id}" [label="{r}"];' for n in nodes for r, a in n.deps]
+        lines.append("}")
+        print("\n".join(lines))
+    else:
+        lines = ["graph LR"]
+        lines += [f'  {n.id}["{n.label}"]' for n in nodes]
+        lines += [f"  {a} -->|{r}| {n.id}" for n in nodes for r, a in n.deps]
+        print("\n".join(lines))
+    return 0
+
+
+@command("cache")
+def cache_cmd(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    store = _store()
+    if args.action == "ls":
+        table = Table(title=f"cache {store.root}")
+        for col in ("key", "kind", "what", "size", "built", "took"):
+            table.add_column(col)
+        for result in store.iter_actions():
+            params = result.preimage.get("params", {})
+            what = " ".join(
+                str(v)
+                for k, v in params.items()
+                if k in ("repo", "path", "quantization", "conv_template") and v
+            )
+            if "target" in params:
+                what += f" {params['target'].get('name')}:{params['target'].get('variant') or ''}".rstrip(":")
+            table.add_row(
+                result.key[:12],
+                result.preimage.get("kind", "?"),
+                what,
+                _human(result.manifest.size),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(result.created)),
+                f"{result.duration_s:.1f}s",
+            )
+        out.print(table)
+    elif args.action == "du":
+        usage = store.usage()
+        out.print(f"{usage['results']} results, {usage['objects']} objects, {_human(usage['object_bytes'])} in {store.root}")
+    elif args.action == "gc":
+        keep = None
+        if args.keep is not None:
+            keep = _live_keys(args, args.keep, store)
+        older = args.older_than * 86400 if args.older_than is not None else None
+        removed, freed = store.gc(keep, older)
+        out.print(f"removed {removed} objects, freed {_human(freed)}")
+    else:
+        problems = store.verify()
+        for problem in problems:
+            out.print(f"[red]{problem}[/]")
+        if problems and args.repair:
+            out.print(f"removed {store.remove_corrupt()} corrupt objects")
+        if problems:
+            return 1
+        out.print(f"[green]ok[/]: {store.usage()['objects']} objects verified")
+    return 0
+
+
+def _live_keys(args: argparse.Namespace, recipes: list[Path], store: Store) -> set[str]:
+    from mlcbuild.execute.local import dry_run
+
+    keys: set[str] = set()
+    args.quant, args.target = [], []
+    _, _, graph = _prepare(args, recipes)
+    report = dry_run(graph, _all(graph), store)
+    keys.update(o.key for o in report.outcomes.values() if o.key)
+    return keys
+
+
+@command("lock")
+def lock_cmd(args: argparse.Namespace) -> int:
+    from mlcbuild.hub import resolve_revision
+    from mlcbuild.recipe.lock import lock_path, read_lock, update_lock
+
+    status = 0
+    for path in args.recipes:
+        recipe = load_recipe(path)
+        if recipe.source.hf is None:
+            out.print(f"{path}: local source, nothing to lock")
+            continue
+        if args.check:
+            before = read_lock(recipe)
+            _, changed = update_lock(recipe, resolve_revision, write=False)
+            if changed:
+                err.print(f"mlcbuild: error: {lock_path(recipe)} would change; run `mlcbuild lock {path}`")
+                status = 2
+            continue
+        lock, changed = update_lock(recipe, resolve_revision)
+        out.print(f"{lock_path(recipe)}: {'updated' if changed else 'unchanged'}")
+    return status
+
+
+@command("targets")
+def targets_cmd(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from mlcbuild.targets import check_available, load_targets
+
+    table = Table(title="targets")
+    for col in ("target", "variants", "suffix", "buildable here", "description"):
+        table.add_column(col)
+    for name, target in sorted(load_targets().items()):
+        missing = check_available(target, target.default_variant)
+        table.add_row(
+            name,
+            ", ".join(target.variants) or "-",
+            target.suffix,
+            "[green]yes[/]" if missing is None else f"[red]no[/]: {missing}",
+            target.description,
+        )
+    out.print(table)
+    return 0
+
+
+@command("run")
+def run_cmd(args: argparse.Namespace) -> int:
+    from mlcbuild.runtime import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    text = run_recipe(
+        recipe,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        quantization=args.quant,
+        target=args.target,
+        temperature=args.temperature,
+        device=args.device,
+    )
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,98 @@
+"""`mlcbuild` command line. Heavy modules are imported by the commands that need them."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mlcbuild.errors import MlcbuildError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlcbuild", description="Declarative builds of MLC-LLM artifacts.")
+    p.add_argument("--cache-dir", type=Path, help="cache root (default: $MLCBUILD_CACHE_DIR or ./cache)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def selection(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-t", "--target", action="append", default=[], help="only this target (repeatable)")
+        sp.add_argument("-q", "--quant", action="append", default=[], help="only this quantization (repeatable)")
+        sp.add_argument("--frozen", action="store_true", help="fail if the lock file would change")
+
+    b = sub.add_parser("build", help="build recipes (only what changed)")
+    b.add_argument("recipes", nargs="+", type=Path)
+    selection(b)
+    b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    b.add_argument("--dry-run", action="store_true", help="show what would run")
+    b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+
+    pl = sub.add_parser("plan", help="every node: key, cached or why it will run")
+    pl.add_argument("recipes", nargs="+", type=Path)
+    selection(pl)
+
+    e = sub.add_parser("explain", help="which input of a node changed since its cached build")
+    e.add_argument("recipe", type=Path)
+    e.add_argument("node", help="node id prefix or part of its label, e.g. 'compile' or 'q4f16_1 llvm'")
+    selection(e)
+
+    g = sub.add_parser("graph", help="print the build graph")
+    g.add_argument("recipes", nargs="+", type=Path)
+    g.add_argument("--format", choices=["mermaid", "dot", "json"], default="mermaid")
+    selection(g)
+
+    c = sub.add_parser("cache", help="inspect and maintain the cache")
+    c.add_argument("action", choices=["ls", "du", "gc", "verify"])
+    c.add_argument("--keep", nargs="*", type=Path, default=None, help="gc: keep only results these recipes use")
+    c.add_argument("--older-than", type=float, default=None, help="gc: drop results older than N days")
+    c.add_argument("--repair", action="store_true", help="verify: delete corrupt objects")
+
+    lk = sub.add_parser("lock", help="pin each HF revision to its commit sha")
+    lk.add_argument("recipes", nargs="+", type=Path)
+    lk.add_argument("--check", action="store_true", help="fail if the lock file would change")
+
+    sub.add_parser("targets", help="which targets this machine can build, and why not")
+
+    r = sub.add_parser("run", help="load a built artifact and generate text")
+    r.add_argument("recipe", type=Path)
+    r.add_argument("--prompt", default="Hello")
+    r.add_argument("--max-tokens", type=int, default=32)
+    r.add_argument("--temperature", type=float, default=None)
+    r.add_argument("-q", "--quant", default=None)
+    r.add_argument("-t", "--target", default="llvm")
+    r.add_argument("--device", default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cache_dir is not None:
+        os.environ["MLCBUILD_CACHE_DIR"] = str(args.cache_dir)
+    from mlcbuild.cli import commands  # noqa: F401  (registers the commands)
+
+    try:
+        return COMMANDS[args.command](args)
+    except MlcbuildError as e:
+        if args.debug:
+            raise
+        print(f"mlcbuild: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("mlcbuild: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Run a build graph on this machine: topological, independent nodes in parallel threads,
+each node skipped when its key already has a result (constructive traces, early cutoff)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlcbuild.errors import MlcbuildError
+from mlcbuild.execute.base import BuildReport, NullReporter, Outcome, Reporter
+from mlcbuild.plan.graph import BuildGraph, Node
+from mlcbuild.plan.keys import diff_preimages, key_preimage, node_key
+from mlcbuild.steps import RunContext, get_step
+from mlcbuild.store.cas import ActionResult, Store
+from mlcbuild.store.manifest import Manifest
+
+
+def slot(node: Node) -> str:
+    """A node's identity across edits of its params: its label (e.g. "compile demo q4f16_1 llvm")."""
+    from mlcbuild.store.manifest import sha256_json
+
+    return sha256_json(node.label)[:24]
+
+
+@dataclass
+class LocalExecutor:
+    store: Store
+    jobs: int = 1
+    keep_going: bool = False
+    force: bool = False
+    reporter: Reporter = NullReporter()
+
+    def run(self, graph: BuildGraph, wanted: set[str]) -> BuildReport:
+        start = time.perf_counter()
+        report = BuildReport()
+        closure = graph.closure(wanted)
+        todo = [n for n in graph.topological() if n.id in closure]
+        pending = {n.id: n for n in todo}
+        running: dict[Future, Node] = {}
+        stop = False
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+            while pending or running:
+                for node in list(pending.values()):
+                    deps = [report.outcomes.get(d) for _, d in node.deps]
+                    if any(d is None for d in deps):
+                        continue
+                    del pending[node.id]
+                    bad = [d for d in deps if not d.ok]
+                    if bad or stop:
+                        reason = f"needs {bad[0].node.label}" if bad else "build stopped after a failure"
+                        report.outcomes[node.id] = outcome = Outcome(node, "skipped", reason=reason)
+                        self.reporter.finished(outcome)
+                        continue
+                    inputs = {role: report.outcomes[d].manifest for role, d in node.deps}
+                    running[pool.submit(self._process, node, inputs)] = node
+                if not running:
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    node = running.pop(future)
+                    outcome = future.result()
+                    report.outcomes[node.id] = outcome
+                    self.reporter.finished(outcome)
+                    if not outcome.ok and not self.keep_going:
+                        stop = True
+        self.store.save_index()
+        report.wall_s = time.perf_counter() - start
+        return report
+
+    def _process(self, node: Node, inputs: dict[str, Manifest]) -> Outcome:
+        try:
+            preimage = key_preimage(node, inputs, self.store)
+            key = node_key(preimage)
+            if not self.force and (hit := self.store.get_action(key)):
+                return Outcome(node, "cached", key, hit.manifest, reason="cached")
+            with self.store.lock(key):
+                if not self.force and (hit := self.store.get_action(key)):
+                    return Outcome(node, "cached", key, hit.manifest, reason="built by another process")
+                self.reporter.started(node)
+                began = time.perf_counter()
+                manifest = self._execute(node, inputs)
+                duration = time.perf_counter() - began
+                self.store.put_action(ActionResult(key, manifest, preimage, duration))
+            self.store.record_node(slot(node), key, preimage)
+            return Outcome(node, "built", key, manifest, duration, reason=self._why(node, preimage))
+        except MlcbuildError as e:
+            return Outcome(node, "failed", reason=str(e))
+        except Exception as e:  # a bug in a step: still one line here, the CLI offers --debug
+            return Outcome(node, "failed", reason=f"{type(e).__name__}: {e}")
+
+    def _why(self, node: Node, preimage: dict) -> str:
+        last = self.store.last_node_build(slot(node))
+        if last is None:
+            return "never built"
+        changes = diff_preimages(last["preimage"], preimage)
+        return "; ".join(changes[:3]) if changes else "forced"
+
+    def _execute(self, node: Node, inputs: dict[str, Manifest]) -> Manifest:
+        work = Path(tempfile.mkdtemp(prefix=f"{node.kind}-", dir=self.store.tmp_dir))
+        try:
+            input_dirs = {}
+            for role, manifest in inputs.items():
+                input_dirs[role] = work / "in" / role
+                self.store.materialize(manifest, input_dirs[role])
+            out = work / "out"
+            out.mkdir()
+            scratch = work / "scratch"
+            scratch.mkdir()
+            ctx = RunContext(
+                params=node.params,
+                inputs=input_dirs,
+                out=out,
+                progress=lambda fraction, message: self.reporter.progress(node, fraction, message),
+                scratch=scratch,
+            )
+            get_step(node.kind).run(ctx)
+            return self.store.put_dir(out, move=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def dry_run(graph: BuildGraph, wanted: set[str], store: Store, force: bool = False) -> BuildReport:
+    """What a build would do, without running anything: cached, or why it will run."""
+    report = BuildReport()
+    closure = graph.closure(wanted)
+    for node in graph.topological():
+        if node.id not in closure:
+            continue
+        deps = {role: report.outcomes[d] for role, d in node.deps}
+        if any(d.manifest is None for d in deps.values()):
+            report.outcomes[node.id] = Outcome(node, "pending", reason="runs if its inputs change")
+            continue
+        try:
+            preimage = key_preimage(node, {r: d.manifest for r, d in deps.items()}, store)
+        except MlcbuildError as e:
+            report.outcomes[node.id] = Outcome(node, "failed", reason=str(e))
+            continue
+        key = node_key(preimage)
+        hit = None if force else store.get_action(key)
+        if hit:
+            report.outcomes[node.id] = Outcome(node, "cached", key, hit.manifest, reason="cached")
+        else:
+            last = store.last_node_build(slot(node))
+            if last is None:
+                why = "never built"
+            else:
+                why = "; ".join(diff_preimages(last["preimage"], preimage)[:3]) or "result missing from cache"
+            report.outcomes[node.id] = Outcome(node, "pending", key, reason=f"will run: {why}")
+    return report

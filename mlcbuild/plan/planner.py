@@ -1,0 +1,115 @@
+"""Recipes -> build graph: one download per source, a convert and a gen-config per quantization,
+a compile per (quantization, target)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mlcbuild.errors import UserError
+from mlcbuild.plan.graph import Artifact, BuildGraph, Node
+from mlcbuild.recipe.model import Recipe, TargetRef
+from mlcbuild.store.cas import Store
+from mlcbuild.store.hashing import list_tree, tree_digest
+from mlcbuild.targets import load_targets
+
+
+@dataclass
+class PlanOptions:
+    quantizations: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    revisions: dict[str, str] = field(default_factory=dict)
+
+
+def source_node(recipe: Recipe, store: Store, revision: str | None) -> Node:
+    from mlcbuild.steps.download import DEFAULT_PATTERNS, select_files
+
+    src = recipe.source
+    if src.path is not None:
+        root = Path(src.path)
+        files = select_files(list_tree(root, DEFAULT_PATTERNS))
+        if not files:
+            raise UserError(f"no model files (config.json, *.safetensors, ...) in {root}", field="source.path")
+        content, _, _ = tree_digest(root, files, store.stat_index)
+        params: dict[str, Any] = {"path": str(root.resolve()), "files": files, "content": content}
+        return Node.make("download", params, {}, f"download {root.name}")
+    params = {"repo": src.hf, "revision": revision, "allow_patterns": list(DEFAULT_PATTERNS)}
+    return Node.make("download", params, {}, f"download {src.hf}@{(revision or '')[:8]}")
+
+
+def _target_params(ref: TargetRef) -> dict[str, Any]:
+    target = load_targets()[ref.name]
+    variant = ref.variant or target.default_variant
+    return {
+        "name": target.name,
+        "variant": variant,
+        "tvm_target": dict(target.tvm_target),
+        "host": dict(target.host) if target.host else None,
+        "suffix": target.suffix,
+        "attrs": dict(target.variants.get(variant, {})) if variant else {},
+    }
+
+
+def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str, recipe: Recipe) -> list[Any]:
+    values = list(values)
+    if not wanted:
+        return values
+    chosen = [v for v in values if str(v) in wanted or getattr(v, "name", None) in wanted]
+    if not chosen:
+        have = ", ".join(str(v) for v in values)
+        raise UserError(f"{what} {', '.join(wanted)} not in recipe (it has: {have})", field=what)
+    return chosen
+
+
+def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Callable[[Node], None] | None = None) -> BuildGraph:
+    graph = BuildGraph()
+    for recipe in recipes:
+        out = Path(recipe.output)
+        download = graph.add(source_node(recipe, store, options.revisions.get(str(recipe.path))))
+        for quant in _selected(recipe.quantizations, options.quantizations, "quantization", recipe):
+            model_dir = out / f"{recipe.name}-{quant}-MLC"
+            convert = graph.add(
+                Node.make(
+                    "convert",
+                    {"quantization": quant, "model_type": recipe.model_type},
+                    {"source": download},
+                    f"convert {recipe.name} {quant}",
+                )
+            )
+            gen_config = graph.add(
+                Node.make(
+                    "gen-config",
+                    {
+                        "quantization": quant,
+                        "conv_template": recipe.conv_template,
+                        "overrides": dict(recipe.overrides),
+                        "model_type": recipe.model_type,
+                    },
+                    {"source": download},
+                    f"gen-config {recipe.name} {quant}",
+                )
+            )
+            graph.artifacts.append(Artifact(convert.id, model_dir))
+            graph.artifacts.append(Artifact(gen_config.id, model_dir))
+            for ref in _selected(recipe.targets, options.targets, "target", recipe):
+                target = _target_params(ref)
+                compile_node = graph.add(
+                    Node.make(
+                        "compile",
+                        {"quantization": quant, "target": target, "options": dict(recipe.compile_options)},
+                        {"config": gen_config},
+                        f"compile {recipe.name} {quant} {ref.id}",
+                    )
+                )
+                suffix = target["suffix"]
+                graph.artifacts.append(
+                    Artifact(
+                        compile_node.id,
+                        out / "libs",
+                        rename={f"lib.{suffix}": f"{recipe.name}-{quant}-{ref.id}.{suffix}"},
+                    )
+                )
+    if check is not None:
+        for node in graph.topological():
+            check(node)
+    return graph
