@@ -1,0 +1,139 @@
+"""Hugging Face Hub helpers shared by the download step and `mlcbuild lock`.
+
+huggingface_hub is imported inside functions so recipe loading and planning stay light. Endpoint and
+cache are read from the environment at call time (the client freezes them at import time), so a
+process that sets HF_ENDPOINT after importing huggingface_hub still talks to the right server.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mlcbuild.errors import MlcbuildError, StepError, UserError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+
+
+def cache_dir() -> str:
+    """The user's HF hub cache, resolved like huggingface_hub does, but now rather than at import."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return os.path.expanduser(os.path.expandvars(os.environ[var]))
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
+    )
+    return os.path.join(os.path.expanduser(os.path.expandvars(home)), "hub")
+
+
+def hf_token(explicit: str | None = None) -> str | None:
+    """Explicit token, else HF_TOKEN; None lets the client fall back to its stored login."""
+    return explicit or os.environ.get("HF_TOKEN") or None
+
+
+def is_commit_sha(revision: str) -> bool:
+    return bool(COMMIT_SHA.match(revision))
+
+
+def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[MlcbuildError], str] | None:
+    """One line (and the error class) for an exception raised by huggingface_hub or its HTTP layer.
+
+    Returns None for exceptions that are not about the Hub, so callers re-raise those untouched.
+    Not-found and gated are the user's to fix (UserError); connectivity and server faults are StepErrors.
+    """
+    import httpx2
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub.utils import OfflineModeIsEnabled
+
+    where = f"'{repo}'"
+    url = f"{endpoint()}/{repo}"
+    if isinstance(exc, hf_errors.GatedRepoError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 403:
+            return UserError, (
+                f"Hugging Face repo {where} is gated and your token has no access: request it at {url}"
+            )
+        return UserError, (
+            f"Hugging Face repo {where} is gated: request access at {url}, then set HF_TOKEN "
+            "(or run `hf auth login`)"
+        )
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return UserError, f"revision '{revision}' not found in Hugging Face repo {where}"
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return UserError, (
+            f"Hugging Face repo {where} not found at {endpoint()} (check the name; a private repo needs HF_TOKEN)"
+        )
+    if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+        return StepError, f"file missing from Hugging Face repo {where}@{revision}: {_first_line(exc)}"
+    if isinstance(exc, hf_errors.FileMetadataError):
+        return StepError, f"{endpoint()} does not answer like a Hugging Face Hub: {_first_line(exc)}"
+    if isinstance(exc, (OfflineModeIsEnabled, httpx2.TransportError, hf_errors.LocalEntryNotFoundError)):
+        cause = exc.__cause__ or exc
+        reason = "offline mode is on (HF_HUB_OFFLINE)" if isinstance(cause, OfflineModeIsEnabled) else (
+            f"{type(cause).__name__}: {_first_line(cause)}"
+        )
+        return StepError, (
+            f"cannot reach the Hugging Face Hub at {endpoint()} ({reason}) and {where}@{revision} "
+            f"is not in the HF cache {cache_dir()}"
+        )
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        message = (exc.server_message or "").strip().splitlines()
+        detail = message[0] if message else "no message"
+        return StepError, f"Hugging Face Hub error {status} for {where}@{revision}: {detail}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def hub_errors(repo: str, revision: str, force: type[MlcbuildError] | None = None) -> Iterator[None]:
+    """Turn huggingface_hub exceptions into one-line mlcbuild errors (optionally all of one class)."""
+    try:
+        yield
+    except MlcbuildError as exc:
+        if force is None or isinstance(exc, force):
+            raise
+        raise force(str(exc)) from None
+    except Exception as exc:
+        described = describe_error(exc, repo, revision)
+        if described is None:
+            raise
+        cls, message = described
+        raise (force or cls)(message) from None
+
+
+def model_info(repo: str, revision: str, token_: str | None = None):
+    """`HfApi.model_info` at the current endpoint; one request, no retries (fast failure offline)."""
+    from huggingface_hub import HfApi
+
+    with hub_errors(repo, revision):
+        return HfApi(endpoint=endpoint(), token=hf_token(token_)).model_info(repo, revision=revision)
+
+
+def resolve_revision(repo: str, revision: str, token: str | None = None) -> str:
+    """Pin a branch or tag to the commit sha it points at now (what `mlcbuild lock` records).
+
+    A full commit sha is immutable, so it is returned as is without a request.
+    """
+    if is_commit_sha(revision.lower()):
+        return revision.lower()
+    info = model_info(repo, revision, token)
+    if not info.sha:
+        raise StepError(f"Hugging Face Hub at {endpoint()} returned no commit sha for '{repo}'@{revision}")
+    return info.sha
+
+
+def snapshot_path(repo: str, sha: str) -> Path:
+    """Where huggingface_hub keeps the files of `repo` at commit `sha` in the user's cache."""
+    return Path(cache_dir()) / f"models--{repo.replace('/', '--')}" / "snapshots" / sha

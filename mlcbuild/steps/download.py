@@ -1,0 +1,186 @@
+"""download: a Hugging Face repo pinned to a commit, or a local folder, as one flat model folder.
+
+Only the files a build needs are fetched (config, tokenizer, one weight format), through the
+real huggingface_hub client so the user's HF cache is shared with every other HF tool.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Mapping, Sequence
+
+from mlcbuild.errors import StepError, UserError
+from mlcbuild.steps.base import JSON, RunContext, Step
+
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+DEFAULT_PATTERNS: tuple[str, ...] = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_PATTERNS + PYTORCH_PATTERNS
+
+WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def is_weight_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in WEIGHT_PATTERNS)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_files(names: Iterable[str], patterns: Sequence[str] = DEFAULT_PATTERNS) -> list[str]:
+    """The files to fetch: top-level ones matching `patterns`, with one weight format only.
+
+    Sub-folders are skipped: the output is a flat model folder, and repos such as Llama 3 keep a
+    second, original-format copy of the weights under `original/`.
+
+    safetensors win over pytorch .bin (same tensors, no pickle, mmap-able). Among safetensors,
+    HF-style `model*.safetensors` win over extra copies such as Mistral's `consolidated.safetensors`,
+    which would double the download.
+    """
+    chosen = sorted({n for n in names if "/" not in n and matches(n, patterns)})
+    safetensors = [n for n in chosen if n.endswith(".safetensors")]
+    if safetensors:
+        chosen = [n for n in chosen if not (n.endswith(".bin") or n.endswith(".bin.index.json"))]
+        hf_style = [n for n in safetensors if Path(n).name.startswith("model")]
+        if hf_style:
+            chosen = [n for n in chosen if not n.endswith(".safetensors") or n in hf_style]
+    return chosen
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link when on one filesystem (HF cache blobs are immutable), else copy."""
+    src = src.resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _progress_bar_class(report: Callable[[float, str], None], label: str) -> type:
+    """A silent tqdm that forwards byte progress of snapshot_download to ctx.progress."""
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs["disable"] = True
+            kwargs.pop("name", None)
+            self._bytes = kwargs.get("unit") == "B"
+            self._done = float(kwargs.get("initial") or 0)  # type: ignore[arg-type]
+            super().__init__(*args, **kwargs)
+            self.total = kwargs.get("total")
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done += n or 0
+            if self._bytes and self.total:
+                report(min(self._done / float(self.total), 1.0), f"{label}: {self._done / 1e6:.1f} MB")
+            return None
+
+    return Bar
+
+
+class DownloadStep(Step):
+    kind: ClassVar[str] = "download"
+    version: ClassVar[str] = "1"
+    resources: ClassVar[Mapping[str, float]] = {"cpu": 1, "network": 1}
+
+    def check(self, params: Mapping[str, JSON]) -> None:
+        if "path" in params:
+            if not Path(params["path"]).is_dir():
+                raise UserError(f"local model folder not found: {params['path']}", field="source.path")
+        elif not params.get("repo") or not params.get("revision"):
+            raise UserError("download needs either 'path' or 'repo' + 'revision'", field="source")
+
+    def run(self, ctx: RunContext) -> None:
+        if "path" in ctx.params:
+            self._copy_local(Path(ctx.params["path"]), ctx)
+        else:
+            self._download(ctx)
+
+    def _copy_local(self, folder: Path, ctx: RunContext) -> None:
+        if not folder.is_dir():
+            raise StepError(f"local model folder not found: {folder}")
+        patterns = ctx.params.get("allow_patterns") or DEFAULT_PATTERNS
+        names = list(ctx.params.get("files") or select_files((p.name for p in folder.iterdir() if p.is_file()), patterns))
+        if not names:
+            raise StepError(f"no model files in {folder} (looked for {', '.join(patterns)})")
+        for i, name in enumerate(names):
+            if not (folder / name).is_file():
+                raise StepError(f"{folder / name} disappeared since planning; re-run the build")
+            (ctx.out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, ctx.out / name)
+            ctx.progress((i + 1) / len(names), name)
+
+    def _download(self, ctx: RunContext) -> None:
+        from mlcbuild import hub
+
+        repo, revision = str(ctx.params["repo"]), str(ctx.params["revision"])
+        patterns = list(ctx.params.get("allow_patterns") or DEFAULT_PATTERNS)
+        with hub.hub_errors(repo, revision, force=StepError):
+            names = self._cached_listing(repo, revision)
+            if names is None:
+                info = hub.model_info(repo, revision)
+                revision = info.sha or revision
+                names = [s.rfilename for s in info.siblings or []]
+            wanted = select_files(names, patterns)
+            if not wanted:
+                raise StepError(f"no model files in Hugging Face repo '{repo}'@{revision} matching {patterns}")
+            folder = self._snapshot(repo, revision, wanted, ctx)
+        for name in wanted:
+            src = folder / name
+            if not src.exists():
+                raise StepError(f"'{repo}'@{revision}: {name} missing after download")
+            link_or_copy(src, ctx.out / Path(name).name)
+
+    @staticmethod
+    def _cached_listing(repo: str, revision: str) -> list[str] | None:
+        """The file list of a commit already seen, from the HF cache: a warm download needs no network."""
+        from huggingface_hub import get_cached_repo_tree
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+        from mlcbuild import hub
+
+        if not hub.is_commit_sha(revision.lower()):
+            return None
+        try:
+            return [f.path for f in get_cached_repo_tree(repo, revision=revision, cache_dir=hub.cache_dir())]
+        except CachedRepoTreeNotFoundError:
+            return None
+
+    @staticmethod
+    def _snapshot(repo: str, revision: str, names: list[str], ctx: RunContext) -> Path:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        from mlcbuild import hub
+
+        exact = [glob.escape(n) for n in names]
+        common = dict(repo_id=repo, revision=revision, cache_dir=hub.cache_dir(), allow_patterns=exact)
+        try:
+            folder = Path(snapshot_download(**common, local_files_only=True))
+            if all((folder / n).is_file() for n in names):
+                return folder
+        except LocalEntryNotFoundError:
+            pass
+        ctx.progress(0.0, f"downloading {repo}@{revision[:12]}")
+        return Path(
+            snapshot_download(
+                **common,
+                endpoint=hub.endpoint(),
+                token=hub.hf_token(),
+                tqdm_class=_progress_bar_class(ctx.progress, repo),
+            )
+        )
