@@ -1,15 +1,32 @@
-"""Target device definitions, loaded from `targets/*.yaml` (one file per target kind)."""
+"""Target device definitions, loaded from `targets/*.yaml` (one file per target kind).
+
+A target names a TVM target kind, a host, an output suffix and the external tools needed to
+finish the artifact. Variants refine it (GPU arch, OS); a variant may override `host`, `suffix`,
+`toolchain` and `codegen` and its other keys are TVM target attributes.
+
+`check_available` answers "can this machine build it?" without importing TVM: it scans
+libtvm_compiler.so for the codegen's registered name (cached on disk by the file's stat).
+"""
 from __future__ import annotations
 
+import importlib.util
+import json
+import mmap
 import os
+import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
+from mlcbuild.errors import UserError
+
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+VARIANT_KEYS = ("host", "suffix", "toolchain", "codegen", "description")
+"""Keys of a variant that are not TVM target attributes."""
 
 
 @dataclass(frozen=True)
@@ -23,11 +40,95 @@ class Target:
     default_variant: str | None = None
     description: str = ""
     source: Path | None = None
+    codegen: tuple[str, ...] = ()
+    variant_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def resolve(self, variant: str | None = None) -> "ResolvedTarget":
+        """The concrete definition of one variant (a UserError names the valid ones)."""
+        variant = variant or self.default_variant
+        if self.variants and variant not in self.variants:
+            raise UserError(
+                f"target {self.name} has no variant {variant!r}; valid: {', '.join(self.variants)}",
+                field="targets",
+            )
+        if not self.variants and variant:
+            raise UserError(f"target {self.name} has no variants (got {variant!r})", field="targets")
+        over = self.variant_overrides.get(variant or "", {})
+        host = over["host"] if "host" in over else self.host
+        return ResolvedTarget(
+            name=self.name,
+            variant=variant,
+            tvm_target=dict(self.tvm_target),
+            host=dict(host) if host else None,
+            suffix=str(over.get("suffix", self.suffix)),
+            attrs=dict(self.variants.get(variant, {})) if variant else {},
+            toolchain=tuple(over.get("toolchain", self.toolchain)),
+            codegen=tuple(over.get("codegen", self.codegen or (self.tvm_target["kind"],))),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """One buildable target: what enters the compile key and what `tvm.target.Target` gets."""
+
+    name: str
+    variant: str | None
+    tvm_target: Mapping[str, Any]
+    host: Mapping[str, Any] | None
+    suffix: str
+    attrs: Mapping[str, Any]
+    toolchain: tuple[str, ...]
+    codegen: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.variant}" if self.variant else self.name
+
+    def params(self) -> dict[str, Any]:
+        """The compile node's `target` parameter (JSON)."""
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "tvm_target": dict(self.tvm_target),
+            "host": dict(self.host) if self.host else None,
+            "suffix": self.suffix,
+            "attrs": dict(self.attrs),
+            "toolchain": list(self.toolchain),
+            "codegen": list(self.codegen),
+        }
+
+    def tvm_target_config(self) -> dict[str, Any]:
+        """The dict for `tvm.target.Target(config)`: base definition, variant attrs, host."""
+        config = {**self.tvm_target, **self.attrs}
+        if self.host:
+            config["host"] = dict(self.host)
+        return config
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "ResolvedTarget":
+        """Rebuild from a compile node's `target` parameter (older params lack toolchain/codegen)."""
+        tvm_target = dict(params["tvm_target"])
+        return cls(
+            name=params["name"],
+            variant=params.get("variant"),
+            tvm_target=tvm_target,
+            host=params.get("host"),
+            suffix=params["suffix"],
+            attrs=dict(params.get("attrs") or {}),
+            toolchain=tuple(params.get("toolchain") or ()),
+            codegen=tuple(params.get("codegen") or (tvm_target["kind"],)),
+        )
 
 
 def targets_dirs() -> list[Path]:
     extra = os.environ.get("MLCBUILD_TARGETS_DIR")
     return [Path(extra)] if extra else [DEFAULT_DIR]
+
+
+def _split_variant(spec: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = dict(spec or {})
+    over = {k: spec.pop(k) for k in VARIANT_KEYS if k in spec}
+    return spec, over
 
 
 @lru_cache(maxsize=None)
@@ -36,15 +137,194 @@ def load_targets() -> dict[str, Target]:
     for folder in targets_dirs():
         for file in sorted(folder.glob("*.yaml")):
             data = yaml.safe_load(file.read_text()) or {}
+            attrs: dict[str, Mapping[str, Any]] = {}
+            overrides: dict[str, Mapping[str, Any]] = {}
+            for vname, spec in (data.get("variants") or {}).items():
+                attrs[str(vname)], overrides[str(vname)] = _split_variant(spec)
             found[data["name"]] = Target(
                 name=data["name"],
                 tvm_target=data["tvm_target"],
                 host=data.get("host"),
                 suffix=data["suffix"],
                 toolchain=tuple(data.get("toolchain", ())),
-                variants=data.get("variants", {}) or {},
+                variants=attrs,
                 default_variant=data.get("default_variant"),
                 description=data.get("description", ""),
                 source=file,
+                codegen=tuple(data.get("codegen", ())),
+                variant_overrides=overrides,
             )
     return found
+
+
+def get_target(name: str) -> Target:
+    targets = load_targets()
+    if name not in targets:
+        raise UserError(f"unknown target {name!r}; known: {', '.join(sorted(targets))}", field="targets")
+    return targets[name]
+
+
+def resolve_target(name: str, variant: str | None = None) -> ResolvedTarget:
+    return get_target(name).resolve(variant)
+
+
+def target_params(name: str, variant: str | None = None) -> dict[str, Any]:
+    """What the planner puts in a compile node's `target` parameter."""
+    return resolve_target(name, variant).params()
+
+
+# --- availability -------------------------------------------------------------------------------
+
+_TOOL_HINTS = {
+    "cc": "a C compiler (cc) on PATH",
+    "nvcc": "the CUDA toolkit (nvcc) on PATH",
+    "xcrun": "Xcode command line tools (xcrun, macOS only)",
+    "emcc": "Emscripten (emcc) on PATH, and TVM's wasm runtime (web/dist/wasm)",
+    "ndk": "the Android NDK (set ANDROID_NDK or TVM_NDK_CC)",
+    "ld.lld": "LLVM's linker (ld.lld) on PATH",
+    "rocm": "ROCm device libraries (ROCM_PATH or /opt/rocm)",
+    "spirv": "SPIR-V tools (spirv-val) on PATH",
+}
+
+_LLVM_BACKENDS = {
+    "x86_64": b"64-bit X86: EM64T and AMD64",
+    "aarch64": b"AArch64 (little endian)",
+    "arm64": b"ARM64 (little endian)",
+    "wasm32": b"WebAssembly 32-bit",
+    "amdgcn": b"AMD GCN GPUs",
+    "nvptx64": b"NVIDIA PTX 64-bit",
+}
+
+
+def _have_tool(tool: str) -> bool:
+    if tool == "ndk":
+        for var in ("TVM_NDK_CC", "ANDROID_NDK", "ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"):
+            value = os.environ.get(var)
+            if value and Path(value).exists():
+                return True
+        return False
+    if tool == "rocm":
+        return Path(os.environ.get("ROCM_PATH", "/opt/rocm"), "amdgcn", "bitcode").is_dir()
+    if tool == "spirv":
+        return shutil.which("spirv-val") is not None
+    return shutil.which(tool) is not None
+
+
+def tvm_compiler_library() -> Path | None:
+    """libtvm_compiler.so of the installed apache-tvm, found without importing tvm."""
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        for name in ("libtvm_compiler.so", "libtvm.so", "libtvm_compiler.dylib", "libtvm.dylib"):
+            path = Path(root, "lib", name)
+            if path.exists():
+                return path
+    return None
+
+
+def tvm_version() -> str | None:
+    from importlib import metadata
+
+    for dist in ("apache-tvm", "tvm", "mlc-ai-nightly", "mlc-ai-nightly-cu128"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+_PROBES: dict[str, bytes] = {
+    **{f"codegen:{k}": f"target.build.{k}\0".encode() for k in ("llvm", "c", "cuda", "metal", "opencl", "webgpu", "rocm", "vulkan", "nvptx")},
+    **{f"llvm:{k}": v for k, v in _LLVM_BACKENDS.items()},
+}
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base, "mlcbuild", "tvm-capabilities.json")
+
+
+@lru_cache(maxsize=None)
+def tvm_capabilities() -> frozenset[str]:
+    """Which codegens/LLVM backends the installed TVM has, by scanning its compiler library."""
+    lib = tvm_compiler_library()
+    if lib is None:
+        return frozenset()
+    stat = lib.stat()
+    stamp = f"{lib}:{stat.st_size}:{stat.st_mtime_ns}:{sorted(_PROBES)}"
+    cache = _cache_file()
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("stamp") == stamp:
+            return frozenset(saved["found"])
+    except (OSError, ValueError, KeyError):
+        pass
+    with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        found = sorted(name for name, probe in _PROBES.items() if m.find(probe) >= 0)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stamp": stamp, "found": found}))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return frozenset(found)
+
+
+def _triple_arch(host: Mapping[str, Any] | None) -> str | None:
+    if not host:
+        return None
+    triple = host.get("mtriple")
+    return str(triple).split("-")[0] if triple else None
+
+
+def check_resolved(target: ResolvedTarget, have_tool: Callable[[str], bool] = _have_tool) -> str | None:
+    """None when this machine can build `target`, else one line saying what is missing."""
+    caps = tvm_capabilities()
+    version = tvm_version()
+    if not caps:
+        return "apache-tvm is not installed (pip install apache-tvm)"
+    for codegen in target.codegen:
+        if f"codegen:{codegen}" not in caps:
+            return f"no {codegen} codegen in this TVM build (apache-tvm {version})"
+    arch = _triple_arch(target.host) or (_triple_arch(target.tvm_target) if target.tvm_target.get("kind") == "llvm" else None)
+    if arch in _LLVM_BACKENDS and f"llvm:{arch}" not in caps:
+        return f"this TVM's LLVM has no {arch} backend (apache-tvm {version})"
+    for tool in target.toolchain:
+        if not have_tool(tool):
+            return f"missing toolchain: {_TOOL_HINTS.get(tool, tool + ' on PATH')}"
+    return None
+
+
+def check_available(target: Target | ResolvedTarget | str, variant: str | None = None) -> str | None:
+    """None = buildable here; else one line naming what is missing (codegen or toolchain)."""
+    if isinstance(target, str):
+        target = get_target(target)
+    if isinstance(target, Target):
+        target = target.resolve(variant)
+    return check_resolved(target)
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    name: str
+    variant: str | None
+    suffix: str
+    missing: str | None
+    description: str
+
+    @property
+    def available(self) -> bool:
+        return self.missing is None
+
+
+def list_targets() -> list[TargetStatus]:
+    """Every target and variant with whether this machine can build it (for `mlcbuild targets`)."""
+    rows: list[TargetStatus] = []
+    for name, target in sorted(load_targets().items()):
+        for variant in list(target.variants) or [None]:
+            resolved = target.resolve(variant)
+            desc = target.variant_overrides.get(variant or "", {}).get("description", target.description)
+            rows.append(TargetStatus(name, variant, resolved.suffix, check_resolved(resolved), str(desc)))
+    return rows

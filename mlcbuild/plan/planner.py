@@ -38,16 +38,9 @@ def source_node(recipe: Recipe, store: Store, revision: str | None) -> Node:
 
 
 def _target_params(ref: TargetRef) -> dict[str, Any]:
-    target = load_targets()[ref.name]
-    variant = ref.variant or target.default_variant
-    return {
-        "name": target.name,
-        "variant": variant,
-        "tvm_target": dict(target.tvm_target),
-        "host": dict(target.host) if target.host else None,
-        "suffix": target.suffix,
-        "attrs": dict(target.variants.get(variant, {})) if variant else {},
-    }
+    from mlcbuild.targets import target_params
+
+    return target_params(ref.name, ref.variant)
 
 
 def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str, recipe: Recipe) -> list[Any]:
