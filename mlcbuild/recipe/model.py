@@ -5,14 +5,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlcbuild.errors import Location
+
 
 @dataclass(frozen=True)
 class Source:
-    """Either a Hugging Face repo pinned to a revision, or a local folder."""
+    """Either a Hugging Face repo at a revision (branch, tag or sha), or a local folder (absolute)."""
 
     hf: str | None = None
     revision: str = "main"
     path: Path | None = None
+
+    @property
+    def ref(self) -> str | None:
+        """`repo@revision`, the lock file's key; None for a local folder."""
+        return f"{self.hf}@{self.revision}" if self.hf else None
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,9 @@ class TargetRef:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A recipe after validation. Paths are absolute; `overrides` holds only what the recipe sets;
+    `compile_options` is complete ({"opt", "cudagraph", "cublas"}) so equal meaning gives equal keys."""
+
     path: Path
     name: str
     source: Source
@@ -42,3 +52,8 @@ class Recipe:
     compile_options: Mapping[str, Any] = field(default_factory=dict)
     output: Path = Path("dist")
     model_type: str | None = None
+    locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, field_name: str) -> Location:
+        """Where `field_name` (dotted, e.g. "source.revision" or "targets[1]") is written, for later errors."""
+        return self.locations.get(field_name) or Location(self.path)

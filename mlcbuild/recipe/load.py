@@ -1,0 +1,375 @@
+"""Recipe loading: YAML with positions → schema check → semantic checks → `Recipe`.
+
+Every mistake is one `UserError` naming file:line:column and the field; the first one in
+document order wins (a missing field is reported after unknown ones, which are often its typo).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from mlcbuild.errors import Location, UserError
+from mlcbuild.recipe.model import Recipe, Source, TargetRef
+from mlcbuild.recipe.schema import InstancePath, Issue, iter_issues, load_schema
+from mlcbuild.recipe.suggest import closest, unknown
+from mlcbuild.recipe.yamlmarks import Document, Pos, YamlProblem, parse
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+OPT_DEFAULTS: dict[str, dict[str, bool]] = {
+    "O0": {"cudagraph": False, "cublas": False},
+    "O1": {"cudagraph": False, "cublas": False},
+    "O2": {"cudagraph": False, "cublas": True},
+    "O3": {"cudagraph": True, "cublas": True},
+}
+"""MLC's --opt levels: what cudagraph and cublas default to at each."""
+DEFAULT_OPT = "O2"
+DEFAULT_OUTPUT = "dist"
+
+
+def field_name(path: InstancePath) -> str | None:
+    """("source", "hf") → "source.hf"; ("targets", 1) → "targets[1]"; () → None."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or None
+
+
+def describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value})"
+
+
+_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+class _Checker:
+    """Turns issues into positioned UserErrors for one recipe file."""
+
+    def __init__(self, shown: str, doc: Document):
+        self.shown = shown
+        self.doc = doc
+
+    def location(self, path: InstancePath, at_key: bool = False) -> Location:
+        pos = self.doc.marks.get(path)
+        while pos is None and path:
+            path = path[:-1]
+            pos = self.doc.marks.get(path)
+        if pos is None:
+            return Location(self.shown, 1, 1)
+        line, column = pos.key if at_key and pos.key else pos.value
+        return Location(self.shown, line, column)
+
+    def error(self, path: InstancePath, message: str, at_key: bool = False) -> UserError:
+        return UserError(message, self.location(path, at_key), field_name(path))
+
+    def value(self, path: InstancePath) -> Any:
+        node: Any = self.doc.data
+        for part in path:
+            node = node[part]
+        return node
+
+    def from_issue(self, issue: Issue) -> UserError:
+        kw, path, schema, value = issue.keyword, issue.path, issue.schema, issue.instance
+        if kw == "additionalProperties":
+            key = issue.detail
+            allowed = list((schema.get("properties") or {}))
+            guess = closest(key, allowed)
+            hint = f" — did you mean {guess!r}?" if guess else f"; allowed: {', '.join(allowed)}"
+            return self.error(path + (key,), f"unknown field{hint}", at_key=True)
+        if kw == "required":
+            return UserError("required field is missing", self.location(path), field_name(path + (issue.detail,)))
+        if kw == "dependentRequired":
+            key, needed = issue.detail
+            if path == ("source",) and key == "revision":
+                return self.error(path + (key,), "'revision' applies only to an 'hf' source (a local path has none)", at_key=True)
+            return self.error(path + (key,), f"{key!r} requires {needed!r}", at_key=True)
+        if kw == "oneOf" and path == ("source",):
+            if "hf" in value and "path" in value:
+                later = max(("hf", "path"), key=lambda k: self.location(path + (k,), True).line or 0)
+                return self.error(path + (later,), "'hf' and 'path' are mutually exclusive; give one", at_key=True)
+            return self.error(path, "needs 'hf' (a Hugging Face repo id) or 'path' (a local folder)")
+        if kw == "type":
+            return self.error(path, self._type_message(path, schema, value))
+        if kw == "enum":
+            choices = [str(c) for c in schema["enum"]]
+            guess = closest(str(value), choices) if isinstance(value, str) else None
+            hint = f" — did you mean {guess!r}?" if guess else ""
+            return self.error(path, f"{value!r} is not one of {', '.join(choices)}{hint}")
+        if kw == "uniqueItems":
+            i = issue.detail
+            first = next(j for j, item in enumerate(value) if item == value[i])
+            line = self.location(path + (first,)).line
+            return self.error(path + (i,), f"duplicate entry {value[i]!r} (already at line {line})")
+        if kw == "minItems":
+            return self.error(path, "must not be empty" if schema["minItems"] == 1 else f"needs at least {schema['minItems']} items")
+        if kw == "minLength":
+            return self.error(path, "must not be empty")
+        if kw == "maxLength":
+            return self.error(path, f"is too long ({len(value)} characters; at most {schema['maxLength']})")
+        if kw == "pattern" and path == ("source", "hf"):
+            return self.error(path, hf_repo_problem(value) or schema.get("errorMessage", "not a repo id"))
+        if kw in ("pattern", "not", "minimum") and "errorMessage" in schema:
+            return self.error(path, f"{schema['errorMessage']} (got {value!r})")
+        bounds = {"minimum": "≥", "maximum": "≤", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+        if kw in bounds:
+            return self.error(path, f"must be {bounds[kw]} {schema[kw]} (got {value!r})")
+        return self.error(path, f"{value!r} is not valid here ({kw})")
+
+    def _type_message(self, path: InstancePath, schema: Mapping[str, Any], value: Any) -> str:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        wanted = " or ".join(_TYPE_NAMES[t] for t in types)
+        if types == ["integer", "array"]:
+            wanted = "an integer or a list of integers"
+        message = f"expected {wanted}, got {describe(value)}"
+        plain_scalar = path in self.doc.scalar_styles and self.doc.scalar_styles[path] is None
+        if "string" in types and plain_scalar and value is not None:
+            text = self._source_text(path)
+            message += f"; quote it: '{text}'" if text else "; quote it"
+        elif types == ["array"] and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            message += f"; write a list: [{value}]"
+        return message
+
+    def _source_text(self, path: InstancePath) -> str | None:
+        value = self.value(path)
+        return None if isinstance(value, (dict, list)) or value is None else _scalar_text(value)
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def hf_repo_problem(repo: str) -> str | None:
+    """Why `repo` is not a Hugging Face repo id (org/name), or None when it is one."""
+    url = re.match(r"^(?:https?://)?(?:www\.)?(?:huggingface\.co|hf\.co)/([^/\s]+/[^/\s?#]+)", repo)
+    if url:
+        return f"expected a repo id, not a URL — did you mean {url.group(1)!r}?"
+    if "/" not in repo:
+        return f"expected 'org/name', e.g. 'togethercomputer/{repo}'"
+    if repo.count("/") > 1:
+        return "expected 'org/name' with a single '/'"
+    if "--" in repo or ".." in repo:
+        return "'--' and '..' are not allowed in a repo id"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$", repo):
+        return "expected 'org/name' (letters, digits, '.', '_', '-'; starting with a letter or digit)"
+    if repo.endswith((".", "-")) or len(repo) > 96:
+        return "not a valid repo id (ends with '.' or '-', or longer than 96 characters)"
+    return None
+
+
+def _read(path: Path, shown: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError("recipe file not found", Location(shown)) from None
+    except IsADirectoryError:
+        raise UserError("is a folder; expected a recipe .yaml file", Location(shown)) from None
+    except OSError as e:
+        raise UserError(f"cannot read recipe: {e.strerror or e}", Location(shown)) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError("recipe is not UTF-8 text", Location(shown, line, column)) from None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Load and validate a recipe; every mistake is a one-line UserError (exit code 2)."""
+    shown = str(path)
+    file = Path(path)
+    text = _read(file, shown)
+    try:
+        doc = parse(text)
+    except YamlProblem as e:
+        raise UserError(e.message, Location(shown, e.line, e.column), field_name(e.path)) from None
+    if doc is None:
+        raise UserError("recipe is empty; it needs source, quantizations, targets and conv_template", Location(shown, 1, 1))
+    check = _Checker(shown, doc)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise check.error((), f"a recipe is a mapping of fields (source, quantizations, ...), got {describe(data)}")
+    load_schema()
+    issues = list(iter_issues(data))
+    if issues:
+        def order(issue: Issue) -> tuple[bool, int, int]:
+            err = check.from_issue(issue)
+            return (issue.keyword == "required", err.location.line or 0, err.location.column or 0)
+
+        raise check.from_issue(min(issues, key=order))
+    return _build(check, file.resolve(), data)
+
+
+def _known(check: _Checker, path: InstancePath, kind: str, value: str, names: Iterable[str]) -> None:
+    names = list(names)
+    if value not in names:
+        raise check.error(path, unknown(kind, value, names))
+
+
+def _registry(loader: Callable[[], Mapping[str, Any]], what: str) -> Mapping[str, Any] | None:
+    try:
+        return loader()
+    except ImportError:
+        return None
+    except UserError:
+        raise
+    except Exception as e:  # a broken registry file must not become a traceback here
+        raise UserError(f"cannot load {what}: {e}") from None
+
+
+def _templates() -> Mapping[str, Any]:
+    from mlcbuild.templates import CONV_TEMPLATES
+
+    return CONV_TEMPLATES
+
+
+def _targets() -> Mapping[str, Any]:
+    from mlcbuild.targets import load_targets
+
+    return load_targets()
+
+
+def _models() -> Mapping[str, Any]:
+    from mlcbuild.models import MODELS
+
+    return MODELS
+
+
+def _quantizations() -> Mapping[str, Any]:
+    from mlcbuild.quantization import SCHEMES
+
+    return SCHEMES
+
+
+def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
+    base = recipe_path.parent
+    src = data["source"]
+    if "hf" in src:
+        problem = hf_repo_problem(src["hf"])
+        if problem:
+            raise check.error(("source", "hf"), problem)
+        source = Source(hf=src["hf"], revision=src.get("revision", "main"))
+        default_name = src["hf"].split("/")[-1]
+    else:
+        folder = _resolve(base, src["path"])
+        if not folder.exists():
+            raise check.error(("source", "path"), f"folder does not exist: {folder}")
+        if not folder.is_dir():
+            raise check.error(("source", "path"), f"not a folder: {folder}")
+        if not (folder / "config.json").is_file():
+            raise check.error(("source", "path"), f"no config.json in {folder} (expected a Hugging Face model folder)")
+        source = Source(path=folder)
+        default_name = folder.name
+
+    name = data.get("name", default_name)
+    if "name" not in data and not NAME_RE.match(name):
+        raise check.error(("source",), f"the default name {name!r} is not a valid artifact name; set 'name:'")
+
+    schemes = _registry(_quantizations, "quantization schemes") or {}
+    for i, quant in enumerate(data["quantizations"]):
+        _known(check, ("quantizations", i), "quantization", quant, schemes)
+
+    targets = _registry(_targets, "target definitions") or {}
+    refs: list[TargetRef] = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for i, text in enumerate(data["targets"]):
+        tname, _, variant = text.partition(":")
+        _known(check, ("targets", i), "target", tname, targets)
+        target = targets[tname]
+        variants = dict(getattr(target, "variants", {}) or {})
+        if variant and not variants:
+            raise check.error(("targets", i), f"target {tname!r} has no variants; write {tname!r}")
+        if variant and variant not in variants:
+            guess = closest(variant, variants)
+            hint = f" — did you mean '{tname}:{guess}'?" if guess else f"; valid: {', '.join(sorted(variants))}"
+            raise check.error(("targets", i), f"unknown variant {variant!r} of target {tname!r}{hint}")
+        effective = (tname, variant or getattr(target, "default_variant", None))
+        if effective in seen:
+            first = data["targets"][seen[effective]]
+            raise check.error(("targets", i), f"{text!r} builds the same library as {first!r} (line {check.location(('targets', seen[effective])).line})")
+        seen[effective] = i
+        refs.append(TargetRef(tname, variant or None))
+
+    templates = _registry(_templates, "conversation templates")
+    if templates is not None:
+        _known(check, ("conv_template",), "conv_template", data["conv_template"], templates)
+
+    model_type = data.get("model_type")
+    if model_type is not None:
+        models = _registry(_models, "model families")
+        if models is not None:
+            _known(check, ("model_type",), "model_type", model_type, models)
+
+    overrides = _overrides(check, data.get("overrides") or {})
+    compile_options = _compile_options(data.get("compile") or {})
+    locations = {
+        field_name(path) or "": Location(recipe_path, *(pos.value)) for path, pos in check.doc.marks.items()
+    }
+    return Recipe(
+        path=recipe_path,
+        name=name,
+        source=source,
+        quantizations=tuple(data["quantizations"]),
+        targets=tuple(refs),
+        conv_template=data["conv_template"],
+        overrides=overrides,
+        compile_options=compile_options,
+        output=_resolve(base, data.get("output", DEFAULT_OUTPUT)),
+        model_type=model_type,
+        locations=locations,
+    )
+
+
+def _overrides(check: _Checker, given: Mapping[str, Any]) -> dict[str, Any]:
+    props = load_schema()["properties"]["overrides"]["properties"]
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if props[key].get("type") == "integer" and isinstance(value, float):
+            value = int(value)
+        elif props[key].get("type") == "number" and not isinstance(value, bool):
+            value = float(value)
+        elif isinstance(value, list):
+            value = [int(v) for v in value]
+        elif isinstance(value, float):
+            value = int(value)
+        out[key] = value
+    window, chunk = out.get("context_window_size"), out.get("prefill_chunk_size")
+    if window is not None and chunk is not None and window > 0 and chunk > window:
+        raise check.error(("overrides", "prefill_chunk_size"), f"must be ≤ context_window_size ({window}) (got {chunk})")
+    return out
+
+
+def _compile_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    opt = given.get("opt", DEFAULT_OPT)
+    return {"opt": opt, **OPT_DEFAULTS[opt], **{k: v for k, v in given.items() if k != "opt"}}
