@@ -1,0 +1,282 @@
+"""gen-config: mlc-chat-config.json + tokenizer files, as MLC-LLM's `gen_config` writes them.
+
+Precedence of every value: recipe overrides > generation_config.json > config.json > MLC's
+defaults. The output is byte-deterministic (sorted keys, fixed float formatting) so that
+early cutoff works: a re-run that changes nothing downstream re-runs nothing downstream.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+from mlcbuild.errors import StepError, UserError
+from mlcbuild.steps.base import JSON, RunContext, Step
+from mlcbuild.steps.download import is_weight_file
+from mlcbuild.store.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = "0.1.0"
+CONFIG_FILE = "mlc-chat-config.json"
+
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+"""MLC's list and order, plus special_tokens_map.json so HF tokenizers load from the output alone."""
+
+ARCH_OVERRIDES: tuple[str, ...] = (
+    "context_window_size",
+    "prefill_chunk_size",
+    "sliding_window_size",
+    "attention_sink_size",
+    "tensor_parallel_shards",
+    "max_batch_size",
+)
+"""Override keys that shape the compiled model: they land in model_config (and so in compile's key)."""
+
+SAMPLING_DEFAULTS: dict[str, float] = {
+    "temperature": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "top_p": 1.0,
+}
+TOKEN_ID_DEFAULTS: dict[str, int] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+OVERRIDE_KEYS: frozenset[str] = frozenset(ARCH_OVERRIDES) | frozenset(SAMPLING_DEFAULTS) | frozenset(TOKEN_ID_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """How MLC's runtime post-processes tokens; detected from tokenizer.json like MLC does."""
+
+    token_postproc_method: str = "byte_fallback"
+    prepend_space_in_encode: bool = False
+    strip_space_in_decode: bool = False
+
+
+def _components(node: Any, list_key: str) -> list[dict]:
+    """A tokenizers component, flattened if it is a Sequence."""
+    if not isinstance(node, dict):
+        return []
+    if node.get("type") == "Sequence":
+        return [c for c in node.get(list_key) or [] if isinstance(c, dict)]
+    return [node]
+
+
+def detect_tokenizer_info(tokenizer_json: Mapping[str, Any] | None) -> TokenizerInfo:
+    """ByteLevel vs ByteFallback decoder, a '▁' Prepend normalizer, a leading-space Strip decoder.
+
+    Same rules as MLC's `Tokenizer::DetectTokenizerInfo`, so the runtime decodes identically;
+    without tokenizer.json MLC's defaults apply.
+    """
+    if not tokenizer_json:
+        return TokenizerInfo()
+    decoders = _components(tokenizer_json.get("decoder"), "decoders")
+    method = "byte_fallback"
+    for d in decoders:
+        if d.get("type") == "ByteLevel":
+            method = "byte_level"
+        elif d.get("type") == "ByteFallback":
+            method = "byte_fallback"
+    prepend = any(
+        n.get("type") == "Prepend" and n.get("prepend") == "\u2581"
+        for n in _components(tokenizer_json.get("normalizer"), "normalizers")
+    )
+    strip = any(
+        d.get("type") == "Strip" and d.get("content") == " " and d.get("start") == 1 and d.get("stop") == 0
+        for d in decoders
+    )
+    return TokenizerInfo(method, prepend, strip)
+
+
+def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
+    if not path.exists():
+        if required:
+            raise StepError(f"{path.name} not found in the model folder {path.parent}")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StepError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise StepError(f"{path}: expected a JSON object")
+    return data
+
+
+def _number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{key} must be a number, got {value!r}", field=where)
+    return float(value)
+
+
+def _token_id(value: Any, key: str, where: str) -> int | list[int]:
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise UserError(f"{key} must be an integer or a list of integers, got {value!r}", field=where)
+
+
+def resolve_generation_fields(
+    overrides: Mapping[str, Any], generation_config: Mapping[str, Any], hf_config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Sampling fields and special token ids by precedence; the first source that has a non-null value wins."""
+    sources = (("overrides", overrides), ("generation_config.json", generation_config), ("config.json", hf_config))
+    out: dict[str, Any] = {}
+    for defaults, convert in ((SAMPLING_DEFAULTS, _number), (TOKEN_ID_DEFAULTS, _token_id)):
+        for key, default in defaults.items():
+            value: Any = default
+            for name, source in sources:
+                if source.get(key) is not None:
+                    where = f"overrides.{key}" if name == "overrides" else f"{name}:{key}"
+                    value = convert(source[key], key, where)
+                    break
+            out[key] = value
+    return out
+
+
+def dumps(config: Mapping[str, Any]) -> bytes:
+    """Stable bytes: sorted keys, two-space indent, UTF-8, trailing newline."""
+    return (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class GenConfigStep(Step):
+    kind: ClassVar[str] = "gen-config"
+    version: ClassVar[str] = "1"
+
+    def check(self, params: Mapping[str, JSON]) -> None:
+        from mlcbuild.templates import get_template
+
+        template = params.get("conv_template")
+        if isinstance(template, str):
+            get_template(template)
+        unknown = sorted(set(params.get("overrides") or {}) - OVERRIDE_KEYS)
+        if unknown:
+            raise UserError(
+                f"unknown override '{unknown[0]}'; known: {', '.join(sorted(OVERRIDE_KEYS))}",
+                field=f"overrides.{unknown[0]}",
+            )
+
+    def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
+        """Only the non-weight files: new weights of the same model must not re-run gen-config."""
+        return {path: entry.digest for path, entry in sorted(manifest.files.items()) if not is_weight_file(path)}
+
+    def run(self, ctx: RunContext) -> None:
+        source = Path(ctx.inputs["source"])
+        self.check(ctx.params)
+        config = build_config(source, ctx.out, ctx.params)
+        (ctx.out / CONFIG_FILE).write_bytes(dumps(config))
+        ctx.progress(1.0, CONFIG_FILE)
+
+
+def _conv_template(spec: Any) -> dict[str, Any]:
+    from mlcbuild.templates import Conversation, get_template
+
+    if isinstance(spec, str):
+        return get_template(spec).to_json()
+    if isinstance(spec, Mapping):
+        try:
+            return Conversation.from_json(spec).to_json()
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"invalid conversation template: {exc}", field="conv_template") from None
+    raise UserError(f"conv_template must be a template name, got {spec!r}", field="conv_template")
+
+
+def build_config(source: Path, out: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Write tokenizer files into `out` and return the mlc-chat-config.json object."""
+    from mlcbuild.models import detect_model_type, get_family
+
+    overrides = dict(params.get("overrides") or {})
+    hf_config = _read_json(source / "config.json", required=True)
+    generation_config = _read_json(source / "generation_config.json")
+    model_type = params.get("model_type") or detect_model_type(hf_config)
+    family = get_family(str(model_type))
+    arch = {k: overrides[k] for k in ARCH_OVERRIDES if overrides.get(k) is not None}
+    model_config = family.config_from_hf(hf_config, arch)
+    mc = model_config.to_json()
+    for key, value in arch.items():
+        mc[key] = int(value)
+
+    tokenizer_files = copy_tokenizer_files(source, out)
+    tokenizer_json = _read_json(out / "tokenizer.json") if "tokenizer.json" in tokenizer_files else None
+    if tokenizer_json:
+        _check_added_tokens(tokenizer_json)
+    vocab_size = int(mc.get("vocab_size") or hf_config.get("vocab_size") or 0)
+    config: dict[str, Any] = {
+        "version": CONFIG_VERSION,
+        "model_type": family.name,
+        "quantization": params["quantization"],
+        "model_config": mc,
+        "vocab_size": vocab_size,
+        "active_vocab_size": _active_vocab_size(out, tokenizer_json) or vocab_size,
+        "context_window_size": int(mc.get("context_window_size", -1)),
+        "sliding_window_size": int(mc.get("sliding_window_size", -1)),
+        "prefill_chunk_size": int(mc.get("prefill_chunk_size", -1)),
+        "attention_sink_size": int(mc.get("attention_sink_size", -1)),
+        "tensor_parallel_shards": int(mc.get("tensor_parallel_shards", 1)),
+        "pipeline_parallel_stages": 1,
+        "max_batch_size": int(mc.get("max_batch_size", 1)),
+        "tokenizer_files": tokenizer_files,
+        "tokenizer_info": asdict(detect_tokenizer_info(tokenizer_json)),
+        "conv_template": _conv_template(params.get("conv_template")),
+        **resolve_generation_fields(overrides, generation_config, hf_config),
+    }
+    return config
+
+
+def copy_tokenizer_files(source: Path, out: Path) -> list[str]:
+    """Copy the tokenizer files present; make tokenizer.json from tokenizer.model when it is missing."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+            copied.append(name)
+    if "tokenizer.model" in copied and "tokenizer.json" not in copied and _convert_sentencepiece(source, out):
+        copied.append("tokenizer.json")
+    return copied
+
+
+def _convert_sentencepiece(source: Path, out: Path) -> bool:
+    """MLC's runtime prefers tokenizer.json; transformers can derive it from a SentencePiece model."""
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(str(source), use_fast=True)
+        fast.backend_tokenizer.save(str(out / "tokenizer.json"))
+        return True
+    except Exception as exc:
+        log.warning("could not convert tokenizer.model to tokenizer.json (%s); keeping tokenizer.model only", exc)
+        return False
+
+
+def _check_added_tokens(tokenizer_json: Mapping[str, Any]) -> None:
+    """Duplicated added tokens make HF tokenizers wrong at runtime (a known model-release mistake)."""
+    seen: set[str] = set()
+    for token in tokenizer_json.get("added_tokens") or []:
+        content = token.get("content")
+        if content in seen:
+            raise StepError(f"tokenizer.json lists added token {content!r} twice; remove the duplicate")
+        seen.add(content)
+
+
+def _active_vocab_size(out: Path, tokenizer_json: Mapping[str, Any] | None) -> int | None:
+    """Tokens the tokenizer can emit (base vocab + added tokens), as MLC gets from len(hf_tokenizer)."""
+    if not tokenizer_json:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    except Exception as exc:
+        log.warning("could not load tokenizer.json to count its vocabulary (%s)", exc)
+        return None
