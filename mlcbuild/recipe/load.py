@@ -150,6 +150,8 @@ class _Checker:
         if "string" in types and plain_scalar and value is not None:
             text = self._source_text(path)
             message += f"; quote it: '{text}'" if text else "; quote it"
+        elif isinstance(value, str) and ("integer" in types or "number" in types) and _is_number(value):
+            message += "; remove the quotes"
         elif types == ["array"] and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             message += f"; write a list: [{value}]"
         return message
@@ -157,6 +159,14 @@ class _Checker:
     def _source_text(self, path: InstancePath) -> str | None:
         value = self.value(path)
         return None if isinstance(value, (dict, list)) or value is None else _scalar_text(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _scalar_text(value: Any) -> str:

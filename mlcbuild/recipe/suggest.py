@@ -6,7 +6,8 @@ from typing import Iterable
 
 
 def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
-    """The choice most similar to `word` (case-insensitive), or None when nothing is close."""
+    """The choice most similar to `word` (case-insensitive), or None when nothing is close
+    or two choices are equally close (a wrong guess is worse than the full list)."""
     by_lower: dict[str, str] = {}
     for choice in choices:
         by_lower.setdefault(choice.lower(), choice)
@@ -16,8 +17,14 @@ def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | Non
     prefixed = [c for low, c in by_lower.items() if low.startswith(lowered) or lowered.startswith(low)]
     if len(prefixed) == 1:
         return prefixed[0]
-    match = difflib.get_close_matches(lowered, list(by_lower), n=1, cutoff=cutoff)
-    return by_lower[match[0]] if match else None
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, lowered, low).ratio(), low) for low in by_lower), reverse=True
+    )
+    if not scored or scored[0][0] < cutoff:
+        return None
+    if len(scored) > 1 and scored[1][0] == scored[0][0]:
+        return None
+    return by_lower[scored[0][1]]
 
 
 def unknown(kind: str, word: str, choices: Iterable[str]) -> str:
