@@ -46,7 +46,7 @@ def _prepare(args: argparse.Namespace, recipes_arg: list[Path]) -> tuple[list[Re
 
 
 def _all(graph: BuildGraph) -> set[str]:
-    return set(graph.g.nodes)
+    return set(graph.nodes)
 
 
 @command("build")
@@ -93,7 +93,7 @@ def explain(args: argparse.Namespace) -> int:
     _, store, graph = _prepare(args, [args.recipe])
     matches = graph.find(args.node)
     if not matches:
-        labels = ", ".join(sorted(graph.node(n).label for n in graph.g))
+        labels = ", ".join(sorted(n.label for n in graph.nodes.values()))
         raise UserError(f"no node matches '{args.node}' (nodes: {labels})")
     report = dry_run(graph, _all(graph), store)
     for node in matches:
@@ -121,24 +121,21 @@ def explain(args: argparse.Namespace) -> int:
 
 @command("graph")
 def graph_cmd(args: argparse.Namespace) -> int:
+    import networkx as nx
+
     _, _, graph = _prepare(args, args.recipes)
-    nodes = list(graph.topological())
+    g = graph.to_networkx()
     if args.format == "json":
-        data = {
-            "nodes": [{"id": n.id, "kind": n.kind, "label": n.label, "params": n.params} for n in nodes],
-            "edges": [{"from": a, "to": b, "role": r} for b in graph.g for r, a in graph.node(b).deps],
-        }
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(nx.node_link_data(g, edges="edges")))
     elif args.format == "dot":
         lines = ["digraph mlcbuild {", "  rankdir=LR;"]
-        lines += [f'  "{n.id}" [label="{n.label}", shape=box];' for n in nodes]
-        lines += [f'  "{a}" -> "{n.id}" [label="{r}"];' for n in nodes for r, a in n.deps]
-        lines.append("}")
-        print("\n".join(lines))
+        lines += [f'  "{n}" [label="{d["label"]}", shape=box];' for n, d in g.nodes(data=True)]
+        lines += [f'  "{a}" -> "{b}" [label="{d["role"]}"];' for a, b, d in g.edges(data=True)]
+        print("\n".join(lines + ["}"]))
     else:
         lines = ["graph LR"]
-        lines += [f'  {n.id}["{n.label}"]' for n in nodes]
-        lines += [f"  {a} -->|{r}| {n.id}" for n in nodes for r, a in n.deps]
+        lines += [f'  {n}["{d["label"]}"]' for n, d in g.nodes(data=True)]
+        lines += [f"  {a} -->|{d['role']}| {b}" for a, b, d in g.edges(data=True)]
         print("\n".join(lines))
     return 0
 
@@ -205,25 +202,20 @@ def _live_keys(args: argparse.Namespace, recipes: list[Path], store: Store) -> s
 
 @command("lock")
 def lock_cmd(args: argparse.Namespace) -> int:
-    from mlcbuild.hub import resolve_revision
-    from mlcbuild.recipe.lock import lock_path, read_lock, update_lock
+    from mlcbuild.plan.revisions import _resolve
+    from mlcbuild.recipe.lock import check_lock, lock_path, update_lock
 
-    status = 0
     for path in args.recipes:
         recipe = load_recipe(path)
         if recipe.source.hf is None:
             out.print(f"{path}: local source, nothing to lock")
-            continue
-        if args.check:
-            before = read_lock(recipe)
-            _, changed = update_lock(recipe, resolve_revision, write=False)
-            if changed:
-                err.print(f"mlcbuild: error: {lock_path(recipe)} would change; run `mlcbuild lock {path}`")
-                status = 2
-            continue
-        lock, changed = update_lock(recipe, resolve_revision)
-        out.print(f"{lock_path(recipe)}: {'updated' if changed else 'unchanged'}")
-    return status
+        elif args.check:
+            check_lock(recipe)
+            out.print(f"{lock_path(recipe)}: up to date")
+        else:
+            _, changed = update_lock(recipe, _resolve)
+            out.print(f"{lock_path(recipe)}: {'updated' if changed else 'unchanged'}")
+    return 0
 
 
 @command("targets")

@@ -89,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mlcbuild: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"mlcbuild: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 70
     except KeyboardInterrupt:
         print("mlcbuild: interrupted", file=sys.stderr)
         return 130

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 from mlcbuild.store.manifest import canonical_json, sha256_json
 
@@ -48,41 +49,60 @@ class Artifact:
 
 
 class BuildGraph:
+    """Nodes in insertion order, which the planner keeps topological (inputs before users).
+
+    The hot path (a no-op build) needs only that order and a dependency walk, so it does not
+    pay networkx's ~200 ms import; `to_networkx()` gives the graph for analysis and export.
+    """
+
     def __init__(self) -> None:
-        self.g = nx.DiGraph()
+        self.nodes: dict[str, Node] = {}
         self.artifacts: list[Artifact] = []
 
     def add(self, node: Node) -> Node:
-        if node.id not in self.g:
-            self.g.add_node(node.id, node=node)
-            for _, dep in node.deps:
-                self.g.add_edge(dep, node.id)
-        return self.g.nodes[node.id]["node"]
+        missing = [dep for _, dep in node.deps if dep not in self.nodes]
+        if missing:
+            raise ValueError(f"{node.label}: inputs must be added first ({missing})")
+        return self.nodes.setdefault(node.id, node)
 
     def node(self, node_id: str) -> Node:
-        return self.g.nodes[node_id]["node"]
+        return self.nodes[node_id]
 
     def __contains__(self, node_id: str) -> bool:
-        return node_id in self.g
+        return node_id in self.nodes
 
     def __len__(self) -> int:
-        return self.g.number_of_nodes()
+        return len(self.nodes)
 
     def topological(self) -> Iterator[Node]:
-        for node_id in nx.lexicographical_topological_sort(self.g, key=lambda n: (self.node(n).kind, self.node(n).label)):
-            yield self.node(node_id)
+        return iter(list(self.nodes.values()))
+
+    def edges(self) -> Iterator[tuple[str, str, str]]:
+        """(input node id, user node id, role)."""
+        for node in self.nodes.values():
+            for role, dep in node.deps:
+                yield dep, node.id, role
 
     def closure(self, wanted: set[str]) -> set[str]:
         """The wanted nodes and everything they depend on."""
-        out = set(wanted)
-        for n in wanted:
-            out |= nx.ancestors(self.g, n)
-        return out
-
-    def dependents(self, node_id: str) -> set[str]:
-        return nx.descendants(self.g, node_id)
+        seen: set[str] = set()
+        stack = list(wanted)
+        while stack:
+            node_id = stack.pop()
+            if node_id not in seen:
+                seen.add(node_id)
+                stack.extend(dep for _, dep in self.nodes[node_id].deps)
+        return seen
 
     def find(self, query: str) -> list[Node]:
         """Nodes whose id starts with, or label contains, the query."""
-        exact = [self.node(n) for n in self.g if n.startswith(query)]
-        return exact or [self.node(n) for n in self.g if query in self.node(n).label]
+        exact = [n for n in self.nodes.values() if n.id.startswith(query)]
+        return exact or [n for n in self.nodes.values() if query in n.label]
+
+    def to_networkx(self) -> "nx.DiGraph":
+                g = nx.DiGraph()
+        for node in self.nodes.values():
+            g.add_node(node.id, kind=node.kind, label=node.label, params=node.params)
+        for dep, user, role in self.edges():
+            g.add_edge(dep, user, role=role)
+        return g

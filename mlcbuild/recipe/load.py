@@ -181,7 +181,7 @@ def hf_repo_problem(repo: str) -> str | None:
     if url:
         return f"expected a repo id, not a URL — did you mean {url.group(1)!r}?"
     if "/" not in repo:
-        return f"expected 'org/name', e.g. 'togethercomputer/{repo}'"
+        return f"expected 'org/name', got {repo!r} (no organization)"
     if repo.count("/") > 1:
         return "expected 'org/name' with a single '/'"
     if "--" in repo or ".." in repo:

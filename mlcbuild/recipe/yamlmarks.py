@@ -107,6 +107,9 @@ def parse(text: str) -> Document | None:
         problem = e.problem or e.context or "invalid YAML"
         if e.context and e.problem and "expected a single document" in e.context:
             problem = "expected a single YAML document, found more ('---')"
+        elif e.context and e.problem and e.context_mark is not None:
+            where = f"line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
+            problem = f"{e.problem} ({e.context} at {where})"
         if mark is None:
             raise YamlProblem(f"invalid YAML: {problem}", None, None) from None
         raise YamlProblem(f"invalid YAML: {problem}", mark.line + 1, mark.column + 1) from None

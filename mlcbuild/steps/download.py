@@ -95,7 +95,6 @@ def _progress_bar_class(report: Callable[[float, str], None], label: str) -> typ
 class DownloadStep(Step):
     kind: ClassVar[str] = "download"
     version: ClassVar[str] = "1"
-    resources: ClassVar[Mapping[str, float]] = {"cpu": 1, "network": 1}
 
     def check(self, params: Mapping[str, JSON]) -> None:
         if "path" in params:

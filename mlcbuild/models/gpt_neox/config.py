@@ -56,6 +56,8 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Mapping[str, Any]) -> GPTNe
     )
     if rope.get("rope_type", "default") not in ("default", None):
         raise UserError(f"gpt_neox: rope scaling {rope.get('rope_type')!r} is not supported")
+    if hf.get("tie_word_embeddings"):
+        raise UserError("gpt_neox: tie_word_embeddings=true is not supported")
     if hf.get("attention_bias") is False:
         raise UserError("gpt_neox: attention_bias=false is not supported")
     if cfg.hidden_act not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):

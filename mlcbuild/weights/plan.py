@@ -1,0 +1,97 @@
+"""The HF → MLC parameter mapping of one model, as data: what convert executes and checks.
+
+Each family's weights.py builds a WeightPlan from its config; quantization then turns every
+`linear`/`embedding` parameter into X.q_weight + X.q_scale. numpy only, no TVM.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mlcbuild.quantization.numpy_quant import cast_weight, group_quantize, np_dtype, quantized_shapes
+from mlcbuild.quantization.scheme import GroupQuantize, QuantizationScheme
+
+Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+def identity(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return arrays[0]
+
+
+def concat_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Fuse [out_i, in] weights (q/k/v, gate/up) along the output axis."""
+    return np.concatenate(list(arrays), axis=0)
+
+
+@dataclass(frozen=True)
+class ParamSource:
+    """One MLC parameter in float form and the HF tensors it is made from."""
+
+    name: str
+    hf_names: tuple[str, ...]
+    hf_shapes: tuple[tuple[int, ...], ...]
+    shape: tuple[int, ...]
+    kind: str = "other"
+    combine: Combine = identity
+
+    def prefix(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class OutputParam:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class WeightPlan:
+    """Ordered MLC parameters, the HF tensors they need, and HF tensors that are known and dropped."""
+
+    params: list[ParamSource]
+    scheme: QuantizationScheme
+    ignore: tuple[str, ...] = field(default_factory=tuple)
+
+    def is_quantized(self, p: ParamSource) -> bool:
+        return isinstance(self.scheme, GroupQuantize) and p.kind in ("linear", "embedding")
+
+    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: s for p in self.params for n, s in zip(p.hf_names, p.hf_shapes)}
+
+    def ignored(self, hf_name: str) -> bool:
+        return any(re.fullmatch(pat, hf_name) for pat in self.ignore)
+
+    def outputs(self, p: ParamSource) -> list[OutputParam]:
+        """Names, shapes and dtypes this parameter becomes in the tensor cache."""
+        dtype = self.scheme.model_dtype
+        if self.is_quantized(p):
+            assert isinstance(self.scheme, GroupQuantize)
+            qw, qs = quantized_shapes(p.shape, self.scheme)  # type: ignore[arg-type]
+            return [OutputParam(f"{p.prefix()}.q_weight", qw, "uint32"), OutputParam(f"{p.prefix()}.q_scale", qs, dtype)]
+        return [OutputParam(p.name, p.shape, dtype)]
+
+    def all_outputs(self) -> list[OutputParam]:
+        return [o for p in self.params for o in self.outputs(p)]
+
+    def produce(self, p: ParamSource, arrays: Sequence[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        """Combine the HF tensors of one parameter and quantize/cast it to its outputs."""
+        w = p.combine(arrays)
+        if tuple(w.shape) != p.shape:
+            raise ValueError(f"{p.name}: combined shape {tuple(w.shape)} != expected {p.shape}")
+        if self.is_quantized(p):
+            assert isinstance(self.scheme, GroupQuantize)
+            q_weight, q_scale = group_quantize(w, self.scheme)
+            outs = self.outputs(p)
+            return [(outs[0].name, q_weight), (outs[1].name, q_scale)]
+        return [(p.name, np.ascontiguousarray(cast_weight(w, self.scheme)))]
+
+    def source_param_count(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.params)
+
+
+def dtype_of(name: str) -> np.dtype:
+    return np_dtype(name)

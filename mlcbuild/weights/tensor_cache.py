@@ -1,0 +1,140 @@
+"""MLC's tensor cache (tensor-cache.json + params_shard_<i>.bin), written as a stream.
+
+Same layout, record fields, shard policy and JSON formatting as tvm.contrib.tvmjs.dump_tensor_cache
+(encode format "raw"), but tensors are written as they arrive so memory stays at one pending shard,
+and nothing is timestamped, so equal inputs give byte-identical files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+SHARD_CAP_BYTES = 32 * (1 << 20)
+CACHE_JSON = "tensor-cache.json"
+SHARD_PREFIX = "params_shard"
+
+
+def _dtype_name(arr: np.ndarray) -> str:
+    return "bfloat16" if arr.dtype.name == "bfloat16" else str(arr.dtype)
+
+
+@dataclass
+class TensorCacheWriter:
+    """Append tensors in order; `finish(metadata)` writes tensor-cache.json last."""
+
+    out_dir: Path
+    shard_cap_bytes: int = SHARD_CAP_BYTES
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    _pending: bytearray = field(default_factory=bytearray)
+    _pending_records: list[dict[str, Any]] = field(default_factory=list)
+    _names: set[str] = field(default_factory=set)
+    total_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        if name in self._names:
+            raise ValueError(f"duplicate tensor {name} in tensor cache")
+        self._names.add(name)
+        arr = np.ascontiguousarray(arr)
+        data = memoryview(arr.reshape(-1).view(np.uint8))
+        nbytes = data.nbytes
+        rec: dict[str, Any] = {
+            "name": name,
+            "shape": [int(d) for d in arr.shape],
+            "dtype": _dtype_name(arr),
+            "format": "raw",
+            "nbytes": nbytes,
+        }
+        self.total_bytes += nbytes
+        if len(self._pending) + nbytes >= self.shard_cap_bytes:
+            if nbytes * 2 >= self.shard_cap_bytes:
+                rec["byteOffset"] = 0
+                self._write_shard([data], [rec])
+                return
+            self._commit()
+        rec["byteOffset"] = len(self._pending)
+        self._pending_records.append(rec)
+        self._pending += data
+
+    def _commit(self) -> None:
+        if self._pending:
+            self._write_shard([memoryview(self._pending)], self._pending_records)
+            self._pending = bytearray()
+            self._pending_records = []
+
+    def _write_shard(self, chunks: list[memoryview], records: list[dict[str, Any]]) -> None:
+        data_path = f"{SHARD_PREFIX}_{len(self.shards)}.bin"
+        md5 = hashlib.md5()
+        nbytes = 0
+        with open(self.out_dir / data_path, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                md5.update(chunk)
+                nbytes += chunk.nbytes
+        self.shards.append(
+            {"dataPath": data_path, "format": "raw-shard", "nbytes": nbytes, "records": records, "md5sum": md5.hexdigest()}
+        )
+
+    def finish(self, metadata: Mapping[str, Any]) -> Path:
+        self._commit()
+        path = self.out_dir / CACHE_JSON
+        with open(path, "w") as f:
+            json.dump({"metadata": dict(metadata), "records": self.shards}, f, indent=4)
+        return path
+
+
+def read_tensor_cache_json(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CACHE_JSON
+    return json.loads(path.read_text())
+
+
+def tensor_cache_params(path: Path | str) -> list[dict[str, Any]]:
+    """[{name, shape, dtype}] in file order, without reading shard data (for metadata checks)."""
+    info = read_tensor_cache_json(path)
+    return [{"name": r["name"], "shape": r["shape"], "dtype": r["dtype"]} for s in info["records"] for r in s["records"]]
+
+
+def load_tensor_cache(path: Path | str, verify_md5: bool = False) -> dict[str, np.ndarray]:
+    """Read a tensor cache into numpy (bfloat16 via ml_dtypes); for tests and the runtime."""
+    from mlcbuild.quantization.numpy_quant import np_dtype
+
+    base = Path(path)
+    if base.is_file():
+        base = base.parent
+    info = read_tensor_cache_json(base)
+    result: dict[str, np.ndarray] = {}
+    for shard in info["records"]:
+        raw = (base / shard["dataPath"]).read_bytes()
+        if len(raw) != shard["nbytes"]:
+            raise ValueError(f"{shard['dataPath']}: {len(raw)} bytes, expected {shard['nbytes']}")
+        if verify_md5 and hashlib.md5(raw).hexdigest() != shard["md5sum"]:
+            raise ValueError(f"{shard['dataPath']}: md5 mismatch")
+        for rec in shard["records"]:
+            buf = raw[rec["byteOffset"] : rec["byteOffset"] + rec["nbytes"]]
+            if rec["format"] == "f32-to-bf16" and rec["dtype"] == "float32":
+                bits = np.frombuffer(buf, np.uint16).astype(np.uint32) << 16
+                arr = bits.view(np.float32)
+            else:
+                arr = np.frombuffer(buf, np_dtype(rec["dtype"]))
+            result[rec["name"]] = arr.reshape(rec["shape"]).copy()
+    return result
+
+
+def remove_tensor_cache(out_dir: Path) -> None:
+    """Delete what a failed write left behind."""
+    for p in Path(out_dir).glob(f"{SHARD_PREFIX}_*.bin"):
+        os.unlink(p)
+    cache = Path(out_dir) / CACHE_JSON
+    if cache.exists():
+        cache.unlink()
