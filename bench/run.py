@@ -1,0 +1,23 @@
+"""`make bench`: every benchmark, each against a peer measured in the same run."""
+from __future__ import annotations
+
+import json
+
+from bench import noop
+from bench.common import WORK, write_json
+
+
+def main() -> None:
+    results = {"noop": noop.main()}
+    try:
+        from bench import quantize
+    except ImportError:
+        quantize = None
+    if quantize is not None:
+        results["quantize"] = quantize.main()
+    write_json(WORK / "results.json", results)
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
