@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcbuild.errors import Location
+from mlcbuild.errors import Location, UserError
 from mlcbuild.recipe import Recipe, Source, TargetRef, load_recipe
 from mlcbuild.recipe.schema import SCHEMA_PATH
 
@@ -61,6 +61,16 @@ def test_example_recipes_point_editors_at_the_schema() -> None:
         match = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
         assert match, f"{path.name}: first line must be the yaml-language-server schema comment"
         assert (path.parent / match.group(1)).resolve() == SCHEMA_PATH.resolve()
+
+
+def test_example_recipes_load() -> None:
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        try:
+            load_recipe(path)
+        except UserError as e:
+            if e.field == "source.path" and "does not exist" in e.message:
+                continue
+            raise
 
 
 def test_schema_ships_in_the_package() -> None:
@@ -149,10 +159,11 @@ compile: {opt: O3, cudagraph: false}
 
 
 def test_where_points_at_fields(tmp_path: Path) -> None:
-    recipe = load_recipe(write(tmp_path, MINIMAL))
-    assert recipe.where("targets[0]") == Location(recipe.path, 4, 11)
-    assert recipe.where("conv_template") == Location(recipe.path, 5, 16)
-    assert recipe.where("nonexistent") == Location(recipe.path)
+    path = write(tmp_path, MINIMAL)
+    recipe = load_recipe(path)
+    assert recipe.where("targets[0]") == Location(str(path), 4, 11)
+    assert recipe.where("conv_template") == Location(str(path), 5, 16)
+    assert recipe.where("nonexistent") == Location(str(path))
 
 
 def test_equal_recipes_are_equal(tmp_path: Path) -> None:

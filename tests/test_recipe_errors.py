@@ -156,6 +156,13 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_recipe(path)
 
 
+def test_first_problem_in_document_order_wins(workdir: Path) -> None:
+    text = "targets: [cdua]\nconv_template: chatml\nquantizations: [q4f16]\nsource: {hf: a/b}\n"
+    (workdir / "recipe.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"^recipe.yaml:1:11: targets\[0\]: unknown target 'cdua'"):
+        load_recipe("recipe.yaml")
+
+
 def test_unknown_fields_win_over_missing_ones(workdir: Path) -> None:
     """A typo'd required key is reported as the typo, not as the missing field it hides."""
     (workdir / "recipe.yaml").write_text("conv_template: chatml\nsourse: {hf: a/b}\n")

@@ -241,10 +241,9 @@ def load_recipe(path: Path | str) -> Recipe:
     return _build(check, file.resolve(), data)
 
 
-def _known(check: _Checker, path: InstancePath, kind: str, value: str, names: Iterable[str]) -> None:
+def _known(check: _Checker, path: InstancePath, kind: str, value: str, names: Iterable[str]) -> UserError | None:
     names = list(names)
-    if value not in names:
-        raise check.error(path, unknown(kind, value, names))
+    return None if value in names else check.error(path, unknown(kind, value, names))
 
 
 def _registry(loader: Callable[[], Mapping[str, Any]], what: str) -> Mapping[str, Any] | None:
@@ -282,69 +281,88 @@ def _quantizations() -> Mapping[str, Any]:
     return SCHEMES
 
 
-def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
-    base = recipe_path.parent
-    src = data["source"]
+def _source(check: _Checker, base: Path, src: Mapping[str, Any]) -> tuple[Source, str] | UserError:
     if "hf" in src:
         problem = hf_repo_problem(src["hf"])
         if problem:
-            raise check.error(("source", "hf"), problem)
-        source = Source(hf=src["hf"], revision=src.get("revision", "main"))
-        default_name = src["hf"].split("/")[-1]
-    else:
-        folder = _resolve(base, src["path"])
-        if not folder.exists():
-            raise check.error(("source", "path"), f"folder does not exist: {folder}")
-        if not folder.is_dir():
-            raise check.error(("source", "path"), f"not a folder: {folder}")
-        if not (folder / "config.json").is_file():
-            raise check.error(("source", "path"), f"no config.json in {folder} (expected a Hugging Face model folder)")
-        source = Source(path=folder)
-        default_name = folder.name
+            return check.error(("source", "hf"), problem)
+        return Source(hf=src["hf"], revision=src.get("revision", "main")), src["hf"].split("/")[-1]
+    folder = _resolve(base, src["path"])
+    if not folder.exists():
+        return check.error(("source", "path"), f"folder does not exist: {folder}")
+    if not folder.is_dir():
+        return check.error(("source", "path"), f"not a folder: {folder}")
+    if not (folder / "config.json").is_file():
+        return check.error(("source", "path"), f"no config.json in {folder} (expected a Hugging Face model folder)")
+    return Source(path=folder), folder.name
 
-    name = data.get("name", default_name)
-    if "name" not in data and not NAME_RE.match(name):
-        raise check.error(("source",), f"the default name {name!r} is not a valid artifact name; set 'name:'")
 
-    schemes = _registry(_quantizations, "quantization schemes") or {}
-    for i, quant in enumerate(data["quantizations"]):
-        _known(check, ("quantizations", i), "quantization", quant, schemes)
-
+def _targets_of(check: _Checker, texts: list[str], problems: list[UserError | None]) -> list[TargetRef]:
     targets = _registry(_targets, "target definitions") or {}
     refs: list[TargetRef] = []
     seen: dict[tuple[str, str | None], int] = {}
-    for i, text in enumerate(data["targets"]):
+    for i, text in enumerate(texts):
+        path: InstancePath = ("targets", i)
         tname, _, variant = text.partition(":")
-        _known(check, ("targets", i), "target", tname, targets)
+        err = _known(check, path, "target", tname, targets)
+        if err:
+            problems.append(err)
+            continue
         target = targets[tname]
         variants = dict(getattr(target, "variants", {}) or {})
         if variant and not variants:
-            raise check.error(("targets", i), f"target {tname!r} has no variants; write {tname!r}")
+            problems.append(check.error(path, f"target {tname!r} has no variants; write {tname!r}"))
+            continue
         if variant and variant not in variants:
             guess = closest(variant, variants)
             hint = f" — did you mean '{tname}:{guess}'?" if guess else f"; valid: {', '.join(sorted(variants))}"
-            raise check.error(("targets", i), f"unknown variant {variant!r} of target {tname!r}{hint}")
+            problems.append(check.error(path, f"unknown variant {variant!r} of target {tname!r}{hint}"))
+            continue
         effective = (tname, variant or getattr(target, "default_variant", None))
         if effective in seen:
-            first = data["targets"][seen[effective]]
-            raise check.error(("targets", i), f"{text!r} builds the same library as {first!r} (line {check.location(('targets', seen[effective])).line})")
+            j = seen[effective]
+            line = check.location(("targets", j)).line
+            problems.append(check.error(path, f"{text!r} builds the same library as {texts[j]!r} (line {line})"))
+            continue
         seen[effective] = i
         refs.append(TargetRef(tname, variant or None))
+    return refs
 
+
+def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
+    """Checks that need more than the schema (registries, the file system); the first problem in
+    document order is raised."""
+    base = recipe_path.parent
+    problems: list[UserError | None] = []
+    found = _source(check, base, data["source"])
+    if isinstance(found, UserError):
+        problems.append(found)
+        source, default_name = Source(), "model"
+    else:
+        source, default_name = found
+        if "name" not in data and not NAME_RE.match(default_name):
+            problems.append(check.error(("source",), f"the default name {default_name!r} is not a valid artifact name; set 'name:'"))
+    name = data.get("name", default_name)
+
+    schemes = _registry(_quantizations, "quantization schemes") or {}
+    for i, quant in enumerate(data["quantizations"]):
+        problems.append(_known(check, ("quantizations", i), "quantization", quant, schemes))
+    refs = _targets_of(check, data["targets"], problems)
     templates = _registry(_templates, "conversation templates")
     if templates is not None:
-        _known(check, ("conv_template",), "conv_template", data["conv_template"], templates)
-
+        problems.append(_known(check, ("conv_template",), "conv_template", data["conv_template"], templates))
     model_type = data.get("model_type")
     if model_type is not None:
         models = _registry(_models, "model families")
         if models is not None:
-            _known(check, ("model_type",), "model_type", model_type, models)
+            problems.append(_known(check, ("model_type",), "model_type", model_type, models))
+    overrides = _overrides(check, data.get("overrides") or {}, problems)
 
-    overrides = _overrides(check, data.get("overrides") or {})
-    compile_options = _compile_options(data.get("compile") or {})
+    real = [p for p in problems if p is not None]
+    if real:
+        raise min(real, key=lambda e: (e.location.line or 0, e.location.column or 0) if e.location else (0, 0))
     locations = {
-        field_name(path) or "": Location(recipe_path, *(pos.value)) for path, pos in check.doc.marks.items()
+        field_name(path) or "": Location(check.shown, *(pos.value)) for path, pos in check.doc.marks.items()
     }
     return Recipe(
         path=recipe_path,
@@ -354,14 +372,14 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
         targets=tuple(refs),
         conv_template=data["conv_template"],
         overrides=overrides,
-        compile_options=compile_options,
+        compile_options=_compile_options(data.get("compile") or {}),
         output=_resolve(base, data.get("output", DEFAULT_OUTPUT)),
         model_type=model_type,
         locations=locations,
     )
 
 
-def _overrides(check: _Checker, given: Mapping[str, Any]) -> dict[str, Any]:
+def _overrides(check: _Checker, given: Mapping[str, Any], problems: list[UserError | None]) -> dict[str, Any]:
     props = load_schema()["properties"]["overrides"]["properties"]
     out: dict[str, Any] = {}
     for key, value in given.items():
@@ -376,7 +394,7 @@ def _overrides(check: _Checker, given: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = value
     window, chunk = out.get("context_window_size"), out.get("prefill_chunk_size")
     if window is not None and chunk is not None and window > 0 and chunk > window:
-        raise check.error(("overrides", "prefill_chunk_size"), f"must be ≤ context_window_size ({window}) (got {chunk})")
+        problems.append(check.error(("overrides", "prefill_chunk_size"), f"must be ≤ context_window_size ({window}) (got {chunk})"))
     return out
 
 

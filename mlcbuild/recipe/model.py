@@ -55,5 +55,10 @@ class Recipe:
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, field_name: str) -> Location:
-        """Where `field_name` (dotted, e.g. "source.revision" or "targets[1]") is written, for later errors."""
-        return self.locations.get(field_name) or Location(self.path)
+        """Where `field_name` (dotted, e.g. "source.revision" or "targets[1]") is written, for later
+        errors; the file as the user named it, like load errors."""
+        found = self.locations.get(field_name)
+        if found is not None:
+            return found
+        root = self.locations.get("")
+        return Location(root.file if root else self.path)
