@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -48,7 +49,6 @@ def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[M
     Returns None for exceptions that are not about the Hub, so callers re-raise those untouched.
     Not-found and gated are the user's to fix (UserError); connectivity and server faults are StepErrors.
     """
-    import httpx2
     from huggingface_hub import errors as hf_errors
     from huggingface_hub.utils import OfflineModeIsEnabled
 
@@ -74,7 +74,7 @@ def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[M
         return StepError, f"file missing from Hugging Face repo {where}@{revision}: {_first_line(exc)}"
     if isinstance(exc, hf_errors.FileMetadataError):
         return StepError, f"{endpoint()} does not answer like a Hugging Face Hub: {_first_line(exc)}"
-    if isinstance(exc, (OfflineModeIsEnabled, httpx2.TransportError, hf_errors.LocalEntryNotFoundError)):
+    if isinstance(exc, (OfflineModeIsEnabled, *_transport_errors(), hf_errors.LocalEntryNotFoundError)):
         cause = exc.__cause__ or exc
         reason = "offline mode is on (HF_HUB_OFFLINE)" if isinstance(cause, OfflineModeIsEnabled) else (
             f"{type(cause).__name__}: {_first_line(cause)}"
@@ -89,6 +89,17 @@ def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[M
         detail = message[0] if message else "no message"
         return StepError, f"Hugging Face Hub error {status} for {where}@{revision}: {detail}"
     return None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exception types of whichever HTTP client this huggingface_hub uses."""
+    found: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx", "requests"):
+        mod = sys.modules.get(module)
+        exc = getattr(mod, "TransportError", None) or getattr(mod, "ConnectionError", None)
+        if isinstance(exc, type):
+            found.append(exc)
+    return tuple(found)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -200,3 +200,20 @@ def test_offline_after_download_uses_cache(fake_hub, hf_cache, tmp_path, monkeyp
 
 def test_errors_are_mlcbuild_errors():
     assert issubclass(StepError, MlcbuildError) and issubclass(UserError, MlcbuildError)
+
+
+def test_fake_hub_speaks_the_api(fake_hub, hf_cache, tmp_path):
+    import urllib.request
+
+    from huggingface_hub import HfApi, hf_hub_download
+
+    repo = unique("api")
+    sha = fake_hub.add_repo(repo, make_folder(tmp_path / "src"))
+    info = HfApi(endpoint=fake_hub.url).model_info(repo)
+    assert info.sha == sha and "original/consolidated.safetensors" in [s.rfilename for s in info.siblings]
+    path = hf_hub_download(repo, "config.json", revision="main", cache_dir=hf_cache, endpoint=fake_hub.url)
+    assert json.loads(Path(path).read_text())["version"] == 1
+    request = urllib.request.Request(f"{fake_hub.url}/{repo}/resolve/{sha}/model.safetensors", headers={"Range": "bytes=10-19"})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 206 and response.headers["Content-Range"] == "bytes 10-19/4096"
+        assert response.headers["X-Repo-Commit"] == sha and len(response.read()) == 10
