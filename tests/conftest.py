@@ -1,4 +1,4 @@
-
+"""Shared pytest fixtures (each section is owned by the module it serves)."""
 
 # --- fake Hugging Face Hub (tests/fakehub.py) ---------------------------------------------------
 import os as _os

@@ -209,3 +209,15 @@ def test_templates_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_demo_model_is_reproducible(tmp_path):
+    """scripts/make_demo_model.py regenerates the bundled folder byte for byte (same library versions)."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_model.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    bundled = sorted(p.name for p in DEMO.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == bundled
+    for name in bundled:
+        assert (tmp_path / name).read_bytes() == (DEMO / name).read_bytes(), name
+    assert sum(p.stat().st_size for p in DEMO.iterdir()) < 2_000_000
