@@ -21,6 +21,7 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".model", ".pt", ".gguf")
 _INFO_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
 _TREE_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
 _RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_CDN_RE = re.compile(r"^/cdn/(?P<sha256>[0-9a-f]{64})/(?P<name>[^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,13 @@ class FakeRepo:
     tokens: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Request:
     method: str
     path: str
     authorization: str | None
+    served: str | None = None
+    """Repo path of the file whose bytes this request returned (a GET that downloaded content)."""
 
 
 class HubError(Exception):
@@ -66,27 +69,40 @@ class HubError(Exception):
 class FakeHub:
     """The server plus its repos; thread-safe so the client's parallel downloads are fine."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, lfs_redirect: bool = True):
         self.repos: dict[str, FakeRepo] = {}
+        self.lfs_redirect = lfs_redirect
+        self._lfs: dict[str, Blob] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._cdn = ThreadingHTTPServer((host, 0), _make_handler(self))
+        for server in (self._server, self._cdn):
+            server.daemon_threads = True
+        self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def cdn_url(self) -> str:
+        """A second origin for LFS blobs, so the client treats it like the Hub's CDN (no auth, no follow)."""
+        host, port = self._cdn.server_address[:2]
+        return f"http://{host}:{port}"
+
     def start(self) -> "FakeHub":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fakehub", daemon=True)
-        self._thread.start()
+        for name, server in (("fakehub", self._server), ("fakehub-cdn", self._cdn)):
+            thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        for server in (self._server, self._cdn):
+            server.shutdown()
+            server.server_close()
 
     def __enter__(self) -> "FakeHub":
         return self.start()
@@ -128,6 +144,7 @@ class FakeHub:
             sha = h.hexdigest()
             repo.commits[sha] = content
             repo.branches[branch] = sha
+            self._lfs.update({b.sha256: b for n, b in content.items() if n.endswith(LFS_SUFFIXES)})
         return sha
 
     def count(self, method: str | None = None, contains: str = "") -> int:
@@ -139,9 +156,20 @@ class FakeHub:
                 if (method is None or r.method == method) and contains in r.path
             )
 
+    def downloads(self) -> list[str]:
+        """Repo paths whose bytes were served, in order: what the client really fetched."""
+        with self._lock:
+            return [r.served for r in self.requests if r.served]
+
     def clear_requests(self) -> None:
         with self._lock:
             self.requests.clear()
+
+    def lfs_blob(self, sha256: str) -> Blob:
+        blob = self._lfs.get(sha256)
+        if blob is None:
+            raise HubError(404, None, "No such object")
+        return blob
 
     def _log(self, request: Request) -> None:
         with self._lock:
@@ -246,7 +274,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _dispatch(self, head: bool) -> None:
             split = urlsplit(self.path)
-            hub._log(Request(self.command, split.path, self.headers.get("Authorization")))
+            self._request = Request(self.command, split.path, self.headers.get("Authorization"))
+            hub._log(self._request)
             try:
                 if m := _TREE_RE.match(split.path):
                     recursive = parse_qs(split.query).get("recursive", ["false"])[0].lower() == "true"
@@ -258,7 +287,13 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     sha, blob = hub.resolve(
                         unquote(m["repo"]), unquote(m["rev"]), unquote(m["path"]), self.headers.get("Authorization")
                     )
-                    self._file(sha, m["path"], blob, head)
+                    path = unquote(m["path"])
+                    if hub.lfs_redirect and path.endswith(LFS_SUFFIXES):
+                        self._redirect(sha, path, blob, head)
+                    else:
+                        self._file(sha, path, blob, head)
+                elif m := _CDN_RE.match(split.path):
+                    self._file(None, unquote(m["name"]), hub.lfs_blob(m["sha256"]), head)
                 else:
                     raise HubError(404, None, "Not found")
             except HubError as e:
@@ -284,16 +319,24 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 headers["X-Repo-Commit"] = e.commit
             self._send(e.status, headers, json.dumps({"error": e.message}).encode(), head)
 
-        def _file(self, sha: str, path: str, blob: Blob, head: bool) -> None:
+        def _redirect(self, sha: str, path: str, blob: Blob, head: bool) -> None:
+            """LFS files: the Hub answers 302 to a CDN URL, with the blob's etag and size in X-Linked-*."""
+            headers = {
+                "Location": f"{hub.cdn_url}/cdn/{blob.sha256}/{path.rsplit('/', 1)[-1]}",
+                "X-Repo-Commit": sha,
+                "ETag": f'"{blob.git_oid}"',
+                "X-Linked-Etag": f'"{blob.sha256}"',
+                "X-Linked-Size": str(len(blob.data)),
+            }
+            self._send(302, headers, b"", head)
+
+        def _file(self, sha: str | None, path: str, blob: Blob, head: bool) -> None:
             data = blob.data
             etag = blob.sha256 if path.endswith(LFS_SUFFIXES) else blob.git_oid
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "X-Repo-Commit": sha,
-                "ETag": f'"{etag}"',
-                "Accept-Ranges": "bytes",
-            }
-            if path.endswith(LFS_SUFFIXES):
+            headers = {"Content-Type": "application/octet-stream", "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+            if sha is not None:
+                headers["X-Repo-Commit"] = sha
+            if path.endswith(LFS_SUFFIXES) and sha is not None:
                 headers["X-Linked-Etag"] = f'"{blob.sha256}"'
                 headers["X-Linked-Size"] = str(len(data))
             status = 200
@@ -308,6 +351,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 data = data[start:end + 1]
                 status = 206
+            if not head:
+                self._request.served = path
             self._send(status, headers, data, head)
 
     return Handler

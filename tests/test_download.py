@@ -80,17 +80,18 @@ def test_download_pinned_sha_only_needed_files(fake_hub, hf_cache, tmp_path):
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert json.loads((out / "config.json").read_text())["version"] == 1
     assert (out / "model.safetensors").read_bytes() == bytes([1]) * 4096
-    fetched = {r.path.rsplit("/", 1)[-1] for r in fake_hub.requests if r.method == "GET" and "/resolve/" in r.path}
-    assert fetched == {"config.json", "model.safetensors", "tokenizer.json"}
+    assert sorted(fake_hub.downloads()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert all(sha1 in r.path for r in fake_hub.requests if "/resolve/" in r.path)
+    assert fake_hub.count("GET", "/cdn/") == 1
     assert seen and seen[-1] == pytest.approx(1.0)
 
 
 def test_second_download_reuses_hf_cache(fake_hub, hf_cache, tmp_path):
     repo = unique("cached")
     sha = fake_hub.add_repo(repo, make_folder(tmp_path / "src"))
+    fake_hub.clear_requests()
     run_download(hf_params(repo, sha), tmp_path / "a")
-    assert fake_hub.count("GET", f"/{repo}/resolve/") == 3
+    assert len(fake_hub.downloads()) == 3
     fake_hub.clear_requests()
     out = run_download(hf_params(repo, sha), tmp_path / "b")
     assert fake_hub.requests == []
@@ -104,8 +105,7 @@ def test_partial_cache_fetches_only_missing(fake_hub, hf_cache, tmp_path):
     run_download({"repo": repo, "revision": sha, "allow_patterns": ["config.json"]}, tmp_path / "a")
     fake_hub.clear_requests()
     run_download(hf_params(repo, sha), tmp_path / "b")
-    fetched = {r.path.rsplit("/", 1)[-1] for r in fake_hub.requests if r.method == "GET" and "/resolve/" in r.path}
-    assert fetched == {"model.safetensors", "tokenizer.json"}
+    assert sorted(fake_hub.downloads()) == ["model.safetensors", "tokenizer.json"]
 
 
 def test_bin_weights_when_no_safetensors(fake_hub, hf_cache, tmp_path):
@@ -215,5 +215,8 @@ def test_fake_hub_speaks_the_api(fake_hub, hf_cache, tmp_path):
     assert json.loads(Path(path).read_text())["version"] == 1
     request = urllib.request.Request(f"{fake_hub.url}/{repo}/resolve/{sha}/model.safetensors", headers={"Range": "bytes=10-19"})
     with urllib.request.urlopen(request) as response:
+        assert response.url.startswith(fake_hub.cdn_url)
         assert response.status == 206 and response.headers["Content-Range"] == "bytes 10-19/4096"
-        assert response.headers["X-Repo-Commit"] == sha and len(response.read()) == 10
+        assert len(response.read()) == 10
+    with urllib.request.urlopen(f"{fake_hub.url}/{repo}/resolve/main/config.json") as response:
+        assert response.headers["X-Repo-Commit"] == sha and json.loads(response.read())["version"] == 1
