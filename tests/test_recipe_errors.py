@@ -68,6 +68,7 @@ CASES = [
     ("yaml-syntax", HEAD + "quantizations: [q4f16_1\ntargets: [llvm]\n", 5, 8, None, "invalid YAML: did not find expected ',' or ']' (while parsing a flow sequence at line 4, column 16)"),
     ("yaml-tab", HEAD + "\tquantizations: [q4f16_1]\n", 4, 1, None, "invalid YAML"),
     ("yaml-two-documents", GOOD + "---\nname: x\n", 7, 1, None, "expected a single YAML document"),
+    ("yaml-control-char", GOOD + "name: a\x00b\n", 7, 8, None, "character U+0000 is not allowed"),
     ("yaml-python-tag", "name: !!python/object:os.system x\n" + GOOD, 1, 7, "name", "invalid YAML value"),
     ("bool-key", GOOD + "yes: 1\n", 7, 1, None, "mapping key 'yes' must be a name (quote it)"),
     ("merge-key", GOOD + "<<: {name: x}\n", 7, 1, None, "merge keys ('<<') are not supported"),
@@ -211,3 +212,27 @@ def test_evaluator_agrees_with_jsonschema() -> None:
         ours = sorted(".".join(map(str, i.path)) for i in iter_issues(data))
         theirs = list(validator.iter_errors(data))
         assert bool(ours) == bool(theirs), (data, ours, [e.message for e in theirs])
+
+
+def test_mangled_recipes_never_traceback(workdir: Path) -> None:
+    """Random edits of a good recipe give a one-line UserError or a recipe, never anything else."""
+    import random
+
+    base = (Path(__file__).resolve().parent.parent / "recipes" / "redpajama.yaml").read_text()
+    pieces = [":", "-", "[", "]", "{", "}", " ", "\n", '"', "'", "#", "&a", "*a", "!!", "? ", "1", "null",
+              "\t", "|", ",", "0.5", "-1", "q4f16", "cuda:", "<<: ", "\x00", "\ufeff", "é"]
+    rng = random.Random(20)
+    path = workdir / "recipe.yaml"
+    for _ in range(300):
+        chars = list(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(chars) + 1)
+            if rng.random() < 0.5:
+                del chars[at : at + rng.randint(1, 8)]
+            else:
+                chars.insert(at, rng.choice(pieces))
+        path.write_bytes("".join(chars).encode("utf-8", "replace"))
+        try:
+            load_recipe("recipe.yaml")
+        except UserError as e:
+            assert str(e).startswith("recipe.yaml:") and "\n" not in str(e), str(e)

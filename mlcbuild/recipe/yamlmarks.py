@@ -104,7 +104,7 @@ def parse(text: str) -> Document | None:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "invalid YAML"
+        problem = " ".join((e.problem or e.context or "invalid YAML").split())
         if e.context and e.problem and "expected a single document" in e.context:
             problem = "expected a single YAML document, found more ('---')"
         elif e.context and e.problem and e.context_mark is not None:
@@ -113,8 +113,13 @@ def parse(text: str) -> Document | None:
         if mark is None:
             raise YamlProblem(f"invalid YAML: {problem}", None, None) from None
         raise YamlProblem(f"invalid YAML: {problem}", mark.line + 1, mark.column + 1) from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        char = e.character if isinstance(e.character, int) else ord(e.character or "\0")
+        raise YamlProblem(f"invalid YAML: character U+{char:04X} is not allowed ({e.reason})", line, column) from None
     except yaml.YAMLError as e:
-        raise YamlProblem(f"invalid YAML: {e}", None, None) from None
+        raise YamlProblem(f"invalid YAML: {' '.join(str(e).split())}", None, None) from None
     if root is None:
         return None
     builder = _Builder()
