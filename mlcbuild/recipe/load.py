@@ -14,9 +14,8 @@ from mlcbuild.errors import Location, UserError
 from mlcbuild.recipe.model import Recipe, Source, TargetRef
 from mlcbuild.recipe.schema import InstancePath, Issue, iter_issues, load_schema
 from mlcbuild.recipe.suggest import closest, unknown
-from mlcbuild.recipe.yamlmarks import Document, Pos, YamlProblem, parse
+from mlcbuild.recipe.yamlmarks import Document, YamlProblem, parse
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 OPT_DEFAULTS: dict[str, dict[str, bool]] = {
@@ -39,6 +38,7 @@ def field_name(path: InstancePath) -> str | None:
 
 
 def describe(value: Any) -> str:
+    """How a value reads in an error: kind first, then the value."""
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
@@ -84,6 +84,10 @@ class _Checker:
         line, column = pos.key if at_key and pos.key else pos.value
         return Location(self.shown, line, column)
 
+    @staticmethod
+    def _order(location: Location | None) -> tuple[int, int]:
+        return (location.line or 0, location.column or 0) if location else (0, 0)
+
     def error(self, path: InstancePath, message: str, at_key: bool = False) -> UserError:
         return UserError(message, self.location(path, at_key), field_name(path))
 
@@ -110,7 +114,7 @@ class _Checker:
             return self.error(path + (key,), f"{key!r} requires {needed!r}", at_key=True)
         if kw == "oneOf" and path == ("source",):
             if "hf" in value and "path" in value:
-                later = max(("hf", "path"), key=lambda k: self.location(path + (k,), True).line or 0)
+                later = max(("hf", "path"), key=lambda k: self._order(self.location(path + (k,), True)))
                 return self.error(path + (later,), "'hf' and 'path' are mutually exclusive; give one", at_key=True)
             return self.error(path, "needs 'hf' (a Hugging Face repo id) or 'path' (a local folder)")
         if kw == "type":
@@ -234,8 +238,7 @@ def load_recipe(path: Path | str) -> Recipe:
     issues = list(iter_issues(data))
     if issues:
         def order(issue: Issue) -> tuple[bool, int, int]:
-            err = check.from_issue(issue)
-            return (issue.keyword == "required", err.location.line or 0, err.location.column or 0)
+            return (issue.keyword == "required", *check._order(check.from_issue(issue).location))
 
         raise check.from_issue(min(issues, key=order))
     return _build(check, file.resolve(), data)
@@ -360,7 +363,7 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
 
     real = [p for p in problems if p is not None]
     if real:
-        raise min(real, key=lambda e: (e.location.line or 0, e.location.column or 0) if e.location else (0, 0))
+        raise min(real, key=lambda e: check._order(e.location))
     locations = {
         field_name(path) or "": Location(check.shown, *(pos.value)) for path, pos in check.doc.marks.items()
     }
