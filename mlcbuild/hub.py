@@ -49,12 +49,16 @@ def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[M
     Returns None for exceptions that are not about the Hub, so callers re-raise those untouched.
     Not-found and gated are the user's to fix (UserError); connectivity and server faults are StepErrors.
     """
-    from huggingface_hub import errors as hf_errors
-    from huggingface_hub.utils import OfflineModeIsEnabled
-
+    gated, revision_missing, repo_missing, entry_missing, bad_metadata, offline, not_cached, http_error = (
+        _hf_error(name)
+        for name in (
+            "GatedRepoError", "RevisionNotFoundError", "RepositoryNotFoundError", "RemoteEntryNotFoundError",
+            "FileMetadataError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "HfHubHTTPError",
+        )
+    )
     where = f"'{repo}'"
     url = f"{endpoint()}/{repo}"
-    if isinstance(exc, hf_errors.GatedRepoError):
+    if isinstance(exc, gated):
         status = exc.response.status_code if exc.response is not None else None
         if status == 403:
             return UserError, (
@@ -64,31 +68,43 @@ def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[M
             f"Hugging Face repo {where} is gated: request access at {url}, then set HF_TOKEN "
             "(or run `hf auth login`)"
         )
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
+    if isinstance(exc, revision_missing):
         return UserError, f"revision '{revision}' not found in Hugging Face repo {where}"
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+    if isinstance(exc, repo_missing):
         return UserError, (
             f"Hugging Face repo {where} not found at {endpoint()} (check the name; a private repo needs HF_TOKEN)"
         )
-    if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+    if isinstance(exc, entry_missing):
         return StepError, f"file missing from Hugging Face repo {where}@{revision}: {_first_line(exc)}"
-    if isinstance(exc, hf_errors.FileMetadataError):
+    if isinstance(exc, bad_metadata):
         return StepError, f"{endpoint()} does not answer like a Hugging Face Hub: {_first_line(exc)}"
-    if isinstance(exc, (OfflineModeIsEnabled, *_transport_errors(), hf_errors.LocalEntryNotFoundError)):
+    if isinstance(exc, (offline, *_transport_errors(), not_cached)):
         cause = exc.__cause__ or exc
-        reason = "offline mode is on (HF_HUB_OFFLINE)" if isinstance(cause, OfflineModeIsEnabled) else (
+        reason = "offline mode is on (HF_HUB_OFFLINE)" if isinstance(cause, offline) else (
             f"{type(cause).__name__}: {_first_line(cause)}"
         )
         return StepError, (
             f"cannot reach the Hugging Face Hub at {endpoint()} ({reason}) and {where}@{revision} "
             f"is not in the HF cache {cache_dir()}"
         )
-    if isinstance(exc, hf_errors.HfHubHTTPError):
+    if isinstance(exc, http_error):
         status = exc.response.status_code if exc.response is not None else "?"
-        message = (exc.server_message or "").strip().splitlines()
+        message = (getattr(exc, "server_message", None) or "").strip().splitlines()
         detail = message[0] if message else "no message"
         return StepError, f"Hugging Face Hub error {status} for {where}@{revision}: {detail}"
     return None
+
+
+class _Absent(Exception):
+    """Stands in for an error class this huggingface_hub version does not define."""
+
+
+def _hf_error(name: str) -> type[BaseException]:
+    """An exception class of huggingface_hub by name; they moved between modules across versions."""
+    import huggingface_hub.errors
+    import huggingface_hub.utils
+
+    return getattr(huggingface_hub.errors, name, None) or getattr(huggingface_hub.utils, name, _Absent)
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

@@ -147,12 +147,14 @@ class DownloadStep(Step):
     @staticmethod
     def _cached_listing(repo: str, revision: str) -> list[str] | None:
         """The file list of a commit already seen, from the HF cache: a warm download needs no network."""
-        from huggingface_hub import get_cached_repo_tree
-        from huggingface_hub.errors import CachedRepoTreeNotFoundError
-
         from mlcbuild import hub
 
         if not hub.is_commit_sha(revision.lower()):
+            return None
+        try:
+            from huggingface_hub import get_cached_repo_tree
+            from huggingface_hub.errors import CachedRepoTreeNotFoundError
+        except ImportError:
             return None
         try:
             return [f.path for f in get_cached_repo_tree(repo, revision=revision, cache_dir=hub.cache_dir())]
