@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 from mlcbuild.errors import UserError
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "targets"
@@ -136,7 +138,7 @@ def load_targets() -> dict[str, Target]:
     found: dict[str, Target] = {}
     for folder in targets_dirs():
         for file in sorted(folder.glob("*.yaml")):
-            data = yaml.safe_load(file.read_text()) or {}
+            data = yaml.load(file.read_text(), Loader=_LOADER) or {}
             attrs: dict[str, Mapping[str, Any]] = {}
             overrides: dict[str, Mapping[str, Any]] = {}
             for vname, spec in (data.get("variants") or {}).items():
@@ -237,6 +239,7 @@ def tvm_version() -> str | None:
 _PROBES: dict[str, bytes] = {
     **{f"codegen:{k}": f"target.build.{k}\0".encode() for k in ("llvm", "c", "cuda", "metal", "opencl", "webgpu", "rocm", "vulkan", "nvptx")},
     **{f"llvm:{k}": v for k, v in _LLVM_BACKENDS.items()},
+    "ext:cublas": b"relax.ext.cublas\0",
 }
 
 

@@ -100,7 +100,9 @@ class BuildGraph:
         return exact or [n for n in self.nodes.values() if query in n.label]
 
     def to_networkx(self) -> "nx.DiGraph":
-                g = nx.DiGraph()
+        import networkx as nx
+
+        g = nx.DiGraph()
         for node in self.nodes.values():
             g.add_node(node.id, kind=node.kind, label=node.label, params=node.params)
         for dep, user, role in self.edges():
