@@ -41,12 +41,16 @@ class ModelFamily:
         """The `model_config` object of mlc-chat-config.json → model config."""
         return self.config_cls.from_json(model_config)
 
-    def create_model(self, config: "ModelConfigBase", quantization_name: str) -> Any:
-        """The tvm.relax.frontend.nn module, already quantized (imports TVM)."""
+    def create_model(self, config: "ModelConfigBase", quantization_name: str, target: Any = None) -> Any:
+        """The tvm.relax.frontend.nn module, already quantized (imports TVM).
+
+        `target` (a tvm Target or string) picks the paged-KV-cache kernels; when None, the
+        enclosing `with Target(...)` at export time is used, else llvm.
+        """
         from mlcbuild.quantization import get_scheme
 
         scheme = get_scheme(quantization_name)
-        return self._module("model").create_model(config, scheme)
+        return self._module("model").create_model(config, scheme, target)
 
     def weight_plan(self, config: "ModelConfigBase", quantization_name: str) -> "WeightPlan":
         """HF tensor names → final MLC parameters (names, shapes, dtypes, transforms); numpy only."""

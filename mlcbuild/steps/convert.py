@@ -61,6 +61,7 @@ def convert_checkpoint(
     cfg = family.config_from_hf(hf_config, {})
     plan = family.weight_plan(cfg, quantization)
     ckpt = HFCheckpoint.open(source)
+    ckpt.tensors = _canonical_names(plan, ckpt.tensors)
     _check_names_and_shapes(plan, ckpt)
 
     staging = out / _STAGING
@@ -92,6 +93,16 @@ def convert_checkpoint(
     finally:
         ckpt.close()
     return metadata
+
+
+def _canonical_names(plan: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, info in tensors.items():
+        canon = plan.canonical(name)
+        if canon in out:
+            raise StepError(f"tensor {canon} appears twice in the checkpoint (also as {name})")
+        out[canon] = info
+    return out
 
 
 def _check_names_and_shapes(plan: Any, ckpt: Any) -> None:

@@ -55,6 +55,11 @@ class WeightPlan:
     params: list[ParamSource]
     scheme: QuantizationScheme
     ignore: tuple[str, ...] = field(default_factory=tuple)
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Checkpoint name → the name the plan uses (HF renamed some tensors across versions)."""
+
+    def canonical(self, hf_name: str) -> str:
+        return self.aliases.get(hf_name, hf_name)
 
     def is_quantized(self, p: ParamSource) -> bool:
         return isinstance(self.scheme, GroupQuantize) and p.kind in ("linear", "embedding")
@@ -78,13 +83,17 @@ class WeightPlan:
         return [o for p in self.params for o in self.outputs(p)]
 
     def produce(self, p: ParamSource, arrays: Sequence[np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        """Combine the HF tensors of one parameter and quantize/cast it to its outputs."""
+        """Combine the HF tensors of one parameter and quantize/cast it to its outputs.
+
+        Weights are cast to the model dtype before quantizing, as MLC does, so a float32 or
+        bfloat16 checkpoint quantizes exactly like its float16 copy.
+        """
         w = p.combine(arrays)
         if tuple(w.shape) != p.shape:
             raise ValueError(f"{p.name}: combined shape {tuple(w.shape)} != expected {p.shape}")
         if self.is_quantized(p):
             assert isinstance(self.scheme, GroupQuantize)
-            q_weight, q_scale = group_quantize(w, self.scheme)
+            q_weight, q_scale = group_quantize(cast_weight(w, self.scheme), self.scheme)
             outs = self.outputs(p)
             return [(outs[0].name, q_weight), (outs[1].name, q_scale)]
         return [(p.name, np.ascontiguousarray(cast_weight(w, self.scheme)))]

@@ -55,4 +55,4 @@ def weight_plan(cfg: GPTNeoXConfig, scheme: QuantizationScheme) -> WeightPlan:
         r"gpt_neox\.layers\.\d+\.attention\.(rotary_emb\.inv_freq|bias|masked_bias)",
         r"gpt_neox\.rotary_emb\.inv_freq",
     )
-    return WeightPlan(params, scheme, ignore)
+    return WeightPlan(params, scheme, ignore, aliases={"lm_head.weight": "embed_out.weight"})
