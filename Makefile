@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m compileall -q mlcbuild > /dev/null
 	rm -f $(VENV)/.installed-*
 	touch $@
 

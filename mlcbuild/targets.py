@@ -225,14 +225,16 @@ def tvm_compiler_library() -> Path | None:
     return None
 
 
+@lru_cache(maxsize=None)
 def tvm_version() -> str | None:
-    from importlib import metadata
-
-    for dist in ("apache-tvm", "tvm", "mlc-ai-nightly", "mlc-ai-nightly-cu128"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
+    """apache-tvm's version, read from its dist-info folder name (importlib.metadata costs ~30 ms)."""
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    site = Path(next(iter(spec.submodule_search_locations))).parent
+    for dist in ("apache_tvm", "tvm", "mlc_ai_nightly"):
+        for info in sorted(site.glob(f"{dist}-*.dist-info")):
+            return info.name[len(dist) + 1 : -len(".dist-info")]
     return None
 
 

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from mlcbuild.cli.main import command
 from mlcbuild.errors import UserError
@@ -17,8 +17,17 @@ from mlcbuild.recipe.load import load_recipe
 from mlcbuild.recipe.model import Recipe
 from mlcbuild.store.cas import Store, default_cache_dir
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+
+@lru_cache(maxsize=None)
+def console(stderr: bool = False) -> "Console":
+    """rich is imported only when there is something to draw: a no-op build prints one plain line."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
 
 
 def _store() -> Store:
@@ -58,19 +67,19 @@ def build(args: argparse.Namespace) -> int:
     _, store, graph = _prepare(args, args.recipes)
     if args.dry_run:
         report = dry_run(graph, _all(graph), store, force=args.force)
-        out.print(summary_table(report, title="dry run"))
+        console().print(summary_table(report, title="dry run"))
         return 0
-    with RichReporter(err) as reporter:
+    with RichReporter(lambda: console(True)) as reporter:
         executor = LocalExecutor(store, jobs=args.jobs, keep_going=args.keep_going, force=args.force, reporter=reporter)
         report = executor.run(graph, _all(graph))
     written = materialize(graph, report, store)
     if report.count("built") or not report.ok:
-        out.print(summary_table(report))
+        console().print(summary_table(report))
     else:
-        out.print(f"[green]up to date[/]: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
+        print(f"up to date: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
     for outcome in report.outcomes.values():
         if outcome.status == "failed":
-            err.print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}")
+            console(True).print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}")
     return 0 if report.ok else 1
 
 
@@ -81,7 +90,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
 
     _, store, graph = _prepare(args, args.recipes)
     report = dry_run(graph, _all(graph), store)
-    out.print(summary_table(report, title="plan"))
+    console().print(summary_table(report, title="plan"))
     return 0
 
 
@@ -98,24 +107,24 @@ def explain(args: argparse.Namespace) -> int:
     report = dry_run(graph, _all(graph), store)
     for node in matches:
         outcome = report.outcomes[node.id]
-        out.print(f"[bold]{node.label}[/] ({node.kind}, id {node.id})")
+        console().print(f"[bold]{node.label}[/] ({node.kind}, id {node.id})")
         if outcome.status == "cached":
-            out.print(f"  cached: key {outcome.key}")
+            console().print(f"  cached: key {outcome.key}")
             continue
         deps = {role: report.outcomes[d] for role, d in node.deps}
         if any(d.manifest is None for d in deps.values()):
             waiting = [d.node.label for d in deps.values() if d.manifest is None]
-            out.print(f"  waits for: {', '.join(waiting)} (its key depends on their output)")
+            console().print(f"  waits for: {', '.join(waiting)} (its key depends on their output)")
             continue
         preimage = key_preimage(node, {r: d.manifest for r, d in deps.items()}, store)
         last = store.last_node_build(slot(node))
         if last is None:
-            out.print("  never built with this cache")
+            console().print("  never built with this cache")
             continue
         changes = diff_preimages(last["preimage"], preimage)
-        out.print(f"  will run; changed since the build with key {last['key'][:12]}:")
+        console().print(f"  will run; changed since the build with key {last['key'][:12]}:")
         for change in changes or ["nothing in the key changed; the cached result was removed"]:
-            out.print(f"    {change}")
+            console().print(f"    {change}")
     return 0
 
 
@@ -126,7 +135,7 @@ def graph_cmd(args: argparse.Namespace) -> int:
     _, _, graph = _prepare(args, args.recipes)
     g = graph.to_networkx()
     if args.format == "json":
-        out.print_json(json.dumps(nx.node_link_data(g, edges="edges")))
+        console().print_json(json.dumps(nx.node_link_data(g, edges="edges")))
     elif args.format == "dot":
         lines = ["digraph mlcbuild {", "  rankdir=LR;"]
         lines += [f'  "{n}" [label="{d["label"]}", shape=box];' for n, d in g.nodes(data=True)]
@@ -166,26 +175,26 @@ def cache_cmd(args: argparse.Namespace) -> int:
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(result.created)),
                 f"{result.duration_s:.1f}s",
             )
-        out.print(table)
+        console().print(table)
     elif args.action == "du":
         usage = store.usage()
-        out.print(f"{usage['results']} results, {usage['objects']} objects, {_human(usage['object_bytes'])} in {store.root}")
+        console().print(f"{usage['results']} results, {usage['objects']} objects, {_human(usage['object_bytes'])} in {store.root}")
     elif args.action == "gc":
         keep = None
         if args.keep is not None:
             keep = _live_keys(args, args.keep, store)
         older = args.older_than * 86400 if args.older_than is not None else None
         removed, freed = store.gc(keep, older)
-        out.print(f"removed {removed} objects, freed {_human(freed)}")
+        console().print(f"removed {removed} objects, freed {_human(freed)}")
     else:
         problems = store.verify()
         for problem in problems:
-            out.print(f"[red]{problem}[/]")
+            console().print(f"[red]{problem}[/]")
         if problems and args.repair:
-            out.print(f"removed {store.remove_corrupt()} corrupt objects")
+            console().print(f"removed {store.remove_corrupt()} corrupt objects")
         if problems:
             return 1
-        out.print(f"[green]ok[/]: {store.usage()['objects']} objects verified")
+        console().print(f"[green]ok[/]: {store.usage()['objects']} objects verified")
     return 0
 
 
@@ -208,13 +217,13 @@ def lock_cmd(args: argparse.Namespace) -> int:
     for path in args.recipes:
         recipe = load_recipe(path)
         if recipe.source.hf is None:
-            out.print(f"{path}: local source, nothing to lock")
+            console().print(f"{path}: local source, nothing to lock")
         elif args.check:
             check_lock(recipe)
-            out.print(f"{lock_path(recipe)}: up to date")
+            console().print(f"{lock_path(recipe)}: up to date")
         else:
             _, changed = update_lock(recipe, _resolve)
-            out.print(f"{lock_path(recipe)}: {'updated' if changed else 'unchanged'}")
+            console().print(f"{lock_path(recipe)}: {'updated' if changed else 'unchanged'}")
     return 0
 
 
@@ -236,7 +245,7 @@ def targets_cmd(args: argparse.Namespace) -> int:
             "[green]yes[/]" if missing is None else f"[red]no[/]: {missing}",
             target.description,
         )
-    out.print(table)
+    console().print(table)
     return 0
 
 

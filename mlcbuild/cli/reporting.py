@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterable
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from mlcbuild.execute.base import BuildReport, Outcome
 from mlcbuild.plan.graph import Node
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
 STATUS_STYLE = {
     "cached": "green",
@@ -21,49 +22,61 @@ STATUS_STYLE = {
 
 
 class RichReporter:
-    def __init__(self, console: Console):
+    """Progress bars for running nodes; rich is imported when the first node actually runs."""
+
+    def __init__(self, console: Callable[[], "Console"]):
         self.console = console
-        self.bars = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[message]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
+        self.bars: Progress | None = None
         self.tasks: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def __enter__(self) -> "RichReporter":
-        self.bars.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bars.stop()
+        if self.bars is not None:
+            self.bars.stop()
+
+    def _bars(self) -> "Progress":
+        if self.bars is None:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bars = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[message]}"),
+                TimeElapsedColumn(),
+                console=self.console(),
+                transient=True,
+            )
+            self.bars.start()
+        return self.bars
 
     def started(self, node: Node) -> None:
         with self.lock:
-            self.tasks[node.id] = self.bars.add_task(node.label, total=1.0, message="")
+            self.tasks[node.id] = self._bars().add_task(node.label, total=1.0, message="")
 
     def progress(self, node: Node, fraction: float, message: str) -> None:
         with self.lock:
             task = self.tasks.get(node.id)
-            if task is not None:
+            if task is not None and self.bars is not None:
                 self.bars.update(task, completed=max(0.0, min(1.0, fraction)), message=message)
 
     def finished(self, outcome: Outcome) -> None:
         with self.lock:
             task = self.tasks.pop(outcome.node.id, None)
-            if task is not None:
+            if task is not None and self.bars is not None:
                 self.bars.remove_task(task)
             if outcome.status == "built":
-                self.bars.console.print(f"[cyan]built[/] {outcome.node.label} ({outcome.duration_s:.1f}s)")
+                self._bars().console.print(f"[cyan]built[/] {outcome.node.label} ({outcome.duration_s:.1f}s)")
             elif outcome.status == "failed":
-                self.bars.console.print(f"[bold red]failed[/] {outcome.node.label}: {outcome.reason}")
+                self._bars().console.print(f"[bold red]failed[/] {outcome.node.label}: {outcome.reason}")
 
 
-def summary_table(report: BuildReport, title: str = "build") -> Table:
+def summary_table(report: BuildReport, title: str = "build") -> "Table":
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False)
     table.add_column("node")
     table.add_column("status")

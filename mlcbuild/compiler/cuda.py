@@ -12,6 +12,7 @@ then per module <kind str> [<payload bytes>] ("_lib" has no payload). A CUDA pay
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,14 +44,36 @@ NVCC_FLAGS = (
 
 
 @lru_cache(maxsize=None)
+@lru_cache(maxsize=None)
 def nvcc_version(nvcc: str = "nvcc") -> str | None:
-    """`nvcc --version`'s release line (e.g. "13.0, V13.0.48"), or None without nvcc."""
+    """`nvcc --version`'s release line (e.g. "13.0, V13.0.48"), or None without nvcc.
+
+    Remembered per binary (path, inode, size, mtime) in ~/.cache/mlcbuild, so a no-op build
+    does not spawn nvcc once per compile node.
+    """
     path = shutil.which(nvcc)
     if path is None:
         return None
+    st = os.stat(path)
+    stamp = f"{os.path.realpath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    memo = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlcbuild" / "nvcc-version.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if stamp in known:
+        return known[stamp]
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
     match = re.search(r"release ([^\n]+)", out)
-    return match.group(1).strip() if match else out.strip().splitlines()[-1]
+    version = match.group(1).strip() if match else out.strip().splitlines()[-1]
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({stamp: version}))
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+    return version
 
 
 def gencode_flags(arch: str, embed_ptx: bool = False) -> list[str]:

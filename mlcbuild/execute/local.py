@@ -84,8 +84,9 @@ class LocalExecutor:
                 manifest = self._execute(node, inputs)
                 duration = time.perf_counter() - began
                 self.store.put_action(ActionResult(key, manifest, preimage, duration))
+            why = self._why(node, preimage)
             self.store.record_node(slot(node), key, preimage)
-            return Outcome(node, "built", key, manifest, duration, reason=self._why(node, preimage))
+            return Outcome(node, "built", key, manifest, duration, reason=why)
         except MlcbuildError as e:
             return Outcome(node, "failed", reason=str(e))
         except Exception as e:  # a bug in a step: still one line here, the CLI offers --debug
@@ -96,7 +97,9 @@ class LocalExecutor:
         if last is None:
             return "never built"
         changes = diff_preimages(last["preimage"], preimage)
-        return "; ".join(changes[:3]) if changes else "forced"
+        if changes:
+            return "; ".join(changes[:3])
+        return "forced" if self.force else "result was missing from the cache"
 
     def _execute(self, node: Node, inputs: dict[str, Manifest]) -> Manifest:
         work = Path(tempfile.mkdtemp(prefix=f"{node.kind}-", dir=self.store.tmp_dir))
