@@ -7,7 +7,7 @@ GPU targets, CPU rules for llvm), plan memory, record memory usage for `_metadat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
 
@@ -107,8 +107,15 @@ def cpu_schedule_rules(level: int) -> list[Any]:
     return [dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
-def build_pipeline(target: Any, options: CompileOptions, bounds: Mapping[str, int], memory_usage: dict[str, int]):
-    """The Relax pipeline pass; `memory_usage` is filled with per-function planned bytes."""
+def build_pipeline(
+    target: Any,
+    options: CompileOptions,
+    bounds: Mapping[str, int],
+    memory_usage: dict[str, int],
+    after_memory_plan: Sequence[Any] = (),
+):
+    """The Relax pipeline pass; `memory_usage` is filled with per-function planned bytes and
+    `after_memory_plan` passes (e.g. attaching `_metadata`) run right after it is known."""
     import tvm
     from tvm import relax
     from tvm.s_tir import dlight as dl
@@ -139,6 +146,7 @@ def build_pipeline(target: Any, options: CompileOptions, bounds: Mapping[str, in
                     relax.transform.CallTIRRewrite(),
                     relax.transform.StaticPlanBlockMemory(),
                     _record_memory_usage(memory_usage),
+                    *after_memory_plan,
                     *([relax.transform.RewriteCUDAGraph()] if options.use_cudagraph(kind) else []),
                     relax.transform.LowerAllocTensor(),
                     relax.transform.KillAfterLastUse(),

@@ -1,0 +1,125 @@
+"""The `_metadata` function of a model library: what a loader checks before running anything.
+
+MLC runtimes call `_metadata()` and parse the JSON it returns; we keep MLC's field names and add
+the parameter dtypes/shapes that let `mlcbuild.runtime` reject mismatched weights up front.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+ARCH_FIELDS = (
+    "model_type",
+    "quantization",
+    "model_config",
+    "context_window_size",
+    "prefill_chunk_size",
+    "sliding_window_size",
+    "attention_sink_size",
+    "tensor_parallel_shards",
+    "max_batch_size",
+)
+"""Fields of mlc-chat-config.json that shape the compiled library (the compile key's view)."""
+
+
+def architecture_view(chat_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of mlc-chat-config.json compile depends on; sampling fields and templates excluded."""
+    return {k: chat_config.get(k) for k in ARCH_FIELDS}
+
+
+def _runtime_size(chat_config: Mapping[str, Any], name: str, default: int) -> int:
+    model_config = chat_config.get("model_config") or {}
+    value = model_config.get(name, chat_config.get(name))
+    return int(default if value is None else value)
+
+
+def runtime_sizes(chat_config: Mapping[str, Any]) -> dict[str, int]:
+    """context/prefill/sliding/sink/tp/batch sizes, model_config first (it is what the model saw)."""
+    return {
+        "context_window_size": _runtime_size(chat_config, "context_window_size", -1),
+        "prefill_chunk_size": _runtime_size(chat_config, "prefill_chunk_size", -1),
+        "sliding_window_size": _runtime_size(chat_config, "sliding_window_size", -1),
+        "attention_sink_size": _runtime_size(chat_config, "attention_sink_size", 0),
+        "tensor_parallel_shards": _runtime_size(chat_config, "tensor_parallel_shards", 1),
+        "max_batch_size": _runtime_size(chat_config, "max_batch_size", 1),
+    }
+
+
+def kv_cache_dims(model_config: Mapping[str, Any], config_obj: Any = None) -> dict[str, int]:
+    """Layers/heads/head_dim of the paged KV cache (read off the model config)."""
+
+    def get(name: str, default: Any = None) -> Any:
+        if config_obj is not None and hasattr(config_obj, name):
+            return getattr(config_obj, name)
+        return model_config.get(name, default)
+
+    heads = int(get("num_attention_heads", 0) or 0)
+    kv_heads = int(get("num_key_value_heads", 0) or heads)
+    head_dim = int(get("head_dim", 0) or (int(get("hidden_size", 0)) // heads if heads else 0))
+    return {
+        "num_hidden_layers": int(get("num_hidden_layers", 0) or 0),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+    }
+
+
+def param_entries(named_params: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """[{name, shape, dtype}] in the order the library takes its packed parameters."""
+    out = []
+    for name, param in named_params:
+        shape = [_dim(d) for d in param.shape]
+        out.append({"name": name, "shape": shape, "dtype": str(param.dtype)})
+    return out
+
+
+def _dim(d: Any) -> int | str:
+    try:
+        return int(d)
+    except (TypeError, ValueError):
+        return str(d)
+
+
+def make_metadata(
+    chat_config: Mapping[str, Any],
+    named_params: Iterable[tuple[str, Any]],
+    *,
+    config_obj: Any = None,
+    target: Mapping[str, Any] | None = None,
+    tvm_version: str | None = None,
+) -> dict[str, Any]:
+    """Everything but memory_usage (known only after memory planning)."""
+    sizes = runtime_sizes(chat_config)
+    return {
+        "model_type": chat_config["model_type"],
+        "quantization": chat_config["quantization"],
+        **sizes,
+        "pipeline_parallel_stages": 1,
+        "disaggregation": False,
+        "kv_state_kind": "kv_cache",
+        "kv_cache": kv_cache_dims(chat_config.get("model_config") or {}, config_obj),
+        "vocab_size": int((chat_config.get("model_config") or {}).get("vocab_size") or chat_config.get("vocab_size") or 0),
+        "params": param_entries(named_params),
+        "memory_usage": {},
+        "mlcbuild": {"target": dict(target or {}), "apache_tvm": tvm_version},
+    }
+
+
+def dumps(metadata: Mapping[str, Any]) -> str:
+    return json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+
+
+def attach_metadata_pass(metadata: dict[str, Any], memory_usage: Mapping[str, int]):
+    """A module pass adding `_metadata() -> str`; runs after memory planning to include usage."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="AttachMetadata")
+    def attach(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        metadata["memory_usage"] = {k: int(v) for k, v in sorted(memory_usage.items()) if k != "_metadata"}
+        bb = relax.BlockBuilder(mod)
+        with bb.function("_metadata", params=[]):
+            bb.emit_func_output(tvm.ir.StringImm(dumps(metadata)))
+        return bb.get()
+
+    return attach

@@ -1,0 +1,272 @@
+"""A small single-sequence engine over a compiled model library: prefill, decode, sampling.
+
+It drives the library the way MLC's runtime does — `embed` → `prefill` (in chunks of
+prefill_chunk_size) → `decode` per token, with the paged KV cache created by the library and
+advanced through the `vm.builtin.kv_state_*` functions — so a library that works here works there.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from mlcbuild.errors import UserError
+from mlcbuild.runtime.loader import (
+    CHAT_CONFIG,
+    TensorCacheIndex,
+    WeightsMismatchError,
+    check_weights,
+    load_params,
+    read_library_metadata,
+)
+from mlcbuild.runtime.sampling import SamplingParams, sample_from_probs
+
+PAGE_SIZE = 16
+
+
+def _device(spec: str | Any) -> Any:
+    import tvm
+
+    if not isinstance(spec, str):
+        return spec
+    name, _, index = spec.partition(":")
+    if name not in ("cpu", "llvm", "cuda", "metal", "vulkan", "opencl", "rocm", "webgpu"):
+        raise UserError(f"unknown device {spec!r} (cpu, cuda[:N], metal, vulkan, opencl, rocm)")
+    dev = tvm.device("cpu" if name == "llvm" else name, int(index or 0))
+    if not dev.exist:
+        raise UserError(f"device {spec} is not available on this machine")
+    return dev
+
+
+@dataclass
+class Engine:
+    """A loaded (library, weights, config, tokenizer); one sequence at a time."""
+
+    vm: Any
+    device: Any
+    metadata: dict[str, Any]
+    params: list[Any]
+    chat_config: dict[str, Any]
+    tokenizer: Any = None
+    _kv: Any = field(default=None, repr=False)
+    _seq_len: int = 0
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        lib_path: str | Path,
+        device: str | Any = "cpu",
+        weights_dir: str | Path | None = None,
+    ) -> "Engine":
+        """Load and check: the library's `_metadata` is compared with the weights before any run."""
+        import tvm
+        from tvm import relax
+
+        model_dir = Path(model_dir)
+        lib_path = Path(lib_path)
+        weights = Path(weights_dir) if weights_dir else model_dir
+        if not lib_path.exists():
+            raise UserError(f"{lib_path}: model library not found")
+        config_path = model_dir / CHAT_CONFIG
+        chat_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        index = TensorCacheIndex.read(weights)
+        dev = _device(device)
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
+        metadata = read_library_metadata(vm)
+        check_weights(metadata, index, chat_config or None, lib_name=lib_path.name)
+        params = load_params(metadata, index, dev)
+        tokenizer = None
+        if (model_dir / "tokenizer.json").exists():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        return cls(vm=vm, device=dev, metadata=metadata, params=params, chat_config=chat_config, tokenizer=tokenizer)
+
+    # --- sizes -------------------------------------------------------------------------------
+
+    @property
+    def context_window_size(self) -> int:
+        lib = int(self.metadata.get("context_window_size", -1))
+        cfg = int(self.chat_config.get("context_window_size", lib) or lib)
+        return min(lib, cfg) if lib > 0 and cfg > 0 else lib
+
+    @property
+    def sliding_window_size(self) -> int:
+        return int(self.metadata.get("sliding_window_size", -1))
+
+    @property
+    def prefill_chunk_size(self) -> int:
+        return int(self.metadata.get("prefill_chunk_size", 0)) or 1
+
+    # --- KV cache ----------------------------------------------------------------------------
+
+    def _func(self, *names: str) -> Any:
+        for name in names:
+            try:
+                return self.vm[name]
+            except (AttributeError, KeyError, RuntimeError, ValueError):
+                continue
+        raise UserError(f"the model library exports none of {', '.join(names)}")
+
+    def reset(self) -> None:
+        """Drop the current sequence: a fresh paged KV cache holding one empty sequence."""
+        import tvm
+        from tvm_ffi import Shape
+
+        sliding = self.sliding_window_size > 0
+        total = self.context_window_size if self.context_window_size > 0 else self.sliding_window_size
+        create = self._func("create_paged_kv_cache", "create_tir_paged_kv_cache", "create_flashinfer_paged_kv_cache")
+        self._kv = create(
+            Shape([1]), Shape([total]), Shape([self.prefill_chunk_size]), Shape([PAGE_SIZE]), Shape([int(sliding)])
+        )
+        tvm.get_global_func("vm.builtin.kv_state_add_sequence")(self._kv, 0)
+        if sliding:
+            tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")(
+                self._kv, 0, self.sliding_window_size, int(self.metadata.get("attention_sink_size", 0))
+            )
+        self._seq_len = 0
+
+    def _forward(self, fn_name: str, tokens: Sequence[int]) -> Any:
+        import numpy as np
+        import tvm
+        from tvm_ffi import Shape
+
+        ids = tvm.runtime.tensor(np.asarray(tokens, dtype="int32"), self.device)
+        embed = self.vm["embed"](ids, self.params)
+        hidden = int(embed.shape[-1])
+        embed = embed._create_view((1, len(tokens), hidden))
+        begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
+        end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
+        begin(self._kv, Shape([0]), Shape([len(tokens)]))
+        out = self.vm[fn_name](embed, self._kv, self.params)
+        end(self._kv)
+        self._seq_len += len(tokens)
+        logits = out[0] if not hasattr(out, "shape") else out
+        return logits
+
+    def _check_room(self, n: int) -> None:
+        window = self.context_window_size
+        if window > 0 and self._seq_len + n > window:
+            raise UserError(f"sequence of {self._seq_len + n} tokens exceeds context_window_size {window}")
+
+    def prefill(self, tokens: Sequence[int]) -> Any:
+        """Append `tokens` (chunked); returns the logits (float32 numpy [vocab]) after the last one."""
+        if not tokens:
+            raise UserError("prefill needs at least one token")
+        if self._kv is None:
+            self.reset()
+        self._check_room(len(tokens))
+        chunk = self.prefill_chunk_size
+        logits = None
+        for start in range(0, len(tokens), chunk):
+            logits = self._forward("prefill", tokens[start : start + chunk])
+        return self._last_row(logits)
+
+    def decode(self, token: int) -> Any:
+        """Append one token; returns the next-token logits (float32 numpy [vocab])."""
+        if self._kv is None:
+            raise UserError("decode before prefill")
+        self._check_room(1)
+        return self._last_row(self._forward("decode", [int(token)]))
+
+    def _last_row(self, logits: Any) -> Any:
+        import numpy as np
+
+        arr = logits.numpy()
+        return np.asarray(arr.reshape(-1, arr.shape[-1])[-1], dtype="float32")
+
+    def logits_for(self, prompt: Sequence[int], continuation: Sequence[int] = ()) -> Any:
+        """Logits after the prompt (prefill), then after each continuation token (decode): [1+n, vocab]."""
+        import numpy as np
+
+        self.reset()
+        rows = [self.prefill(list(prompt))]
+        for token in continuation:
+            rows.append(self.decode(int(token)))
+        return np.stack(rows)
+
+    # --- generation --------------------------------------------------------------------------
+
+    def sampling_defaults(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=float(self.chat_config.get("temperature", 1.0) or 0.0),
+            top_p=float(self.chat_config.get("top_p", 1.0) or 1.0),
+        )
+
+    def _probs(self, logits: Any, temperature: float) -> Any:
+        """Softmax with temperature through the library's own `softmax_with_temperature`."""
+        import numpy as np
+        import tvm
+
+        arr = tvm.runtime.tensor(logits.reshape(1, 1, -1).astype("float32"), self.device)
+        temp = tvm.runtime.tensor(np.asarray([temperature], dtype="float32"), self.device)
+        return self.vm["softmax_with_temperature"](arr, temp).numpy().reshape(-1)
+
+    def stop_token_ids(self) -> set[int]:
+        ids = self.chat_config.get("eos_token_id")
+        ids = ids if isinstance(ids, list) else ([ids] if ids is not None else [])
+        template = self.chat_config.get("conv_template") or {}
+        ids += list(template.get("stop_token_ids") or [])
+        return {int(i) for i in ids}
+
+    def generate_tokens(
+        self,
+        prompt_tokens: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingParams | None = None,
+        stop: bool = True,
+    ) -> Iterator[int]:
+        """Yield up to `max_tokens` new tokens (greedy when temperature is 0)."""
+        import numpy as np
+
+        sampling = sampling or self.sampling_defaults()
+        rng = np.random.default_rng(sampling.seed)
+        stops = self.stop_token_ids() if stop else set()
+        self.reset()
+        logits = self.prefill(list(prompt_tokens))
+        for i in range(max_tokens):
+            if sampling.temperature <= 0:
+                token = int(np.argmax(logits))
+            else:
+                token = sample_from_probs(self._probs(logits, sampling.temperature), sampling.top_p, rng)
+            yield token
+            if token in stops or i == max_tokens - 1:
+                return
+            if self.context_window_size > 0 and self._seq_len >= self.context_window_size:
+                return
+            logits = self.decode(token)
+
+    def generate(self, prompt: str, max_tokens: int = 32, sampling: SamplingParams | None = None) -> str:
+        """Text continuation of `prompt` using the tokenizer files next to the config."""
+        if self.tokenizer is None:
+            raise UserError("no tokenizer.json in the model folder; use generate_tokens with token ids")
+        ids = self.tokenizer.encode(prompt).ids
+        bos = self.chat_config.get("bos_token_id")
+        if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self._adds_bos():
+            ids = [bos] + ids
+        out = [t for t in self.generate_tokens(ids, max_tokens, sampling) if t not in self.stop_token_ids()]
+        return self.tokenizer.decode(out)
+
+    def _adds_bos(self) -> bool:
+        info = self.chat_config.get("tokenizer_info") or {}
+        return bool(info.get("add_bos", self.chat_config.get("model_type") == "llama"))
+
+
+def chat_prompt(chat_config: Mapping[str, Any], user_message: str) -> str:
+    """Format one user turn with the config's conversation template (MLC's template fields)."""
+    tpl = chat_config.get("conv_template") or {}
+    roles = tpl.get("roles") or {}
+    seps = tpl.get("seps") or ["\n"]
+    role_sep = tpl.get("role_content_sep", ": ")
+    empty_sep = tpl.get("role_empty_sep", ":")
+    system = (tpl.get("system_template") or "{system_message}").replace(
+        "{system_message}", tpl.get("system_message") or ""
+    )
+    user, assistant = roles.get("user", "user"), roles.get("assistant", "assistant")
+    prefix = system + (seps[0] if system else "")
+    return f"{prefix}{user}{role_sep}{user_message}{seps[0]}{assistant}{empty_sep}"
+
+
+__all__ = ["Engine", "WeightsMismatchError", "chat_prompt"]

@@ -1,0 +1,86 @@
+"""compile: mlc-chat-config.json (architecture fields only) + target → model library.
+
+The key sees the architecture fields of the config, the target definition, the options and the
+toolchain (apache-tvm version, nvcc version for CUDA): a new fine-tune of the same architecture,
+a new temperature or a new conversation template reuses the compiled library.
+Importing this module must not import TVM (planning computes keys with it).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, ClassVar, Mapping
+
+from mlcbuild.compiler.metadata import ARCH_FIELDS, architecture_view
+from mlcbuild.errors import StepError, UserError
+from mlcbuild.steps.base import JSON, RunContext, Step
+from mlcbuild.store.manifest import Manifest
+from mlcbuild.targets import ResolvedTarget, check_resolved, tvm_version
+
+CONFIG_FILE = "mlc-chat-config.json"
+
+
+def _target(params: Mapping[str, JSON]) -> ResolvedTarget:
+    try:
+        return ResolvedTarget.from_params(params["target"])
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"compile target is malformed: {exc}", field="targets") from None
+
+
+class CompileStep(Step):
+    kind: ClassVar[str] = "compile"
+    version: ClassVar[str] = "1"
+    resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
+
+    def check(self, params: Mapping[str, JSON]) -> None:
+        from mlcbuild.compiler.pipeline import CompileOptions
+        from mlcbuild.quantization import get_scheme
+
+        get_scheme(str(params.get("quantization")))
+        target = _target(params)
+        missing = check_resolved(target)
+        if missing is not None:
+            raise UserError(f"cannot build target {target.name}:{target.variant or ''}".rstrip(":") + f" here: {missing}", field="targets")
+        options = CompileOptions.from_json(params.get("options"))
+        if options.use_cublas(target.tvm_target["kind"]):
+            from mlcbuild.targets import tvm_capabilities
+
+            if "ext:cublas" not in tvm_capabilities():
+                raise UserError("cublas: this TVM build has no cuBLAS support", field="compile_options.cublas")
+
+    def toolchain(self, params: Mapping[str, JSON]) -> JSON:
+        target = _target(params)
+        fingerprint: dict[str, Any] = {
+            "apache-tvm": tvm_version(),
+            "target": target.tvm_target_config(),
+        }
+        if target.tvm_target.get("kind") == "cuda":
+            from mlcbuild.compiler.cuda import nvcc_version
+
+            fingerprint["nvcc"] = nvcc_version()
+        return fingerprint
+
+    def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
+        if role != "config" or CONFIG_FILE not in manifest.files:
+            return manifest.digest
+        return {"mlc-chat-config.json": architecture_view(json.loads(read(CONFIG_FILE)))}
+
+    def run(self, ctx: RunContext) -> None:
+        from mlcbuild.compiler.build import build_model_lib
+        from mlcbuild.compiler.pipeline import CompileOptions
+
+        config_path = ctx.inputs["config"] / CONFIG_FILE
+        if not config_path.exists():
+            raise StepError(f"compile: {CONFIG_FILE} missing from the gen-config output")
+        chat_config = json.loads(config_path.read_text())
+        quant = ctx.params.get("quantization")
+        if quant and chat_config.get("quantization") != quant:
+            raise StepError(
+                f"compile: {CONFIG_FILE} is for quantization {chat_config.get('quantization')!r}, node asks {quant!r}"
+            )
+        build_model_lib(
+            {k: chat_config.get(k) for k in ARCH_FIELDS},
+            _target(ctx.params),
+            CompileOptions.from_json(ctx.params.get("options")),
+            ctx.out,
+            progress=ctx.progress,
+        )
