@@ -37,7 +37,7 @@ def _store() -> Store:
 def _check(node: Node) -> None:
     from mlcbuild.steps import get_step
 
-    get_step(node.kind).check(node.params)
+    get_step(node.kind).check({**node.params, **node.hints})
 
 
 def _prepare(args: argparse.Namespace, recipes_arg: list[Path]) -> tuple[list[Recipe], Store, BuildGraph]:

@@ -113,7 +113,7 @@ class LocalExecutor:
             scratch = work / "scratch"
             scratch.mkdir()
             ctx = RunContext(
-                params=node.params,
+                params={**node.params, **node.hints},
                 inputs=input_dirs,
                 out=out,
                 progress=lambda fraction, message: self.reporter.progress(node, fraction, message),

@@ -19,15 +19,29 @@ class Node:
     params_json: str
     deps: tuple[tuple[str, str], ...]
     label: str
+    hints_json: str = "{}"
 
     @classmethod
-    def make(cls, kind: str, params: Mapping[str, Any], deps: Mapping[str, "Node"], label: str) -> "Node":
+    def make(
+        cls,
+        kind: str,
+        params: Mapping[str, Any],
+        deps: Mapping[str, "Node"],
+        label: str,
+        hints: Mapping[str, Any] | None = None,
+    ) -> "Node":
+        """`hints` reach the step but not the key: where to find bytes whose digest is in params."""
         return cls(
             kind,
             canonical_json(params).decode(),
             tuple(sorted((role, node.id) for role, node in deps.items())),
             label,
+            canonical_json(hints or {}).decode(),
         )
+
+    @property
+    def hints(self) -> dict[str, Any]:
+        return json.loads(self.hints_json)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -31,8 +31,8 @@ def source_node(recipe: Recipe, store: Store, revision: str | None) -> Node:
         if not files:
             raise UserError(f"no model files (config.json, *.safetensors, ...) in {root}", field="source.path")
         content, _, _ = tree_digest(root, files, store.stat_index)
-        params: dict[str, Any] = {"path": str(root.resolve()), "files": files, "content": content}
-        return Node.make("download", params, {}, f"download {root.name}")
+        params: dict[str, Any] = {"files": files, "content": content}
+        return Node.make("download", params, {}, f"download {root.name}", hints={"path": str(root.resolve())})
     params = {"repo": src.hf, "revision": revision, "allow_patterns": list(DEFAULT_PATTERNS)}
     return Node.make("download", params, {}, f"download {src.hf}@{(revision or '')[:8]}")
 

@@ -122,6 +122,13 @@ class DownloadStep(Step):
             (ctx.out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / name, ctx.out / name)
             ctx.progress((i + 1) / len(names), name)
+        if "content" in ctx.params:
+            from mlcbuild.store.hashing import sha256_file
+            from mlcbuild.store.manifest import sha256_json
+
+            copied = sha256_json({name: sha256_file(ctx.out / name) for name in names})
+            if copied != ctx.params["content"]:
+                raise StepError(f"{folder} changed while the build was running; run the build again")
 
     def _download(self, ctx: RunContext) -> None:
         from mlcbuild import hub
