@@ -260,3 +260,56 @@ def test_gc_keeps_what_a_recipe_needs(tmp_path: Path, cache: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert set(statuses(recipe, cache).values()) == {"cached"}
     assert statuses(other, cache)["gen-config tiny q0f32"] == "pending"
+
+
+def test_hf_source_is_locked_and_reproducible(tmp_path: Path, cache: Path, fake_hub) -> None:
+    first_sha = fake_hub.add_repo("acme/tiny-redpajama", DEMO_MODEL, branch="main")
+    folder = tmp_path / "r"
+    recipe = write_recipe(folder, source={"hf": "acme/tiny-redpajama", "revision": "main"})
+    frozen = mlcbuild("build", str(recipe), "--frozen", cache=cache)
+    assert frozen.returncode == 2 and "lock" in frozen.stderr and frozen.stderr.count("\n") == 1
+
+    built = mlcbuild("build", str(recipe), cache=cache)
+    assert built.returncode == 0, built.stderr
+    lock = json.loads((folder / "recipe.lock.json").read_text())
+    assert lock["sources"] == {"acme/tiny-redpajama@main": first_sha}
+    assert "built download" in built.stderr and "built compile" not in built.stderr
+
+    moved = tmp_path / "moved"
+    shutil.copytree(DEMO_MODEL, moved)
+    (moved / "README.md").write_text("new commit\n")
+    config = json.loads((moved / "generation_config.json").read_text())
+    (moved / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.3}))
+    second_sha = fake_hub.add_repo("acme/tiny-redpajama", moved, branch="main")
+    assert second_sha != first_sha
+    fake_hub.clear_requests()
+    again = mlcbuild("build", str(recipe), "--frozen", cache=cache)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert fake_hub.count() == 0, fake_hub.requests
+
+    assert mlcbuild("lock", str(recipe), cache=cache).returncode == 0
+    assert json.loads((folder / "recipe.lock.json").read_text())["sources"]["acme/tiny-redpajama@main"] == second_sha
+    updated = mlcbuild("build", str(recipe), cache=cache)
+    assert updated.returncode == 0, updated.stderr
+    assert "built download" in updated.stderr and "built gen-config" in updated.stderr
+    assert "built convert" not in updated.stderr and "built compile" not in updated.stderr
+
+
+def test_user_mistakes_are_one_line_with_exit_code_2(tmp_path: Path, cache: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", quantizations=["q4f16"])
+    bad = mlcbuild("build", str(recipe), cache=cache)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    assert "recipe.yaml:5:3: quantizations[0]" in bad.stderr and "did you mean 'q4f16_1'" in bad.stderr
+
+    missing = mlcbuild("build", str(tmp_path / "nope.yaml"), cache=cache)
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr and "Traceback" not in missing.stderr
+
+    good = write_recipe(tmp_path / "g")
+    wrong_target = mlcbuild("build", str(good), "-t", "metal", cache=cache)
+    assert wrong_target.returncode == 2 and "metal" in wrong_target.stderr
+
+    unbuildable = write_recipe(tmp_path / "m", targets=["metal"])
+    planned = mlcbuild("plan", str(unbuildable), cache=cache)
+    assert planned.returncode == 2 and "metal" in planned.stderr
+    assert planned.stderr.strip().count("\n") == 0 and "Traceback" not in planned.stderr

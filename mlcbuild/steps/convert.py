@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mlcbuild.errors import StepError
 from mlcbuild.steps.base import JSON, RunContext, Step
+from mlcbuild.store.manifest import Manifest
 
 _STAGING = ".convert-partial"
 
@@ -28,6 +29,12 @@ class ConvertStep(Step):
         get_scheme(str(params.get("quantization")))
         if params.get("model_type") is not None:
             get_family(str(params["model_type"]))
+
+    def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
+        """Weights and config.json only: a new tokenizer or generation_config re-converts nothing."""
+        from mlcbuild.steps.download import is_weight_file
+
+        return {p: e.digest for p, e in sorted(manifest.files.items()) if is_weight_file(p) or p == "config.json"}
 
     def run(self, ctx: RunContext) -> None:
         convert_checkpoint(
