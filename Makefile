@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mlcbuild build recipes/demo.yaml
-	$(BIN)/mlcbuild run recipes/demo.yaml --prompt "hello" --max-tokens 8 || true
+	$(BIN)/mlcbuild run recipes/demo.yaml --prompt "hello" --max-tokens 16
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
 from mlcbuild.errors import StepError, UserError
+from mlcbuild.models.config_base import OVERRIDABLE
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.steps.download import is_weight_file
 from mlcbuild.store.manifest import Manifest
@@ -34,14 +35,7 @@ TOKENIZER_FILES: tuple[str, ...] = (
 )
 """MLC's list and order, plus special_tokens_map.json so HF tokenizers load from the output alone."""
 
-ARCH_OVERRIDES: tuple[str, ...] = (
-    "context_window_size",
-    "prefill_chunk_size",
-    "sliding_window_size",
-    "attention_sink_size",
-    "tensor_parallel_shards",
-    "max_batch_size",
-)
+ARCH_OVERRIDES: tuple[str, ...] = OVERRIDABLE
 """Override keys that shape the compiled model: they land in model_config (and so in compile's key)."""
 
 SAMPLING_DEFAULTS: dict[str, float] = {
