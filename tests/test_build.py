@@ -313,3 +313,17 @@ def test_user_mistakes_are_one_line_with_exit_code_2(tmp_path: Path, cache: Path
     planned = mlcbuild("plan", str(unbuildable), cache=cache)
     assert planned.returncode == 2 and "metal" in planned.stderr
     assert planned.stderr.strip().count("\n") == 0 and "Traceback" not in planned.stderr
+
+
+def test_cache_ls_du_and_targets(cache: Path) -> None:
+    listing = mlcbuild("cache", "ls", cache=cache)
+    assert listing.returncode == 0
+    for kind in ("download", "convert", "gen-config", "compile"):
+        assert kind in listing.stdout
+    usage = mlcbuild("cache", "du", cache=cache)
+    assert usage.returncode == 0 and "4 results" in usage.stdout
+    targets = mlcbuild("targets", cache=cache)
+    assert targets.returncode == 0
+    rows = {line.split()[1]: line for line in targets.stdout.splitlines() if line.startswith("│ ")}
+    assert "yes" in rows["llvm"] and "yes" in rows["cuda"]
+    assert "no" in rows["metal"] and "xcrun" in rows["metal"]
