@@ -75,6 +75,8 @@ def build(args: argparse.Namespace) -> int:
     written = materialize(graph, report, store)
     if report.count("built") or not report.ok:
         console().print(summary_table(report))
+        for artifact in sorted({_shown(p if p.parent.name == "libs" else p.parent) for p in written}):
+            console().print(f"  [bold]{artifact}[/]")
     else:
         print(f"up to date: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
     for outcome in report.outcomes.values():
@@ -265,6 +267,13 @@ def run_cmd(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(text + "\n")
     return 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _human(n: float) -> str:
