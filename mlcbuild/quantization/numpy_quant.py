@@ -14,6 +14,8 @@ path (taken when every group's max|w| ≥ 2^-11, so the scale is a normal number
 |w/scale| ≤ max_int·(1+2^-10) needs no clipping): sign-extend the int16 pattern, shift by 13 and mask, which yields w·2^-112 as float32 exactly
 (subnormals included), and the 2^112 is folded into the reciprocal. Rounding uses the 1.5·2^23
 magic-number trick, so the integer is read from the low mantissa bits with no separate round/clip/cast.
+For int4 the fp16 data is read as uint32 pairs, so even/odd elements decode with two arithmetic
+shifts and land where the nibble packing wants them.
 Work is done in row chunks that stay in L2 cache, and chunks run on a small thread pool (numpy
 releases the GIL inside ufuncs).
 """
@@ -31,7 +33,8 @@ from mlcbuild.quantization.scheme import GroupQuantize, NoQuantize, Quantization
 _MAGIC = np.float32(1.5 * 2**23)
 _TWO_112 = np.float32(2.0**112)
 _SIGN_EXP_MANT = np.int32(np.uint32(0x8FFFE000).view(np.int32))
-_CHUNK_ELEMS = 1 << 16
+_CHUNK_ELEMS = 1 << 18
+_PARALLEL_MIN_ELEMS = 1 << 20
 
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("mlcbuild.quantization.numpy_quant assumes a little-endian host")
@@ -137,6 +140,9 @@ def _quantize_rows(w: np.ndarray, scheme: GroupQuantize, q_out: np.ndarray, s_ou
     s32 = scale.astype(np.float32)
     inv = np.zeros_like(s32)
     np.divide(np.float32(1), s32, out=inv, where=s32 != 0)
+    if fast and scheme.bits == 4 and g % 8 == 0:
+        q_out[...] = _q4_fp16_pairs(w, inv * _TWO_112, g, max_int)
+        return
     if fast:
         y = w.view(np.int16).astype(np.int32)
         np.left_shift(y, 13, out=y)
@@ -150,6 +156,30 @@ def _quantize_rows(w: np.ndarray, scheme: GroupQuantize, q_out: np.ndarray, s_ou
     q = y.reshape(r, kp).view(np.uint32).astype(np.uint8)
     wpg = -(-g // scheme.per_word)
     q_out[...] = _pack(q, scheme.bits, scheme.per_word, wpg, g)
+
+
+def _q4_fp16_pairs(w: np.ndarray, inv_scaled: np.ndarray, g: int, max_int: int) -> np.ndarray:
+    """int4 from fp16 working on uint32 pairs (h0 low half, h1 high half) of a contiguous chunk.
+
+    Even and odd elements are decoded separately with arithmetic shifts, which is exactly the
+    split the nibble packing needs: byte j of the output is q[2j] | q[2j+1] << 4.
+    """
+    r, kp = w.shape
+    pairs = w.view(np.int32)
+    even = np.left_shift(pairs, 16)
+    np.right_shift(even, 3, out=even)
+    np.bitwise_and(even, _SIGN_EXP_MANT, out=even)
+    odd = np.right_shift(pairs, 3)
+    np.bitwise_and(odd, _SIGN_EXP_MANT, out=odd)
+    factor = inv_scaled[:, None]
+    offset = _MAGIC + np.float32(max_int)
+    for half in (even, odd):
+        f = half.view(np.float32).reshape(-1, g // 2)
+        np.multiply(f, factor, out=f)
+        np.add(f, offset, out=f)
+    np.left_shift(odd, 4, out=odd)
+    np.bitwise_or(even, odd, out=even)
+    return even.view(np.uint32).astype(np.uint8).view(np.uint32).reshape(r, -1)
 
 
 def _threads() -> int:
@@ -173,29 +203,28 @@ def group_quantize(w: np.ndarray, scheme: GroupQuantize, threads: int | None = N
     n, k = w.shape
     shapes = QuantizedShapes.of(k, scheme)
     kp = shapes.num_groups * scheme.group_size
+    w = np.ascontiguousarray(w)
     if kp != k:
         w = np.concatenate([w, np.zeros((n, kp - k), w.dtype)], axis=1)
     q_weight = np.empty((n, shapes.num_words), np.uint32)
     q_scale = np.empty((n, shapes.num_groups), np_dtype(scheme.model_dtype))
     rows = max(1, _CHUNK_ELEMS // kp)
-    starts = range(0, n, rows)
 
-    def work(r0: int) -> None:
-        sl = slice(r0, min(r0 + rows, n))
-        _quantize_rows(w[sl], scheme, q_weight[sl], q_scale[sl])
+    def work(lo: int, hi: int) -> None:
+        for r0 in range(lo, hi, rows):
+            sl = slice(r0, min(r0 + rows, hi))
+            _quantize_rows(w[sl], scheme, q_weight[sl], q_scale[sl])
 
-    nthreads = _threads() if threads is None else threads
-    if nthreads <= 1 or len(starts) < 4:
-        for r0 in starts:
-            work(r0)
+    nthreads = min(_threads() if threads is None else threads, -(-n // rows))
+    if nthreads <= 1 or n * kp < _PARALLEL_MIN_ELEMS:
+        work(0, n)
     else:
-        pool = _pool() if threads is None else ThreadPoolExecutor(max_workers=nthreads)
-        try:
-            for f in [pool.submit(work, r0) for r0 in starts]:
-                f.result()
-        finally:
-            if threads is not None:
-                pool.shutdown()
+        per = -(-n // nthreads)
+        bounds = [(lo, min(n, lo + per)) for lo in range(0, n, per)]
+        futures = [_pool().submit(work, lo, hi) for lo, hi in bounds[1:]]
+        work(*bounds[0])
+        for f in futures:
+            f.result()
     return q_weight, q_scale
 
 
