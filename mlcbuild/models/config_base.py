@@ -58,13 +58,20 @@ class ModelConfigBase:
                 setattr(self, key, int(value))
 
     def finalize_runtime_sizes(self, max_position_embeddings: int | None) -> None:
-        """MLC's defaults: window from HF max positions, chunk ≤ 2048 and ≤ the window."""
-        if self.context_window_size <= 0:
+        """MLC's defaults for sizes the recipe left unset (0).
+
+        With a sliding window and no explicit context window, the context is unbounded (-1): the
+        KV cache holds the window plus attention sinks (4 by default), as MLC does for Mistral.
+        Otherwise the window is HF's max_position_embeddings. Prefill chunks are ≤ 2048 and ≤ the window.
+        """
+        if self.sliding_window_size > 0 and self.context_window_size == 0:
+            self.context_window_size = -1
+            if self.attention_sink_size <= 0:
+                self.attention_sink_size = 4
+        if self.context_window_size == 0:
             if max_position_embeddings is None:
                 raise UserError("config.json has no max_position_embeddings; set overrides.context_window_size")
             self.context_window_size = int(max_position_embeddings)
-        if self.sliding_window_size > 0 and self.context_window_size <= 0:
-            self.context_window_size = -1
         if self.prefill_chunk_size <= 0:
             window = self.context_window_size if self.context_window_size > 0 else self.sliding_window_size
             self.prefill_chunk_size = min(window, 2048)

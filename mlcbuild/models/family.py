@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
-
-from mlcbuild.errors import UserError
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     from mlcbuild.models.config_base import ModelConfigBase
@@ -58,7 +56,3 @@ class ModelFamily:
 
         scheme = get_scheme(quantization_name)
         return self._module("weights").weight_plan(config, scheme)
-
-
-def registry_error(kind: str, value: Any, valid: Callable[[], list[str]]) -> UserError:
-    return UserError(f"unsupported {kind} {value!r}; supported: {', '.join(valid())}")

@@ -71,14 +71,6 @@ def config_from_hf(hf: Mapping[str, Any], overrides: Mapping[str, Any]) -> Llama
     sliding = hf.get("sliding_window")
     if sliding and hf.get("use_sliding_window", True):
         cfg.sliding_window_size = int(sliding)
-        cfg.context_window_size = -1 if "context_window_size" not in overrides else cfg.context_window_size
     cfg.apply_overrides(overrides)
-    max_pos = hf.get("max_position_embeddings")
-    if cfg.sliding_window_size > 0 and cfg.context_window_size == -1:
-        if cfg.prefill_chunk_size <= 0:
-            cfg.prefill_chunk_size = min(cfg.sliding_window_size, 2048)
-        if cfg.attention_sink_size <= 0:
-            cfg.attention_sink_size = 4
-        return cfg
-    cfg.finalize_runtime_sizes(max_pos)
+    cfg.finalize_runtime_sizes(hf.get("max_position_embeddings"))
     return cfg
