@@ -51,3 +51,78 @@ def fake_hub(tmp_path_factory):
                 _os.environ[k] = v
         for k, v in saved_constants.items():
             setattr(constants, k, v)
+
+
+# --- compiled model libraries (owned by tests/test_compile*.py, tests/test_runtime*.py) ---------
+class _CompiledModels:
+    """Tiny HF model → converted weights + mlc-chat-config.json → library, each built once per session."""
+
+    def __init__(self, root):
+        self.root = root
+        self._hf = {}
+        self._built = {}
+
+    def hf_dir(self, family):
+        if family not in self._hf:
+            try:
+                import tiny_models
+            except ImportError:
+                from tests import tiny_models
+            maker = {"gpt_neox": tiny_models.make_tiny_gpt_neox, "llama": tiny_models.make_tiny_llama}[family]
+            self._hf[family] = maker(self.root / family / "hf")
+        return self._hf[family]
+
+    def model_dir(self, family, quantization, overrides=None):
+        import json as _json
+
+        from mlcbuild.steps.convert import convert_checkpoint
+        from mlcbuild.steps.gen_config import build_config
+
+        out = self.root / family / quantization
+        if not (out / "tensor-cache.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            convert_checkpoint(self.hf_dir(family), out, quantization)
+            params = {
+                "quantization": quantization,
+                "conv_template": "redpajama_chat" if family == "gpt_neox" else "llama-2",
+                "overrides": {"context_window_size": 128, "prefill_chunk_size": 16, **(overrides or {})},
+                "model_type": family,
+            }
+            config = build_config(self.hf_dir(family), out, params)
+            (out / "mlc-chat-config.json").write_text(_json.dumps(config, indent=2))
+        return out
+
+    def __call__(self, family, quantization, target="llvm"):
+        import json as _json
+        from types import SimpleNamespace
+
+        from mlcbuild.compiler.build import build_model_lib
+        from mlcbuild.compiler.pipeline import CompileOptions
+        from mlcbuild.targets import resolve_target
+
+        key = (family, quantization, target)
+        if key not in self._built:
+            model_dir = self.model_dir(family, quantization)
+            name, _, variant = target.partition(":")
+            chat_config = _json.loads((model_dir / "mlc-chat-config.json").read_text())
+            out = self.root / family / f"lib-{quantization}-{name}-{variant or 'default'}"
+            result = build_model_lib(chat_config, resolve_target(name, variant or None), CompileOptions(), out)
+            self._built[key] = SimpleNamespace(
+                family=family,
+                quantization=quantization,
+                hf_dir=self.hf_dir(family),
+                model_dir=model_dir,
+                lib=result.path,
+                metadata=result.metadata,
+                timings=result.timings,
+            )
+        return self._built[key]
+
+
+@_pytest.fixture(scope="session")
+def compiled_model(tmp_path_factory):
+    """compiled_model(family, quantization, target="llvm") -> namespace(hf_dir, model_dir, lib, metadata).
+
+    family is "gpt_neox" or "llama" (tests/tiny_models.py); context_window_size 128, prefill chunk 16.
+    """
+    return _CompiledModels(tmp_path_factory.mktemp("compiled"))

@@ -84,9 +84,7 @@ def build_model_lib(
     )
     static = target.suffix in ("tar", "wasm")
     if static:
-        host = dict(target.host or {})
-        host["system-lib-prefix"] = system_lib_prefix(chat_config)
-        tvm_target = tvm.target.Target({**target.tvm_target_config(), "host": host})
+        mod = mod.with_attr("system_lib_prefix", system_lib_prefix(chat_config))
     progress(0.15, "relax build")
     t1 = time.perf_counter()
     config = {"relax.backend.use_cuda_graph": options.use_cudagraph(target.tvm_target["kind"])}

@@ -44,7 +44,6 @@ NVCC_FLAGS = (
 
 
 @lru_cache(maxsize=None)
-@lru_cache(maxsize=None)
 def nvcc_version(nvcc: str = "nvcc") -> str | None:
     """`nvcc --version`'s release line (e.g. "13.0, V13.0.48"), or None without nvcc.
 

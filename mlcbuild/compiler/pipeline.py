@@ -84,13 +84,15 @@ def _attach_variable_bounds(bounds: Mapping[str, int]):
     return attach
 
 
-def gpu_schedule_rules(level: int) -> list[Any]:
+def gpu_schedule_rules(level: int, kind: str = "cuda") -> list[Any]:
+    """dlight's GPU rules; Matmul is left out on metal, where its simdgroup tensorization
+    crashes this TVM (segfault in Tensorize) — GEMV/Fallback still schedule those kernels."""
     from tvm.s_tir import dlight as dl
 
     if level == 0:
         return [dl.gpu.Fallback()]
     return [
-        dl.gpu.Matmul(),
+        *([dl.gpu.Matmul()] if kind != "metal" else []),
         dl.gpu.GEMV(),
         dl.gpu.LowBatchGEMV(),
         dl.gpu.Reduction(),
@@ -127,7 +129,7 @@ def build_pipeline(
     @tvm.transform.module_pass(opt_level=0, name="MlcbuildPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         fuse = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []
-        rules = gpu_schedule_rules(level) if is_gpu else cpu_schedule_rules(level)
+        rules = gpu_schedule_rules(level, kind) if is_gpu else cpu_schedule_rules(level)
         with target:
             seq = tvm.transform.Sequential(
                 [

@@ -1,0 +1,84 @@
+"""Target definitions and availability checks (no TVM import, no compile)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mlcbuild.errors import UserError
+from mlcbuild.targets import (
+    ResolvedTarget,
+    check_available,
+    check_resolved,
+    list_targets,
+    load_targets,
+    resolve_target,
+    target_params,
+)
+
+
+def test_one_yaml_per_kind() -> None:
+    assert set(load_targets()) == {"llvm", "cuda", "metal", "webgpu", "opencl", "rocm", "vulkan"}
+    assert set(load_targets()["cuda"].variants) == {"sm_80", "sm_86", "sm_89", "sm_90a"}
+
+
+def test_cuda_variant_resolves_to_arch_and_host() -> None:
+    config = resolve_target("cuda", "sm_90a").tvm_target_config()
+    assert config["kind"] == "cuda" and config["arch"] == "sm_90a"
+    assert config["host"]["kind"] == "llvm"
+    assert resolve_target("cuda").variant == "sm_90a"
+
+
+def test_variant_overrides_suffix_host_and_toolchain() -> None:
+    ios = resolve_target("metal", "ios")
+    assert ios.suffix == "tar" and ios.host["mtriple"] == "arm64-apple-ios" and ios.toolchain == ()
+    assert resolve_target("metal", "macos").suffix == "dylib"
+    assert "ios" not in resolve_target("metal", "ios").attrs
+
+
+def test_params_round_trip() -> None:
+    params = target_params("opencl", "linux")
+    assert ResolvedTarget.from_params(params).params() == params
+
+
+def test_unknown_variant_and_target_are_user_errors() -> None:
+    with pytest.raises(UserError, match="sm_80"):
+        resolve_target("cuda", "sm_75")
+    with pytest.raises(UserError, match="known"):
+        resolve_target("tpu")
+
+
+def test_missing_codegen_is_reported() -> None:
+    assert "no vulkan codegen" in (check_available("vulkan") or "")
+
+
+def test_missing_toolchain_is_reported() -> None:
+    webgpu = resolve_target("webgpu")
+    assert "emcc" in (check_resolved(webgpu, have_tool=lambda tool: False) or "")
+    assert check_resolved(webgpu, have_tool=lambda tool: True) is None
+    assert "NDK" in (check_resolved(resolve_target("opencl", "android-so"), have_tool=lambda tool: False) or "")
+
+
+def test_host_and_mobile_tar_targets_need_no_extra_tools() -> None:
+    assert check_available("llvm") is None
+    assert check_available("opencl", "android") is None
+    assert check_available("metal", "ios") is None
+
+
+def test_cuda_needs_nvcc() -> None:
+    missing = check_available("cuda", "sm_90a")
+    assert (missing is None) == (shutil.which("nvcc") is not None)
+
+
+def test_list_targets_covers_every_variant_in_one_line() -> None:
+    rows = list_targets()
+    assert {(r.name, r.variant) for r in rows} >= {("cuda", "sm_80"), ("cuda", "sm_90a"), ("llvm", "x86_64"), ("webgpu", None)}
+    for row in rows:
+        assert row.missing is None or "\n" not in row.missing
+
+
+def test_availability_does_not_import_tvm() -> None:
+    code = "import sys\nfrom mlcbuild.targets import list_targets\nlist_targets()\nassert 'tvm' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
