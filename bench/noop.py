@@ -107,7 +107,6 @@ def main() -> dict[str, float]:
     ours = median_wall(lambda: mlcbuild("build", str(recipe)), repeat=7)
     project = dvc_project(ROOT / "dist")
     dvc = str(Path(sys.executable).with_name("dvc"))
-    assert "up to date" in run([dvc, "repro"], cwd=project).stdout.lower() or True
     peer = median_wall(lambda: run([dvc, "repro", "-q"], cwd=project), repeat=7)
     hashed = hashing()
     result = {
