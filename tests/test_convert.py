@@ -153,6 +153,8 @@ def test_tvm_loader_reads_the_cache(tiny_neox: Path, tmp_path: Path) -> None:
     ours = load_tensor_cache(out)
     theirs = tvmjs.load_tensor_cache(str(out), tvm.cpu())[0]
     assert set(theirs) == set(ours)
+    assert ours["gpt_neox.layers.0.mlp.dense_4h_to_h.bias"].dtype == np.float32
+    assert ours["gpt_neox.layers.0.mlp.dense_h_to_4h.bias"].dtype == np.float16
     for name, arr in ours.items():
         np.testing.assert_array_equal(theirs[name].numpy(), arr)
 

@@ -130,13 +130,17 @@ def _fake_quantize(model: Any, path: Path, quantization: str) -> None:
     plan = family.weight_plan(family.config_from_hf(hf, {}), quantization)
     scheme = get_scheme(quantization)
     kinds = {n: p.kind for p in plan.params for n in p.hf_names}
+    dtypes = {n: p.dtype for p in plan.params for n in p.hf_names}
     with torch.no_grad():
         for name, p in model.named_parameters():
             w = p.detach().numpy()
             kind = kinds.get(plan.canonical(name), "other")
+            stored = dtypes.get(plan.canonical(name))
             if isinstance(scheme, GroupQuantize) and kind in ("linear", "embedding"):
                 q, s = group_quantize(cast_weight(w, scheme), scheme)
                 new = group_dequantize(q, s, w.shape[1], scheme)
+            elif stored is not None:
+                new = w.astype(stored).astype(np.float32)
             else:
                 new = cast_weight(w, scheme).astype(np.float32)
             p.copy_(torch.from_numpy(np.ascontiguousarray(new)))

@@ -50,7 +50,7 @@ class GroupQuantizeLinear(nn.Module):
         self.out_dtype = out_dtype
         self.q_weight = nn.Parameter((out_features, s.num_words), "uint32")
         self.q_scale = nn.Parameter((out_features, s.num_groups), scheme.model_dtype)
-        self.bias = nn.Parameter((out_features,), scheme.model_dtype) if bias else None
+        self.bias = nn.Parameter((out_features,), out_dtype or scheme.model_dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         w = dequantize(self.q_weight, self.q_scale, self.in_features, self.scheme)

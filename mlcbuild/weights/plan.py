@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mlcbuild.quantization.numpy_quant import cast_weight, group_quantize, np_dtype, quantized_shapes
-from mlcbuild.quantization.scheme import GroupQuantize, QuantizationScheme
+from mlcbuild.quantization.scheme import GroupQuantize, NoQuantize, QuantizationScheme
 
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -36,6 +36,8 @@ class ParamSource:
     shape: tuple[int, ...]
     kind: str = "other"
     combine: Combine = identity
+    dtype: str | None = None
+    """Stored dtype of an unquantized parameter when it is not the model dtype (f32 biases)."""
 
     def prefix(self) -> str:
         return self.name.rsplit(".", 1)[0]
@@ -77,7 +79,7 @@ class WeightPlan:
             assert isinstance(self.scheme, GroupQuantize)
             qw, qs = quantized_shapes(p.shape, self.scheme)  # type: ignore[arg-type]
             return [OutputParam(f"{p.prefix()}.q_weight", qw, "uint32"), OutputParam(f"{p.prefix()}.q_scale", qs, dtype)]
-        return [OutputParam(p.name, p.shape, dtype)]
+        return [OutputParam(p.name, p.shape, p.dtype or dtype)]
 
     def all_outputs(self) -> list[OutputParam]:
         return [o for p in self.params for o in self.outputs(p)]
@@ -96,6 +98,8 @@ class WeightPlan:
             q_weight, q_scale = group_quantize(cast_weight(w, self.scheme), self.scheme)
             outs = self.outputs(p)
             return [(outs[0].name, q_weight), (outs[1].name, q_scale)]
+        if p.dtype is not None:
+            return [(p.name, np.ascontiguousarray(cast_weight(w, NoQuantize(p.dtype, model_dtype=p.dtype))))]
         return [(p.name, np.ascontiguousarray(cast_weight(w, self.scheme)))]
 
     def source_param_count(self) -> int:

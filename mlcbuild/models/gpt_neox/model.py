@@ -8,6 +8,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from mlcbuild.models.gpt_neox.config import GPTNeoXConfig
+from mlcbuild.models.gpt_neox.weights import ffn_out_dtype
 from mlcbuild.models.nn_common import CausalLMBase, Embedding
 from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
@@ -34,11 +35,14 @@ class GPTNeoXAttention(nn.Module):
 class GPTNeoXMLP(nn.Module):
     def __init__(self, cfg: GPTNeoXConfig, dtype: str):
         self.act = cfg.hidden_act
+        self.dtype = dtype
         self.dense_h_to_4h = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype)
-        self.dense_4h_to_h = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype)
+        out_dtype = ffn_out_dtype(cfg, dtype)
+        self.dense_4h_to_h = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype, out_dtype=out_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dense_4h_to_h(_gelu(self.dense_h_to_4h(x), self.act))
+        y = self.dense_4h_to_h(_gelu(self.dense_h_to_4h(x), self.act))
+        return y if y.dtype == self.dtype else y.astype(self.dtype)
 
 
 class GPTNeoXLayer(nn.Module):

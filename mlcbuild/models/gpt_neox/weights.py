@@ -21,14 +21,21 @@ def _regroup_qkv(heads: int, head_dim: int):
     return combine
 
 
+def ffn_out_dtype(cfg: GPTNeoXConfig, model_dtype: str) -> str | None:
+    """MLC computes dense_4h_to_h (K = 4·hidden) into float32 for fp16 models; its bias is stored so."""
+    return cfg.ffn_out_dtype if cfg.ffn_out_dtype != model_dtype else None
+
+
 def weight_plan(cfg: GPTNeoXConfig, scheme: QuantizationScheme) -> WeightPlan:
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     qkv = 3 * cfg.num_attention_heads * cfg.head_dim
     regroup = _regroup_qkv(cfg.num_attention_heads, cfg.head_dim)
     params: list[ParamSource] = [ParamSource("gpt_neox.embed_in.weight", ("gpt_neox.embed_in.weight",), ((v, h),), (v, h), "embedding")]
 
-    def same(name: str, shape: tuple[int, ...], kind: str = "other") -> ParamSource:
-        return ParamSource(name, (name,), (shape,), shape, kind)
+    def same(name: str, shape: tuple[int, ...], kind: str = "other", dtype: str | None = None) -> ParamSource:
+        return ParamSource(name, (name,), (shape,), shape, kind, dtype=dtype)
+
+    ffn_out = ffn_out_dtype(cfg, scheme.model_dtype)
 
     for layer in range(cfg.num_hidden_layers):
         p = f"gpt_neox.layers.{layer}"
@@ -44,7 +51,7 @@ def weight_plan(cfg: GPTNeoXConfig, scheme: QuantizationScheme) -> WeightPlan:
             same(f"{p}.mlp.dense_h_to_4h.weight", (i, h), "linear"),
             same(f"{p}.mlp.dense_h_to_4h.bias", (i,)),
             same(f"{p}.mlp.dense_4h_to_h.weight", (h, i), "linear"),
-            same(f"{p}.mlp.dense_4h_to_h.bias", (h,)),
+            same(f"{p}.mlp.dense_4h_to_h.bias", (h,), dtype=ffn_out),
         ]
     params += [
         same("gpt_neox.final_layer_norm.weight", (h,)),
