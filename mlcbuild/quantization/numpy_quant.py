@@ -171,10 +171,10 @@ def _q4_fp16_pairs(w: np.ndarray, inv_scaled: np.ndarray, g: int, max_int: int) 
     np.bitwise_and(even, _SIGN_EXP_MANT, out=even)
     odd = np.right_shift(pairs, 3)
     np.bitwise_and(odd, _SIGN_EXP_MANT, out=odd)
-    factor = inv_scaled[:, None]
+    factor = np.repeat(inv_scaled, g // 2)
     offset = _MAGIC + np.float32(max_int)
     for half in (even, odd):
-        f = half.view(np.float32).reshape(-1, g // 2)
+        f = half.view(np.float32).reshape(-1)
         np.multiply(f, factor, out=f)
         np.add(f, offset, out=f)
     np.left_shift(odd, 4, out=odd)
