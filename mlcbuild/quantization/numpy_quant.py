@@ -16,8 +16,8 @@ path (taken when every group's max|w| ≥ 2^-11, so the scale is a normal number
 magic-number trick, so the integer is read from the low mantissa bits with no separate round/clip/cast.
 For int4 the fp16 data is read as uint32 pairs, so even/odd elements decode with two arithmetic
 shifts and land where the nibble packing wants them.
-Work is done in row chunks that stay in L2 cache, and chunks run on a small thread pool (numpy
-releases the GIL inside ufuncs).
+Work is done in row chunks that stay in L2 cache, and blocks of rows run on a small thread pool
+(numpy releases the GIL inside ufuncs; MLCBUILD_QUANT_THREADS caps it, default: all cores).
 """
 from __future__ import annotations
 

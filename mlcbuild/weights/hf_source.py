@@ -3,7 +3,8 @@
 safetensors files are parsed directly (8-byte header length, JSON header, raw data) and each tensor
 is read with seek + readinto into its own buffer: no mmap of whole shards, so resident memory is the
 tensors in flight, and bfloat16 works without torch (via ml_dtypes). PyTorch .bin checkpoints go
-through torch.load(mmap=True) when torch is installed.
+through torch.load(mmap=True) when torch is installed. Mistral-style `consolidated*.safetensors`
+(a second copy of the weights in another naming) are skipped.
 """
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ class HFCheckpoint:
     def open(cls, folder: Path | str) -> "HFCheckpoint":
         folder = Path(folder)
         st_index = folder / "model.safetensors.index.json"
-        st_files = sorted(folder.glob("*.safetensors"))
+        st_files = [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else [
+            p for p in sorted(folder.glob("*.safetensors")) if not p.name.startswith("consolidated")
+        ]
         if st_index.exists():
             weight_map = json.loads(st_index.read_text())["weight_map"]
             return cls(folder, cls._from_safetensors(folder, sorted(set(weight_map.values())), weight_map), "safetensors")

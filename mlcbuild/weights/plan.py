@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mlcbuild.quantization.numpy_quant import cast_weight, group_quantize, np_dtype, quantized_shapes
+from mlcbuild.quantization.numpy_quant import cast_weight, group_quantize, quantized_shapes
 from mlcbuild.quantization.scheme import GroupQuantize, NoQuantize, QuantizationScheme
 
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
@@ -105,6 +105,3 @@ class WeightPlan:
     def source_param_count(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.params)
 
-
-def dtype_of(name: str) -> np.dtype:
-    return np_dtype(name)
