@@ -135,3 +135,14 @@ def test_unknown_scheme_lists_valid_ones() -> None:
     assert "q5f16_9" in message
     for name in SCHEMES:
         assert name in message
+
+
+@pytest.mark.parametrize("max_int", [7, 3])
+def test_integer_scale_rounding_equals_numpy_cast_for_every_fast_path_max(max_int: int) -> None:
+    from mlcbuild.quantization.numpy_quant import _scales_from_fp16_max
+
+    bits = np.concatenate([[0], np.arange(0x1000, 0x7C00)]).astype(np.uint16)
+    scale, back = _scales_from_fp16_max(bits, max_int, np.dtype(np.float16))
+    want = (bits.view(np.float16).astype(np.float32) / np.float32(max_int)).astype(np.float16)
+    np.testing.assert_array_equal(scale.view(np.uint16), want.view(np.uint16))
+    np.testing.assert_array_equal(back, want.astype(np.float32))

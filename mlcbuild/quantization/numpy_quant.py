@@ -123,21 +123,19 @@ def _quantize_rows(w: np.ndarray, scheme: GroupQuantize, q_out: np.ndarray, s_ou
     r, kp = w.shape
     fast = w.dtype == np.float16
     if fast:
-        bits16 = w.view(np.uint16)
-        amax_bits = _group_absmax(bits16, g)
+        amax_bits = _group_absmax(w.view(np.uint16), g)
         if int(amax_bits.max(initial=0)) >= 0x7C00:
             raise ValueError("weight holds inf or nan")
-        amax = amax_bits.view(np.float16).astype(np.float32)
-        fast = bool((amax_bits[amax_bits > 0] >= 0x1000).all())
-    if not fast:
+        fast = not bool(np.any((amax_bits - np.uint16(1)) < np.uint16(0x0FFF)))
+    if fast:
+        scale, s32 = _scales_from_fp16_max(amax_bits, max_int, sdt)
+    else:
         x32 = _to_float32(w)
         if not np.isfinite(x32).all():
             raise ValueError("weight holds inf or nan")
-        if w.dtype != np.float16:
-            amax = _group_absmax(x32, g)
-    scale = (amax / np.float32(max_int)).astype(sdt)
+        scale = (_group_absmax(x32, g) / np.float32(max_int)).astype(sdt)
+        s32 = scale.astype(np.float32)
     s_out[...] = scale.reshape(r, -1)
-    s32 = scale.astype(np.float32)
     inv = np.zeros_like(s32)
     np.divide(np.float32(1), s32, out=inv, where=s32 != 0)
     if fast and scheme.bits == 4 and g % 8 == 0:
@@ -156,6 +154,28 @@ def _quantize_rows(w: np.ndarray, scheme: GroupQuantize, q_out: np.ndarray, s_ou
     q = y.reshape(r, kp).view(np.uint32).astype(np.uint8)
     wpg = -(-g // scheme.per_word)
     q_out[...] = _pack(q, scheme.bits, scheme.per_word, wpg, g)
+
+
+def _scales_from_fp16_max(amax_bits: np.ndarray, max_int: int, sdt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(scale in the model dtype, scale as float32) from fp16 max|w| bit patterns, with integer ops.
+
+    Only for the fast path: every nonzero max is a normal number ≥ 2^-11, so max/max_int is a
+    normal float16 and round-to-nearest-even is `(bits + 0xFFF + lsb) >> 13` minus the exponent
+    rebias; numpy's float32→float16 cast is scalar and would cost as much as the reduction.
+    """
+    zero = amax_bits == 0
+    amax = ((amax_bits.astype(np.uint32) << np.uint32(13)) + np.uint32(112 << 23)).view(np.float32)
+    amax[zero] = 0
+    scale32 = amax / np.float32(max_int)
+    if sdt != np.float16:
+        return scale32.astype(sdt), scale32
+    bits = scale32.view(np.uint32)
+    half = ((bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)) - np.uint32(112 << 10)
+    half[zero] = 0
+    scale = half.astype(np.uint16).view(np.float16)
+    back = ((half << np.uint32(13)) + np.uint32(112 << 23)).view(np.float32)
+    back[zero] = 0
+    return scale, back
 
 
 def _q4_fp16_pairs(w: np.ndarray, inv_scaled: np.ndarray, g: int, max_int: int) -> np.ndarray:
