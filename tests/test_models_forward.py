@@ -22,30 +22,20 @@ from mlcbuild.models import MODELS, detect_model_type
 from mlcbuild.quantization import SCHEMES
 
 try:
-    from tiny_models import hf_logits, make_tiny_gpt_neox, make_tiny_llama
+    from tiny_models import hf_logits, make_tiny_gpt_neox, make_tiny_llama, make_tiny_mistral
 except ImportError:
-    from tests.tiny_models import hf_logits, make_tiny_gpt_neox, make_tiny_llama
+    from tests.tiny_models import hf_logits, make_tiny_gpt_neox, make_tiny_llama, make_tiny_mistral
 
 EXPORTED = {"embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_tir_paged_kv_cache", "softmax_with_temperature"}
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
 
 
-def _make_mistral(path: Path, **overrides: Any) -> Path:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    from tiny_models import TINY_COMMON, _init, _save  # type: ignore[import-not-found]
-
-    config = MistralConfig(**{**TINY_COMMON, "num_key_value_heads": 2, "sliding_window": 16, "head_dim": 16, **overrides})
-    config.architectures = ["MistralForCausalLM"]
-    return _save(_init(MistralForCausalLM(config), 0, 0.15), path, 1, "safetensors", "float32")
-
-
 CASES: dict[str, Callable[[Path], Path]] = {
     "neox_parallel": lambda p: make_tiny_gpt_neox(p, rotary_pct=0.5, use_parallel_residual=True),
     "neox_sequential": lambda p: make_tiny_gpt_neox(p, seed=1, rotary_pct=0.25, use_parallel_residual=False),
     "llama_gqa_tied_llama3": lambda p: make_tiny_llama(p, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=LLAMA3),
-    "mistral_sliding": _make_mistral,
+    "mistral_sliding": make_tiny_mistral,
 }
 
 

@@ -1,6 +1,6 @@
 """Tiny random Hugging Face models for tests (hidden 64, 2 layers), made with transformers on CPU torch.
 
-    from tests.tiny_models import make_tiny_llama, make_tiny_gpt_neox, hf_logits
+    from tests.tiny_models import make_tiny_llama, make_tiny_gpt_neox, make_tiny_mistral, hf_logits
     path = make_tiny_llama(tmp_path / "llama", num_key_value_heads=2, tie_word_embeddings=True)
 
 Each maker writes config.json + model.safetensors into `path` (or shards with
@@ -97,6 +97,18 @@ def make_tiny_llama(
     config = LlamaConfig(**kwargs)
     config.architectures = ["LlamaForCausalLM"]
     return _save(_init(LlamaForCausalLM(config), seed, std), Path(path), shards, fmt, dtype)
+
+
+def make_tiny_mistral(
+    path: Path | str, *, seed: int = 0, shards: int = 1, fmt: str = "safetensors", dtype: str = "float32", std: float = 0.15, **overrides: Any
+) -> Path:
+    """Tiny MistralForCausalLM (GQA, sliding_window 16 unless overridden)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    kwargs = {**TINY_COMMON, "num_key_value_heads": 2, "sliding_window": 16, "head_dim": 16, **overrides}
+    config = MistralConfig(**kwargs)
+    config.architectures = ["MistralForCausalLM"]
+    return _save(_init(MistralForCausalLM(config), seed, std), Path(path), shards, fmt, dtype)
 
 
 def hf_logits(path: Path | str, input_ids: np.ndarray, quantization: str | None = None) -> np.ndarray:
