@@ -145,7 +145,7 @@ def test_bfloat16_checkpoint_quantizes_like_its_float16_cast(tmp_path: Path) -> 
     assert params["gpt_neox.final_layer_norm.weight"].dtype == np.float16
 
 
-def test_tvm_loader_reads_the_cache(tiny_neox: Path, tmp_path: Path) -> None:
+def test_tvm_loaders_read_the_cache(tiny_neox: Path, tmp_path: Path) -> None:
     import tvm
     from tvm.contrib import tvmjs
 
@@ -157,6 +157,12 @@ def test_tvm_loader_reads_the_cache(tiny_neox: Path, tmp_path: Path) -> None:
     assert ours["gpt_neox.layers.0.mlp.dense_h_to_4h.bias"].dtype == np.float16
     for name, arr in ours.items():
         np.testing.assert_array_equal(theirs[name].numpy(), arr)
+    tvm.get_global_func("vm.builtin.tensor_cache.load")(str(out), tvm.cpu().dlpack_device_type(), 0)
+    try:
+        for name, arr in ours.items():
+            np.testing.assert_array_equal(tvm.get_global_func("vm.builtin.tensor_cache.get")(name).numpy(), arr)
+    finally:
+        tvm.get_global_func("vm.builtin.tensor_cache.clear")()
 
 
 def _copy_with_state(src: Path, dst: Path, edit) -> Path:
