@@ -118,10 +118,25 @@ def test_bin_weights_when_no_safetensors(fake_hub, hf_cache, tmp_path):
 
 
 def test_local_folder(tmp_path):
+    from mlcbuild.store.hashing import StatIndex, tree_digest
+
     folder = make_folder(tmp_path / "src")
-    out = run_download({"path": str(folder), "content": "x"}, tmp_path / "out")
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    files = ["config.json", "model.safetensors", "tokenizer.json"]
+    content, _, _ = tree_digest(folder, files, StatIndex.open(tmp_path / "index.json"))
+    out = run_download({"path": str(folder), "files": files, "content": content}, tmp_path / "out")
+    assert sorted(os.listdir(out)) == files
     assert os.stat(out / "config.json").st_ino != os.stat(folder / "config.json").st_ino
+
+
+def test_local_folder_changed_after_planning_is_refused(tmp_path):
+    from mlcbuild.store.hashing import StatIndex, tree_digest
+
+    folder = make_folder(tmp_path / "src")
+    files = ["config.json", "model.safetensors", "tokenizer.json"]
+    content, _, _ = tree_digest(folder, files, StatIndex.open(tmp_path / "index.json"))
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(StepError, match="changed while the build was running"):
+        run_download({"path": str(folder), "files": files, "content": content}, tmp_path / "out")
 
 
 def test_resolve_revision(fake_hub, hf_cache, tmp_path):
