@@ -47,7 +47,8 @@ def _convert(source: Path, out: Path, quantization: str, model_type: str | None 
     return out
 
 
-def test_writer_matches_tvmjs_dump_tensor_cache_byte_for_byte(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_writer_matches_tvmjs_dump_tensor_cache_byte_for_byte(tmp_path: Path, background: bool) -> None:
     from tvm.contrib import tvmjs
 
     rng = np.random.default_rng(0)
@@ -58,7 +59,7 @@ def test_writer_matches_tvmjs_dump_tensor_cache_byte_for_byte(tmp_path: Path) ->
         ("c", rng.standard_normal((7,)).astype(np.float16)),
     ]
     meta = {"ParamSize": 4, "ParamBytes": 123, "BitsPerParam": 4.5}
-    ours = TensorCacheWriter(tmp_path / "ours", shard_cap_bytes=2 << 20)
+    ours = TensorCacheWriter(tmp_path / "ours", shard_cap_bytes=2 << 20, background=background)
     for name, arr in arrays:
         ours.add(name, arr)
     ours.finish(meta)

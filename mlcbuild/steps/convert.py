@@ -6,6 +6,7 @@ that is renamed into place only when the whole cache is written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -74,8 +75,8 @@ def convert_checkpoint(
     staging = out / _STAGING
     if staging.exists():
         shutil.rmtree(staging)
+    writer = TensorCacheWriter(staging, background=True)
     try:
-        writer = TensorCacheWriter(staging)
         total = len(plan.params)
         for idx, p in enumerate(plan.params):
             arrays = [ckpt.read(n) for n in p.hf_names]
@@ -95,6 +96,8 @@ def convert_checkpoint(
             f.rename(out / f.name)
         staging.rmdir()
     except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,14 +27,22 @@ def _dtype_name(arr: np.ndarray) -> str:
 
 @dataclass
 class TensorCacheWriter:
-    """Append tensors in order; `finish(metadata)` writes tensor-cache.json last."""
+    """Append tensors in order; `finish(metadata)` writes tensor-cache.json last.
+
+    With `background=True` a full shard is written and md5-summed on a helper thread while the
+    caller produces the next tensors (hashlib and file writes release the GIL); at most one shard
+    is in flight, so memory stays at two shards. Call `close()` before discarding a failed write.
+    """
 
     out_dir: Path
     shard_cap_bytes: int = SHARD_CAP_BYTES
+    background: bool = False
     shards: list[dict[str, Any]] = field(default_factory=list)
     _pending: bytearray = field(default_factory=bytearray)
     _pending_records: list[dict[str, Any]] = field(default_factory=list)
     _names: set[str] = field(default_factory=set)
+    _executor: ThreadPoolExecutor | None = None
+    _inflight: Future | None = None
     total_bytes: int = 0
 
     def __post_init__(self) -> None:
@@ -73,23 +82,46 @@ class TensorCacheWriter:
 
     def _write_shard(self, chunks: list[memoryview], records: list[dict[str, Any]]) -> None:
         data_path = f"{SHARD_PREFIX}_{len(self.shards)}.bin"
-        md5 = hashlib.md5()
-        nbytes = 0
-        with open(self.out_dir / data_path, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-                md5.update(chunk)
-                nbytes += chunk.nbytes
-        self.shards.append(
-            {"dataPath": data_path, "format": "raw-shard", "nbytes": nbytes, "records": records, "md5sum": md5.hexdigest()}
-        )
+        shard = {"dataPath": data_path, "format": "raw-shard", "nbytes": sum(c.nbytes for c in chunks), "records": records, "md5sum": ""}
+        self.shards.append(shard)
+        if not self.background:
+            _write_file(self.out_dir / data_path, chunks, shard)
+            return
+        self._wait()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcbuild-shard-writer")
+        self._inflight = self._executor.submit(_write_file, self.out_dir / data_path, chunks, shard)
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+
+    def close(self) -> None:
+        """Wait for the shard in flight (errors included) and stop the helper thread."""
+        try:
+            self._wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def finish(self, metadata: Mapping[str, Any]) -> Path:
         self._commit()
+        self.close()
         path = self.out_dir / CACHE_JSON
         with open(path, "w") as f:
             json.dump({"metadata": dict(metadata), "records": self.shards}, f, indent=4)
         return path
+
+
+def _write_file(path: Path, chunks: list[memoryview], shard: dict[str, Any]) -> None:
+    md5 = hashlib.md5()
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+            md5.update(chunk)
+    shard["md5sum"] = md5.hexdigest()
 
 
 def read_tensor_cache_json(path: Path | str) -> dict[str, Any]:
