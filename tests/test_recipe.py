@@ -51,7 +51,7 @@ def test_redpajama_recipe() -> None:
     assert recipe.overrides["prefill_chunk_size"] == 2048
     assert recipe.overrides["temperature"] == 0.7
     assert recipe.overrides["top_p"] == 0.95
-    assert recipe.compile_options == {"opt": "O3", "cudagraph": True, "cublas": True}
+    assert recipe.compile_options == {"opt": "O3"}
     assert recipe.path == (REPO / "recipes" / "redpajama.yaml").resolve()
 
 
@@ -84,7 +84,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert recipe.source.revision == "main"
     assert recipe.output == tmp_path / "r" / "dist"
     assert recipe.overrides == {}
-    assert recipe.compile_options == {"opt": "O2", "cudagraph": False, "cublas": True}
+    assert recipe.compile_options == {"opt": "O2"}
     assert recipe.model_type is None
     assert recipe.targets == (TargetRef("llvm"),)
     assert isinstance(recipe, Recipe)
@@ -155,7 +155,7 @@ compile: {opt: O3, cudagraph: false}
     assert o["context_window_size"] == 2048 and type(o["context_window_size"]) is int
     assert o["temperature"] == 1.0 and type(o["temperature"]) is float
     assert o["eos_token_id"] == [0, 2]
-    assert recipe.compile_options == {"opt": "O3", "cudagraph": False, "cublas": True}
+    assert recipe.compile_options == {"opt": "O3", "cudagraph": False}
 
 
 def test_where_points_at_fields(tmp_path: Path) -> None:

@@ -9,48 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-OPT_LEVELS = ("O0", "O1", "O2", "O3")
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """Recipe `compile_options`, resolved against the opt level's defaults."""
-
-    opt: str = "O2"
-    cudagraph: bool | None = None
-    cublas: bool | None = None
-    embed_ptx: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any] | None) -> "CompileOptions":
-        data = dict(data or {})
-        known = {k: data.pop(k) for k in ("opt", "cudagraph", "cublas", "embed_ptx") if k in data}
-        if "flashinfer" in data and data["flashinfer"]:
-            from mlcbuild.errors import UserError
-
-            raise UserError("flashinfer is not available in this build (apache-tvm wheel)", field="compile_options.flashinfer")
-        data.pop("flashinfer", None)
-        opts = cls(**known, extra=data)
-        if opts.opt not in OPT_LEVELS:
-            from mlcbuild.errors import UserError
-
-            raise UserError(f"opt must be one of {', '.join(OPT_LEVELS)}, got {opts.opt!r}", field="compile_options.opt")
-        return opts
-
-    @property
-    def level(self) -> int:
-        return int(self.opt[1])
-
-    def use_cudagraph(self, kind: str) -> bool:
-        if kind != "cuda":
-            return False
-        return self.cudagraph if self.cudagraph is not None else self.level >= 2
-
-    def use_cublas(self, kind: str) -> bool:
-        if kind != "cuda":
-            return False
-        return bool(self.cublas) if self.cublas is not None else False
+from mlcbuild.compiler.options import OPT_LEVELS, CompileOptions  # noqa: F401  (re-exported)
 
 
 def variable_bounds(config: Mapping[str, Any]) -> dict[str, int]:
@@ -109,6 +68,34 @@ def cpu_schedule_rules(level: int) -> list[Any]:
     return [dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
+def apply_schedule_rules(rules: Sequence[Any]):
+    """dlight's ApplyDefaultSchedule, except that a rule which raises on a kernel is skipped
+    (the next rule, ending with Fallback on GPUs, gets it) instead of failing the build."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="ApplyScheduleRules")
+    def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        out = mod.clone()
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or int(func.attrs.get("tirx.is_scheduled", 0) if func.attrs else 0):
+                continue
+            target = (func.attrs.get("target") if func.attrs else None) or tvm.target.Target.current(allow_none=False)
+            for rule in rules:
+                try:
+                    space = rule.apply(func, target, False)
+                except Exception:  # noqa: BLE001 - a rule that cannot handle this kernel
+                    continue
+                if space is None:
+                    continue
+                sch = space[0] if isinstance(space, list) else space
+                out.update_func(gv, sch.mod["main"].with_attr("tirx.is_scheduled", True))
+                break
+        return out
+
+    return apply
+
+
 def build_pipeline(
     target: Any,
     options: CompileOptions,
@@ -128,7 +115,11 @@ def build_pipeline(
 
     @tvm.transform.module_pass(opt_level=0, name="MlcbuildPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from mlcbuild.compiler.fusion import fuse_dequantize_matmul, rewrite_transpose_matmul
+
         fuse = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []
+        pre_legalize = [rewrite_transpose_matmul()] if level >= 1 else []
+        post_annotate = [fuse_dequantize_matmul()] if level >= 1 else []
         rules = gpu_schedule_rules(level, kind) if is_gpu else cpu_schedule_rules(level)
         with target:
             seq = tvm.transform.Sequential(
@@ -136,12 +127,14 @@ def build_pipeline(
                     _attach_variable_bounds(bounds),
                     relax.backend.DispatchSampling(),
                     relax.backend.DispatchSortScan(),
+                    *pre_legalize,
                     relax.transform.LegalizeOps(),
                     relax.transform.AnnotateTIROpPattern(),
+                    *post_annotate,
                     relax.transform.FoldConstant(),
                     *fuse,
                     relax.transform.DeadCodeElimination(),
-                    *([dl.ApplyDefaultSchedule(*rules)] if rules else []),
+                    *([apply_schedule_rules(rules)] if rules else []),
                     relax.transform.RewriteDataflowReshape(),
                     relax.transform.ToNonDataflow(),
                     relax.transform.RemovePurityChecking(),

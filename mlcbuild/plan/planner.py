@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
 from mlcbuild.recipe.model import Recipe, TargetRef
+from mlcbuild.steps.compile import resolve_options
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import list_tree, tree_digest
 from mlcbuild.targets import load_targets
@@ -86,10 +87,11 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
             graph.artifacts.append(Artifact(gen_config.id, model_dir))
             for ref in _selected(recipe.targets, options.targets, "target", recipe):
                 target = _target_params(ref)
+                options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
                 compile_node = graph.add(
                     Node.make(
                         "compile",
-                        {"quantization": quant, "target": target, "options": dict(recipe.compile_options)},
+                        {"quantization": quant, "target": target, "options": options},
                         {"config": gen_config},
                         f"compile {recipe.name} {quant} {ref.id}",
                     )

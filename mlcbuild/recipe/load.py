@@ -18,13 +18,6 @@ from mlcbuild.recipe.yamlmarks import Document, YamlProblem, parse
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-OPT_DEFAULTS: dict[str, dict[str, bool]] = {
-    "O0": {"cudagraph": False, "cublas": False},
-    "O1": {"cudagraph": False, "cublas": False},
-    "O2": {"cudagraph": False, "cublas": True},
-    "O3": {"cudagraph": True, "cublas": True},
-}
-"""MLC's --opt levels: what cudagraph and cublas default to at each."""
 DEFAULT_OPT = "O2"
 DEFAULT_OUTPUT = "dist"
 
@@ -402,5 +395,5 @@ def _overrides(check: _Checker, given: Mapping[str, Any], problems: list[UserErr
 
 
 def _compile_options(given: Mapping[str, Any]) -> dict[str, Any]:
-    opt = given.get("opt", DEFAULT_OPT)
-    return {"opt": opt, **OPT_DEFAULTS[opt], **{k: v for k, v in given.items() if k != "opt"}}
+    """As written, plus the default level; the compile step resolves what each level implies."""
+    return {"opt": DEFAULT_OPT, **given}

@@ -40,7 +40,8 @@ class TargetRef:
 @dataclass(frozen=True)
 class Recipe:
     """A recipe after validation. Paths are absolute; `overrides` holds only what the recipe sets;
-    `compile_options` is complete ({"opt", "cudagraph", "cublas"}) so equal meaning gives equal keys."""
+    `compile_options` is the `compile` section as written (with `opt` defaulted); the planner makes
+    every choice explicit per target, so equal meaning gives equal keys."""
 
     path: Path
     name: str

@@ -26,13 +26,28 @@ def _target(params: Mapping[str, JSON]) -> ResolvedTarget:
         raise UserError(f"compile target is malformed: {exc}", field="targets") from None
 
 
+def cublas_available(kind: str) -> bool:
+    if kind != "cuda":
+        return False
+    from mlcbuild.targets import tvm_capabilities
+
+    return "ext:cublas" in tvm_capabilities()
+
+
+def resolve_options(options: Mapping[str, JSON], kind: str) -> dict[str, JSON]:
+    """A recipe's `compile` section made explicit for one target kind (what enters the key)."""
+    from mlcbuild.compiler.options import CompileOptions
+
+    return CompileOptions.from_json(options).resolved(kind, cublas_available(kind))
+
+
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
     version: ClassVar[str] = "1"
     resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
 
     def check(self, params: Mapping[str, JSON]) -> None:
-        from mlcbuild.compiler.pipeline import CompileOptions
+        from mlcbuild.compiler.options import CompileOptions
         from mlcbuild.quantization import get_scheme
 
         get_scheme(str(params.get("quantization")))
@@ -41,11 +56,7 @@ class CompileStep(Step):
         if missing is not None:
             raise UserError(f"cannot build target {target.name}:{target.variant or ''}".rstrip(":") + f" here: {missing}", field="targets")
         options = CompileOptions.from_json(params.get("options"))
-        if options.use_cublas(target.tvm_target["kind"]):
-            from mlcbuild.targets import tvm_capabilities
-
-            if "ext:cublas" not in tvm_capabilities():
-                raise UserError("cublas: this TVM build has no cuBLAS support", field="compile_options.cublas")
+        options.resolved(target.tvm_target["kind"], cublas_available=cublas_available(target.tvm_target["kind"]))
 
     def toolchain(self, params: Mapping[str, JSON]) -> JSON:
         target = _target(params)
@@ -66,7 +77,7 @@ class CompileStep(Step):
 
     def run(self, ctx: RunContext) -> None:
         from mlcbuild.compiler.build import build_model_lib
-        from mlcbuild.compiler.pipeline import CompileOptions
+        from mlcbuild.compiler.options import CompileOptions
 
         config_path = ctx.inputs["config"] / CONFIG_FILE
         if not config_path.exists():
