@@ -87,11 +87,11 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
             graph.artifacts.append(Artifact(gen_config.id, model_dir))
             for ref in _selected(recipe.targets, options.targets, "target", recipe):
                 target = _target_params(ref)
-                options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
+                compile_options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
                 compile_node = graph.add(
                     Node.make(
                         "compile",
-                        {"quantization": quant, "target": target, "options": options},
+                        {"quantization": quant, "target": target, "options": compile_options},
                         {"config": gen_config},
                         f"compile {recipe.name} {quant} {ref.id}",
                     )
