@@ -13,7 +13,7 @@ from mlcbuild.errors import MlcbuildError
 from mlcbuild.execute.base import BuildReport, NullReporter, Outcome, Reporter
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.plan.keys import diff_preimages, key_preimage, node_key
-from mlcbuild.steps import RunContext, get_step
+from mlcbuild.execute.worker import run_step_in_child
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import Manifest
 
@@ -102,7 +102,10 @@ class LocalExecutor:
         return "forced" if self.force else "result was missing from the cache"
 
     def _execute(self, node: Node, inputs: dict[str, Manifest]) -> Manifest:
+        """Run the step in a child process; its log is kept in the cache only if it fails."""
         work = Path(tempfile.mkdtemp(prefix=f"{node.kind}-", dir=self.store.tmp_dir))
+        log = self.store.log_path(node.id)
+        log.unlink(missing_ok=True)
         try:
             input_dirs = {}
             for role, manifest in inputs.items():
@@ -112,15 +115,18 @@ class LocalExecutor:
             out.mkdir()
             scratch = work / "scratch"
             scratch.mkdir()
-            ctx = RunContext(
-                params={**node.params, **node.hints},
-                inputs=input_dirs,
-                out=out,
+            run_step_in_child(
+                node.kind,
+                {**node.params, **node.hints},
+                input_dirs,
+                out,
+                scratch,
+                log,
                 progress=lambda fraction, message: self.reporter.progress(node, fraction, message),
-                scratch=scratch,
             )
-            get_step(node.kind).run(ctx)
-            return self.store.put_dir(out, move=True)
+            manifest = self.store.put_dir(out, move=True)
+            log.unlink(missing_ok=True)
+            return manifest
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

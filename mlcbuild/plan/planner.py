@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 
 from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
+from mlcbuild.plan.layout import lib_path, model_dir
 from mlcbuild.recipe.model import Recipe, TargetRef
 from mlcbuild.steps.compile import resolve_options
 from mlcbuild.store.cas import Store
@@ -58,10 +59,9 @@ def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str, recipe:
 def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Callable[[Node], None] | None = None) -> BuildGraph:
     graph = BuildGraph()
     for recipe in recipes:
-        out = Path(recipe.output)
         download = graph.add(source_node(recipe, store, options.revisions.get(str(recipe.path))))
         for quant in _selected(recipe.quantizations, options.quantizations, "quantization", recipe):
-            model_dir = out / f"{recipe.name}-{quant}-MLC"
+            folder = model_dir(recipe, quant)
             convert = graph.add(
                 Node.make(
                     "convert",
@@ -83,8 +83,8 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                     f"gen-config {recipe.name} {quant}",
                 )
             )
-            graph.artifacts.append(Artifact(convert.id, model_dir))
-            graph.artifacts.append(Artifact(gen_config.id, model_dir))
+            graph.artifacts.append(Artifact(convert.id, folder))
+            graph.artifacts.append(Artifact(gen_config.id, folder))
             for ref in _selected(recipe.targets, options.targets, "target", recipe):
                 target = _target_params(ref)
                 compile_options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
@@ -97,13 +97,8 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                     )
                 )
                 suffix = target["suffix"]
-                graph.artifacts.append(
-                    Artifact(
-                        compile_node.id,
-                        out / "libs",
-                        rename={f"lib.{suffix}": f"{recipe.name}-{quant}-{ref.id}.{suffix}"},
-                    )
-                )
+                lib = lib_path(recipe, quant, ref, suffix)
+                graph.artifacts.append(Artifact(compile_node.id, lib.parent, rename={f"lib.{suffix}": lib.name}))
     if check is not None:
         for node in graph.topological():
             check(node)

@@ -6,6 +6,7 @@ Layout under the cache root:
     nodes/<node id>.json   the key preimage of a node's last build (for `explain`)
     locks/<key>.lock       per-key flock, so concurrent builds never do one node twice
     tmp/                   work directories; anything here is garbage after a crash
+    logs/<node id>.log     the output of a step that failed
 Every write is temp file + rename, and an action result is written only after all of its
 objects are in place, so an interrupted build never leaves a result that points at nothing.
 """
@@ -90,6 +91,12 @@ class Store:
 
     def node_path(self, node_id: str) -> Path:
         return self.root / "nodes" / f"{node_id}.json"
+
+    def log_path(self, node_id: str) -> Path:
+        """Where a failed step's output is kept (logs/ is not content-addressed, just kept)."""
+        path = self.root / "logs" / f"{node_id}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def tmp_dir(self) -> Path:
