@@ -77,7 +77,9 @@ def rewrite_transpose_matmul():
 
     @tvm.transform.module_pass(opt_level=0, name="RewriteTransposeMatmul")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return Rewriter(mod).transform()
+        # The replaced permute_dims bindings are dead now; left in, they would keep each
+        # dequantized weight alive as a second output of the fused kernel.
+        return relax.transform.DeadCodeElimination()(Rewriter(mod).transform())
 
     return transform
 
