@@ -66,7 +66,11 @@ def build_model_lib(
     t0 = time.perf_counter()
     tvm_target = make_tvm_target(target)
     if options.use_cublas(target.tvm_target["kind"]):
-        raise UserError("cublas was requested but this TVM build has no cuBLAS support", field="compile_options.cublas")
+        raise UserError(
+            "cublas: mlcbuild's pipeline has no cuBLAS dispatch yet (it would split the fused dequantize+matmul "
+            "kernels); set `compile: {cublas: false}`",
+            field="compile.cublas",
+        )
     progress(0.05, "export")
     mod, named_params, config_obj = export_model(chat_config, tvm_target)
     timings["export"] = time.perf_counter() - t0

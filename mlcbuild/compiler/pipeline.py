@@ -109,7 +109,6 @@ def build_pipeline(
     `after_memory_plan` passes (e.g. attaching `_metadata`) run right after it is known."""
     import tvm
     from tvm import relax
-    from tvm.s_tir import dlight as dl
 
     kind = target.kind.name
     is_gpu = "gpu" in target.keys
