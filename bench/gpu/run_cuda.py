@@ -85,7 +85,7 @@ def chat_config(model: str, quantization: str, context: int, prefill_chunk: int)
     return {"model_type": "gpt_neox", "quantization": quantization, "model_config": model_config, **sizes}
 
 
-def build(model: str, quantization: str, target: str, out: Path, context: int, chunk: int) -> dict[str, Any]:
+def build(model: str, quantization: str, target: str, out: Path, context: int, chunk: int, opt: str = "O3") -> dict[str, Any]:
     from mlcbuild.compiler.build import build_model_lib
     from mlcbuild.compiler.pipeline import CompileOptions
     from mlcbuild.targets import resolve_target
@@ -93,7 +93,7 @@ def build(model: str, quantization: str, target: str, out: Path, context: int, c
     name, _, variant = target.partition(":")
     config = chat_config(model, quantization, context, chunk)
     start = time.perf_counter()
-    result = build_model_lib(config, resolve_target(name, variant or None), CompileOptions(opt="O2"), out / f"{model}-{quantization}-{name}")
+    result = build_model_lib(config, resolve_target(name, variant or None), CompileOptions(opt=opt), out / f"{model}-{quantization}-{name}")
     seconds = time.perf_counter() - start
     return {"config": config, "lib": str(result.path), "metadata": result.metadata, "compile_s": round(seconds, 1), "timings": result.timings}
 
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--opt", default="O3", help="O3 turns on CUDA graphs (decode at batch 1 is launch-bound without them)")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--skip-hf", action="store_true")
     args = ap.parse_args(argv)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.targets.split(","):
             target = f"cuda:{args.arch}" if kind == "cuda" else kind
             chunk = min(args.context, 2048)
-            built = build(model, args.quantization, target, args.out, args.context, chunk)
+            built = build(model, args.quantization, target, args.out, args.context, chunk, args.opt)
             row: dict[str, Any] = {"compile_s": built["compile_s"], "timings": built["timings"], "lib": built["lib"]}
             print(f"[{model} {args.quantization} {target}] compiled in {built['compile_s']} s -> {built['lib']}", flush=True)
             if not args.compile_only:
