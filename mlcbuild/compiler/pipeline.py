@@ -43,15 +43,21 @@ def _attach_variable_bounds(bounds: Mapping[str, int]):
     return attach
 
 
-def gpu_schedule_rules(level: int, kind: str = "cuda") -> list[Any]:
-    """dlight's GPU rules; Matmul is left out on metal, where its simdgroup tensorization
-    crashes this TVM (segfault in Tensorize) — GEMV/Fallback still schedule those kernels."""
+def matmul_rule_crashes(kind: str, arch: str) -> bool:
+    """dlight's Matmul tensorization segfaults this TVM (in Tensorize) on metal (simdgroup) and
+    on sm_80..sm_89 (mma) for real-size prefill matmuls; sm_90a builds. GEMV/Fallback schedule
+    those kernels instead, slower for prefill but correct."""
+    return kind == "metal" or (kind == "cuda" and arch.startswith("sm_8"))
+
+
+def gpu_schedule_rules(level: int, kind: str = "cuda", arch: str = "") -> list[Any]:
+    """dlight's GPU rules (see matmul_rule_crashes for what is left out where)."""
     from tvm.s_tir import dlight as dl
 
     if level == 0:
         return [dl.gpu.Fallback()]
     return [
-        *([dl.gpu.Matmul()] if kind != "metal" else []),
+        *([] if matmul_rule_crashes(kind, arch) else [dl.gpu.Matmul()]),
         dl.gpu.GEMV(),
         dl.gpu.LowBatchGEMV(),
         dl.gpu.Reduction(),
@@ -121,7 +127,8 @@ def build_pipeline(
         fuse = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []
         pre_legalize = [rewrite_transpose_matmul()] if level >= 1 else []
         post_annotate = [fuse_dequantize_matmul()] if level >= 1 else []
-        rules = gpu_schedule_rules(level, kind) if is_gpu else cpu_schedule_rules(level)
+        arch = str(target.attrs.get("arch", "")) if kind == "cuda" else ""
+        rules = gpu_schedule_rules(level, kind, arch) if is_gpu else cpu_schedule_rules(level)
         with target:
             seq = tvm.transform.Sequential(
                 [
