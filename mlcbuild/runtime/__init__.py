@@ -26,21 +26,21 @@ def __getattr__(name: str) -> Any:
 
 def artifact_paths(recipe: "Recipe", quantization: str | None = None, target: str = "llvm") -> tuple[Path, Path]:
     """(model folder, library path) where `mlcbuild build` puts a recipe's outputs."""
+    from mlcbuild.plan.layout import lib_path, model_dir
+    from mlcbuild.recipe.model import TargetRef
     from mlcbuild.targets import target_params
 
     quant = quantization or recipe.quantizations[0]
     if quant not in recipe.quantizations:
         raise UserError(f"quantization {quant} is not in the recipe (it has: {', '.join(recipe.quantizations)})")
     name, _, variant = target.partition(":")
-    suffix = target_params(name, variant or None)["suffix"]
-    ref_id = f"{name}-{variant}" if variant else name
-    out = Path(recipe.output)
-    model_dir = out / f"{recipe.name}-{quant}-MLC"
-    lib = out / "libs" / f"{recipe.name}-{quant}-{ref_id}.{suffix}"
-    for path in (model_dir, lib):
+    ref = TargetRef(name, variant or None)
+    folder = model_dir(recipe, quant)
+    lib = lib_path(recipe, quant, ref, target_params(name, variant or None)["suffix"])
+    for path in (folder, lib):
         if not path.exists():
             raise UserError(f"{path} does not exist; run `mlcbuild build {recipe.path}` first")
-    return model_dir, lib
+    return folder, lib
 
 
 def default_device(target: str) -> str:
