@@ -8,17 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-ARCH_FIELDS = (
-    "model_type",
-    "quantization",
-    "model_config",
-    "context_window_size",
-    "prefill_chunk_size",
-    "sliding_window_size",
-    "attention_sink_size",
-    "tensor_parallel_shards",
-    "max_batch_size",
-)
+from mlcbuild.models.config_base import OVERRIDABLE
+
+ARCH_FIELDS = ("model_type", "quantization", "model_config", *OVERRIDABLE)
 """Fields of mlc-chat-config.json that shape the compiled library (the compile key's view)."""
 
 
