@@ -38,39 +38,21 @@ if str(ROOT) not in sys.path:
 
 H100_BANDWIDTH = 3.35e12
 
+_NEOX: dict[str, Any] = {
+    "architectures": ["GPTNeoXForCausalLM"],
+    "model_type": "gpt_neox",
+    "rotary_pct": 0.25,
+    "rotary_emb_base": 10000,
+    "use_parallel_residual": False,
+    "layer_norm_eps": 1e-5,
+    "max_position_embeddings": 2048,
+    "hidden_act": "gelu",
+    "tie_word_embeddings": False,
+}
+
 HF_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "architectures": ["GPTNeoXForCausalLM"],
-        "model_type": "gpt_neox",
-        "vocab_size": 256,
-        "hidden_size": 64,
-        "intermediate_size": 256,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "rotary_pct": 0.25,
-        "rotary_emb_base": 10000,
-        "use_parallel_residual": False,
-        "layer_norm_eps": 1e-5,
-        "max_position_embeddings": 2048,
-        "hidden_act": "gelu",
-        "tie_word_embeddings": False,
-    },
-    "3b": {
-        "architectures": ["GPTNeoXForCausalLM"],
-        "model_type": "gpt_neox",
-        "vocab_size": 50432,
-        "hidden_size": 2560,
-        "intermediate_size": 10240,
-        "num_attention_heads": 32,
-        "num_hidden_layers": 32,
-        "rotary_pct": 0.25,
-        "rotary_emb_base": 10000,
-        "use_parallel_residual": False,
-        "layer_norm_eps": 1e-5,
-        "max_position_embeddings": 2048,
-        "hidden_act": "gelu",
-        "tie_word_embeddings": False,
-    },
+    "tiny": {**_NEOX, "vocab_size": 256, "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4, "num_hidden_layers": 2},
+    "3b": {**_NEOX, "vocab_size": 50432, "hidden_size": 2560, "intermediate_size": 10240, "num_attention_heads": 32, "num_hidden_layers": 32},
 }
 
 

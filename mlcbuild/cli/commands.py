@@ -184,7 +184,7 @@ def cache_cmd(args: argparse.Namespace) -> int:
     elif args.action == "gc":
         keep = None
         if args.keep is not None:
-            keep = _live_keys(args, args.keep, store)
+            keep = _live_keys(args, args.keep)
         older = args.older_than * 86400 if args.older_than is not None else None
         removed, freed = store.gc(keep, older)
         console().print(f"removed {removed} objects, freed {_human(freed)}")
@@ -200,15 +200,13 @@ def cache_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_keys(args: argparse.Namespace, recipes: list[Path], store: Store) -> set[str]:
+def _live_keys(args: argparse.Namespace, recipes: list[Path]) -> set[str]:
+    """Keys of every node of these recipes whose inputs are cached (what `gc --keep` keeps)."""
     from mlcbuild.execute.local import dry_run
 
-    keys: set[str] = set()
-    args.quant, args.target = [], []
-    _, _, graph = _prepare(args, recipes)
+    _, store, graph = _prepare(args, recipes)
     report = dry_run(graph, _all(graph), store)
-    keys.update(o.key for o in report.outcomes.values() if o.key)
-    return keys
+    return {o.key for o in report.outcomes.values() if o.key}
 
 
 @command("lock")

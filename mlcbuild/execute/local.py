@@ -1,28 +1,42 @@
-"""Run a build graph on this machine: topological, independent nodes in parallel threads,
-each node skipped when its key already has a result (constructive traces, early cutoff)."""
+"""Run a build graph on this machine: topological, independent nodes scheduled in parallel
+(each step in its own process), each node skipped when its key already has a result
+(constructive traces, early cutoff)."""
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlcbuild.errors import MlcbuildError
 from mlcbuild.execute.base import BuildReport, NullReporter, Outcome, Reporter
 from mlcbuild.plan.graph import BuildGraph, Node
-from mlcbuild.plan.keys import diff_preimages, key_preimage, node_key
 from mlcbuild.execute.worker import run_step_in_child
+from mlcbuild.plan.keys import diff_preimages, key_preimage, node_key
 from mlcbuild.store.cas import ActionResult, Store
-from mlcbuild.store.manifest import Manifest
+from mlcbuild.store.manifest import Manifest, sha256_json
 
 
 def slot(node: Node) -> str:
     """A node's identity across edits of its params: its label (e.g. "compile demo q4f16_1 llvm")."""
-    from mlcbuild.store.manifest import sha256_json
-
     return sha256_json(node.label)[:24]
+
+
+def changes_since_last_build(store: Store, node: Node, preimage: dict) -> list[str] | None:
+    """What in the key changed since this node's last build here; None if it was never built."""
+    last = store.last_node_build(slot(node))
+    return None if last is None else diff_preimages(last["preimage"], preimage)
+
+
+def why_it_runs(store: Store, node: Node, preimage: dict, force: bool = False) -> str:
+    changes = changes_since_last_build(store, node, preimage)
+    if changes is None:
+        return "never built"
+    if changes:
+        return "; ".join(changes[:3])
+    return "forced" if force else "result was missing from the cache"
 
 
 @dataclass
@@ -31,7 +45,7 @@ class LocalExecutor:
     jobs: int = 1
     keep_going: bool = False
     force: bool = False
-    reporter: Reporter = NullReporter()
+    reporter: Reporter = field(default_factory=NullReporter)
 
     def run(self, graph: BuildGraph, wanted: set[str]) -> BuildReport:
         start = time.perf_counter()
@@ -84,22 +98,13 @@ class LocalExecutor:
                 manifest = self._execute(node, inputs)
                 duration = time.perf_counter() - began
                 self.store.put_action(ActionResult(key, manifest, preimage, duration))
-            why = self._why(node, preimage)
+            why = why_it_runs(self.store, node, preimage, self.force)
             self.store.record_node(slot(node), key, preimage)
             return Outcome(node, "built", key, manifest, duration, reason=why)
         except MlcbuildError as e:
             return Outcome(node, "failed", reason=str(e))
         except Exception as e:  # a bug in a step: still one line here, the CLI offers --debug
             return Outcome(node, "failed", reason=f"{type(e).__name__}: {e}")
-
-    def _why(self, node: Node, preimage: dict) -> str:
-        last = self.store.last_node_build(slot(node))
-        if last is None:
-            return "never built"
-        changes = diff_preimages(last["preimage"], preimage)
-        if changes:
-            return "; ".join(changes[:3])
-        return "forced" if self.force else "result was missing from the cache"
 
     def _execute(self, node: Node, inputs: dict[str, Manifest]) -> Manifest:
         """Run the step in a child process; its log is kept in the cache only if it fails."""
@@ -152,10 +157,6 @@ def dry_run(graph: BuildGraph, wanted: set[str], store: Store, force: bool = Fal
         if hit:
             report.outcomes[node.id] = Outcome(node, "cached", key, hit.manifest, reason="cached")
         else:
-            last = store.last_node_build(slot(node))
-            if last is None:
-                why = "never built"
-            else:
-                why = "; ".join(diff_preimages(last["preimage"], preimage)[:3]) or "result missing from cache"
+            why = why_it_runs(store, node, preimage, force)
             report.outcomes[node.id] = Outcome(node, "pending", key, reason=f"will run: {why}")
     return report

@@ -45,7 +45,7 @@ def _target_params(ref: TargetRef) -> dict[str, Any]:
     return target_params(ref.name, ref.variant)
 
 
-def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str, recipe: Recipe) -> list[Any]:
+def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str) -> list[Any]:
     values = list(values)
     if not wanted:
         return values
@@ -60,7 +60,7 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
     graph = BuildGraph()
     for recipe in recipes:
         download = graph.add(source_node(recipe, store, options.revisions.get(str(recipe.path))))
-        for quant in _selected(recipe.quantizations, options.quantizations, "quantization", recipe):
+        for quant in _selected(recipe.quantizations, options.quantizations, "quantization"):
             folder = model_dir(recipe, quant)
             convert = graph.add(
                 Node.make(
@@ -85,7 +85,7 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
             )
             graph.artifacts.append(Artifact(convert.id, folder))
             graph.artifacts.append(Artifact(gen_config.id, folder))
-            for ref in _selected(recipe.targets, options.targets, "target", recipe):
+            for ref in _selected(recipe.targets, options.targets, "target"):
                 target = _target_params(ref)
                 compile_options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
                 compile_node = graph.add(

@@ -28,6 +28,8 @@ from mlcbuild.store.hashing import StatIndex, sha256_file
 from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json
 
 ENV_CACHE_DIR = "MLCBUILD_CACHE_DIR"
+STALE_TMP_S = 24 * 3600
+"""A work dir untouched this long belongs to a build that died; a younger one may be running."""
 
 
 def default_cache_dir() -> Path:
@@ -257,7 +259,9 @@ class Store:
                 freed += path.stat().st_size
                 path.unlink()
                 removed += 1
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+        for stale in (self.root / "tmp").glob("*"):
+            if now - stale.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
         return removed, freed
 
     def usage(self) -> dict[str, int]:
