@@ -59,7 +59,6 @@ class Artifact:
     node_id: str
     dest: Path
     rename: Mapping[str, str] = field(default_factory=dict)
-    select: tuple[str, ...] | None = None
 
 
 class BuildGraph:

@@ -131,12 +131,6 @@ def read_tensor_cache_json(path: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def tensor_cache_params(path: Path | str) -> list[dict[str, Any]]:
-    """[{name, shape, dtype}] in file order, without reading shard data (for metadata checks)."""
-    info = read_tensor_cache_json(path)
-    return [{"name": r["name"], "shape": r["shape"], "dtype": r["dtype"]} for s in info["records"] for r in s["records"]]
-
-
 def load_tensor_cache(path: Path | str, verify_md5: bool = False) -> dict[str, np.ndarray]:
     """Read a tensor cache into numpy (bfloat16 via ml_dtypes); for tests and the runtime."""
     from mlcbuild.quantization.numpy_quant import np_dtype
