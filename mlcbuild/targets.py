@@ -27,7 +27,7 @@ from mlcbuild.errors import UserError
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "targets"
 
-VARIANT_KEYS = ("host", "suffix", "toolchain", "codegen", "description")
+VARIANT_KEYS = ("host", "suffix", "toolchain", "codegen", "description", "runner")
 """Keys of a variant that are not TVM target attributes."""
 
 
@@ -44,6 +44,18 @@ class Target:
     source: Path | None = None
     codegen: tuple[str, ...] = ()
     variant_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    runner: tuple[str, ...] = ()
+
+    def runner_labels(self, variant: str | None = None) -> tuple[str, ...]:
+        """The CI runner labels a machine needs to build this variant (never part of a key).
+
+        Without a `runner:` field: a self-hosted runner labelled with the target's name.
+        """
+        variant = variant or self.default_variant
+        labels = self.variant_overrides.get(variant or "", {}).get("runner", self.runner)
+        if isinstance(labels, str):
+            labels = (labels,)
+        return tuple(labels) or ("self-hosted", self.name)
 
     def resolve(self, variant: str | None = None) -> "ResolvedTarget":
         """The concrete definition of one variant (a UserError names the valid ones)."""
@@ -155,6 +167,7 @@ def load_targets() -> dict[str, Target]:
                 source=file,
                 codegen=tuple(data.get("codegen", ())),
                 variant_overrides=overrides,
+                runner=tuple([data["runner"]] if isinstance(data.get("runner"), str) else data.get("runner") or ()),
             )
     return found
 
@@ -284,6 +297,9 @@ def _triple_arch(host: Mapping[str, Any] | None) -> str | None:
     return str(triple).split("-")[0] if triple else None
 
 
+TOOLCHAIN_PREFIX = "missing toolchain: "
+
+
 def check_resolved(target: ResolvedTarget, have_tool: Callable[[str], bool] = _have_tool) -> str | None:
     """None when this machine can build `target`, else one line saying what is missing."""
     caps = tvm_capabilities()
@@ -298,7 +314,7 @@ def check_resolved(target: ResolvedTarget, have_tool: Callable[[str], bool] = _h
         return f"this TVM's LLVM has no {arch} backend (apache-tvm {version})"
     for tool in target.toolchain:
         if not have_tool(tool):
-            return f"missing toolchain: {_TOOL_HINTS.get(tool, tool + ' on PATH')}"
+            return f"{TOOLCHAIN_PREFIX}{_TOOL_HINTS.get(tool, tool + ' on PATH')}"
     return None
 
 

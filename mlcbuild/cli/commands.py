@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcbuild.cli.main import command
+from mlcbuild.cli.main import EXIT_ELSEWHERE, command
 from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.plan.planner import PlanOptions, plan
@@ -58,6 +59,37 @@ def _all(graph: BuildGraph) -> set[str]:
     return set(graph.nodes)
 
 
+def _wanted(args: argparse.Namespace, graph: BuildGraph) -> set[str]:
+    """Every node, or one matrix cell's (`--only CELL`)."""
+    if getattr(args, "only", None):
+        from mlcbuild.ci.matrix import cell_nodes
+
+        return cell_nodes(graph, args.only)
+    return _all(graph)
+
+
+def _elsewhere_reason(graph: BuildGraph, node_id: str) -> str:
+    if node_id in graph.unbuildable:
+        return graph.unbuildable[node_id]
+    blocked = graph.dependents(set(graph.unbuildable))
+    dep = next(d for _, d in graph.node(node_id).deps if d in blocked)
+    return f"needs {graph.node(dep).label}, which this machine cannot build"
+
+
+def _report_elsewhere(args: argparse.Namespace, graph: BuildGraph, elsewhere: set[str]) -> None:
+    """What could not be built here, and the command that builds it on a machine with the tool."""
+    from mlcbuild.ci.matrix import cell_of
+
+    recipes = " ".join(str(p) for p in args.recipes)
+    nodes = [n for n in graph.topological() if n.id in elsewhere]
+    print(f"not built here: {len(nodes)} node(s) need another machine", file=sys.stderr)
+    for node in nodes:
+        cell = cell_of(node)
+        how = f"mlcbuild build {recipes} --only {cell}" if cell else f"mlcbuild build {recipes}"
+        print(f"  {node.label}: {_elsewhere_reason(graph, node.id)}: {how}", file=sys.stderr)
+    print(f"  every cell and the runner it needs: mlcbuild matrix {recipes}", file=sys.stderr)
+
+
 @command("build")
 def build(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import RichReporter, summary_table
@@ -65,24 +97,33 @@ def build(args: argparse.Namespace) -> int:
     from mlcbuild.execute.materialize import materialize
 
     _, store, graph = _prepare(args, args.recipes)
+    wanted = _wanted(args, graph)
+    elsewhere = graph.elsewhere(wanted)
+    wanted -= elsewhere
     if args.dry_run:
-        report = dry_run(graph, _all(graph), store, force=args.force)
+        report = dry_run(graph, wanted, store, force=args.force)
         console().print(summary_table(report, title="dry run"))
+        if elsewhere:
+            _report_elsewhere(args, graph, elsewhere)
         return 0
     with RichReporter(lambda: console(True)) as reporter:
         executor = LocalExecutor(store, jobs=args.jobs, keep_going=args.keep_going, force=args.force, reporter=reporter)
-        report = executor.run(graph, _all(graph))
+        report = executor.run(graph, wanted)
     written = materialize(graph, report, store)
     if report.count("built") or not report.ok:
         console().print(summary_table(report))
         for artifact in sorted({_shown(p if p.parent.name == "libs" else p.parent) for p in written}):
             console().print(f"  [bold]{artifact}[/]")
-    else:
+    elif wanted:
         print(f"up to date: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
     for outcome in report.outcomes.values():
         if outcome.status == "failed":
             console(True).print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}")
-    return 0 if report.ok else 1
+    if elsewhere:
+        _report_elsewhere(args, graph, elsewhere)
+    if not report.ok:
+        return 1
+    return EXIT_ELSEWHERE if elsewhere else 0
 
 
 @command("plan")
@@ -90,10 +131,57 @@ def plan_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import summary_table
     from mlcbuild.execute.local import dry_run
 
+    from mlcbuild.execute.base import Outcome
+
     _, store, graph = _prepare(args, args.recipes)
-    report = dry_run(graph, _all(graph), store)
+    wanted = _wanted(args, graph)
+    report = dry_run(graph, wanted, store)
+    for node_id in graph.elsewhere(wanted):
+        before = report.outcomes[node_id]
+        report.outcomes[node_id] = Outcome(before.node, "elsewhere", before.key, reason=_elsewhere_reason(graph, node_id))
     console().print(summary_table(report, title="plan"))
     return 0
+
+
+@command("matrix")
+def matrix_cmd(args: argparse.Namespace) -> int:
+    from mlcbuild.ci.matrix import FORMATS, check_unique, recipe_cells
+    from mlcbuild.plan.revisions import pin_revisions
+
+    recipes = [load_recipe(p) for p in args.recipes]
+    store = _store()
+    revisions = pin_revisions(recipes, frozen=args.frozen)
+    options = PlanOptions(quantizations=tuple(args.quant), targets=tuple(args.target), revisions=revisions)
+    planned = []
+    for path, recipe in zip(args.recipes, recipes):
+        graph = plan([recipe], store, options, check=_check)
+        planned.append((graph, recipe_cells(graph, recipe.name, str(path))))
+    cells = [cell for _, recipe_cells_ in planned for cell in recipe_cells_]
+    check_unique(cells)
+    if args.affected:
+        from mlcbuild.ci.affected import affected_cells, missing_nodes
+
+        shared = _shared_store(args, store)
+        found: dict[str, str] = {}
+        for graph, recipe_cells_ in planned:
+            found.update(affected_cells(recipe_cells_, missing_nodes(graph, shared, jobs=args.jobs)))
+        for cell in cells:
+            print(f"{cell.id}: {found.get(cell.id, 'cached in ' + str(shared.root))}", file=sys.stderr)
+        cells = [c for c in cells if c.id in found]
+    sys.stdout.write(FORMATS[args.format](cells) + "\n")
+    return 0
+
+
+def _shared_store(args: argparse.Namespace, local: Store) -> Store:
+    """The cache `matrix --affected` asks: --remote, $MLCBUILD_REMOTE, else the local cache."""
+    url = getattr(args, "remote", None) or os.environ.get("MLCBUILD_REMOTE")
+    if not url:
+        return local
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif "://" in url:
+        raise UserError(f"{url.split('://')[0]}:// caches are not supported by matrix --affected yet; give a cache folder", field="--remote")
+    return Store(Path(url))
 
 
 @command("explain")

@@ -20,20 +20,60 @@ def command(name: str):
     return register
 
 
+EXIT_ELSEWHERE = 3
+
+EXIT_CODES = f"""exit status:
+  0  everything asked for is built (or was cached)
+  1  a node failed
+  2  a mistake in the recipe or the flags
+  {EXIT_ELSEWHERE}  built all that this machine can; some nodes need a toolchain it lacks: build them
+     where it is, with the command printed for each (`mlcbuild build RECIPE --only CELL`),
+     or list every cell with `mlcbuild matrix RECIPE`"""
+
+MATRIX_HELP = """One cell per target variant, plus one 'weights' cell (convert + gen-config, no toolchain,
+on ubuntu-latest). Each cell: a stable id (<recipe name>-<cell>), the runner labels its target needs
+(`runner:` in targets/*.yaml), the command that builds it (`mlcbuild build RECIPE --only CELL`) and the
+artifact paths it produces. Not split by quantization: a toolchain runner (GPU box, Mac) is the scarce
+resource and its setup costs minutes, so it builds every quantization of its target (-q narrows).
+A compile cell builds its own gen-config (config and tokenizer only) and downloads no weight file.
+
+--affected lists only cells with a node whose key has no result in the shared cache. Compile keys
+depend on gen-config's output, so gen-config (seconds, no weights) runs here in a scratch store;
+a key that cannot be computed here counts as affected (e.g. cuda without nvcc on this machine:
+nvcc's version is part of the key).
+
+formats: json ({"cells": [...]}); github (strategy.matrix JSON with `include`, for fromJSON);
+gitlab (a child-pipeline YAML, one job per runner with `parallel: matrix`, tags = runner labels)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlcbuild", description="Declarative builds of MLC-LLM artifacts.")
+    p = argparse.ArgumentParser(
+        prog="mlcbuild",
+        description="Declarative builds of MLC-LLM artifacts.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--cache-dir", type=Path, help="cache root (default: $MLCBUILD_CACHE_DIR or ./cache)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def only(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--only", metavar="CELL", help="only one matrix cell: 'weights' or a target variant such as 'cuda-sm_90a'")
 
     def selection(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-t", "--target", action="append", default=[], help="only this target (repeatable)")
         sp.add_argument("-q", "--quant", action="append", default=[], help="only this quantization (repeatable)")
         sp.add_argument("--frozen", action="store_true", help="fail if the lock file would change")
 
-    b = sub.add_parser("build", help="build recipes (only what changed)")
+    b = sub.add_parser(
+        "build",
+        help="build recipes (only what changed)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("recipes", nargs="+", type=Path)
     selection(b)
+    only(b)
     b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     b.add_argument("--dry-run", action="store_true", help="show what would run")
     b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
@@ -42,6 +82,24 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="every node: key, cached or why it will run")
     pl.add_argument("recipes", nargs="+", type=Path)
     selection(pl)
+    only(pl)
+
+    m = sub.add_parser(
+        "matrix",
+        help="CI matrix: one cell per target variant plus 'weights', with runner, command, artifacts",
+        description=MATRIX_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("recipes", nargs="+", type=Path)
+    selection(m)
+    m.add_argument("--format", choices=["github", "gitlab", "json"], default="json")
+    m.add_argument("--affected", action="store_true", help="only cells with a node whose key has no result in the remote cache")
+    m.add_argument(
+        "--remote",
+        default=argparse.SUPPRESS,
+        help="the shared cache --affected asks (default: $MLCBUILD_REMOTE, else the local cache); a cache folder for now",
+    )
+    m.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="--affected: parallel gen-config runs")
 
     e = sub.add_parser("explain", help="which input of a node changed since its cached build")
     e.add_argument("recipe", type=Path)

@@ -18,6 +18,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "skipped": "yellow",
     "pending": "magenta",
+    "elsewhere": "blue",
 }
 
 

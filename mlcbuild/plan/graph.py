@@ -71,6 +71,8 @@ class BuildGraph:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.artifacts: list[Artifact] = []
+        self.unbuildable: dict[str, str] = {}
+        """node id -> what this machine lacks to build it ("needs ...: build it where that is")."""
 
     def add(self, node: Node) -> Node:
         missing = [dep for _, dep in node.deps if dep not in self.nodes]
@@ -106,6 +108,18 @@ class BuildGraph:
                 seen.add(node_id)
                 stack.extend(dep for _, dep in self.nodes[node_id].deps)
         return seen
+
+    def dependents(self, roots: set[str]) -> set[str]:
+        """The roots and every node that (transitively) uses one of them."""
+        found = set(roots)
+        for node in self.nodes.values():
+            if any(dep in found for _, dep in node.deps):
+                found.add(node.id)
+        return found
+
+    def elsewhere(self, wanted: set[str]) -> set[str]:
+        """Of the wanted nodes, those another machine must build: unbuildable here, or using one that is."""
+        return self.dependents(set(self.unbuildable)) & wanted
 
     def find(self, query: str) -> list[Node]:
         """Nodes whose id starts with, or label contains, the query."""

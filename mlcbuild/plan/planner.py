@@ -10,6 +10,7 @@ from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
 from mlcbuild.plan.layout import lib_path, model_dir
 from mlcbuild.recipe.model import Recipe, TargetRef
+from mlcbuild.steps import get_step
 from mlcbuild.steps.compile import resolve_options
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import list_tree, tree_digest
@@ -23,8 +24,14 @@ class PlanOptions:
     revisions: dict[str, str] = field(default_factory=dict)
 
 
-def source_node(recipe: Recipe, store: Store, revision: str | None) -> Node:
-    from mlcbuild.steps.download import DEFAULT_PATTERNS, select_files
+def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[Node, Node]:
+    """(everything, config + tokenizer only): convert reads the weights, gen-config never does,
+    so a machine that builds only gen-config and compile nodes downloads no weight file.
+
+    gen-config's key sees only non-weight files, which both nodes hold the same: splitting the
+    download leaves its key unchanged.
+    """
+    from mlcbuild.steps.download import DEFAULT_PATTERNS, META_PATTERNS, is_weight_file, select_files
 
     src = recipe.source
     if src.path is not None:
@@ -32,11 +39,17 @@ def source_node(recipe: Recipe, store: Store, revision: str | None) -> Node:
         files = select_files(list_tree(root, DEFAULT_PATTERNS))
         if not files:
             raise UserError(f"no model files (config.json, *.safetensors, ...) in {root}", field="source.path")
-        content, _, _ = tree_digest(root, files, store.stat_index)
-        params: dict[str, Any] = {"files": files, "content": content}
-        return Node.make("download", params, {}, f"download {root.name}", hints={"path": str(root.resolve())})
-    params = {"repo": src.hf, "revision": revision, "allow_patterns": list(DEFAULT_PATTERNS)}
-    return Node.make("download", params, {}, f"download {src.hf}@{(revision or '')[:8]}")
+        hints = {"path": str(root.resolve())}
+        nodes = []
+        for chosen, suffix in ((files, ""), ([f for f in files if not is_weight_file(f)], " (config, tokenizer)")):
+            content, _, _ = tree_digest(root, chosen, store.stat_index)
+            params: dict[str, Any] = {"files": chosen, "content": content}
+            nodes.append(Node.make("download", params, {}, f"download {root.name}{suffix}", hints=hints))
+        return nodes[0], nodes[1]
+    label = f"download {src.hf}@{(revision or '')[:8]}"
+    full = {"repo": src.hf, "revision": revision, "allow_patterns": list(DEFAULT_PATTERNS)}
+    meta = {"repo": src.hf, "revision": revision, "allow_patterns": list(META_PATTERNS)}
+    return Node.make("download", full, {}, label), Node.make("download", meta, {}, f"{label} (config, tokenizer)")
 
 
 def _target_params(ref: TargetRef) -> dict[str, Any]:
@@ -59,7 +72,8 @@ def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str) -> list
 def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Callable[[Node], None] | None = None) -> BuildGraph:
     graph = BuildGraph()
     for recipe in recipes:
-        download = graph.add(source_node(recipe, store, options.revisions.get(str(recipe.path))))
+        full, meta = source_nodes(recipe, store, options.revisions.get(str(recipe.path)))
+        download, download_meta = graph.add(full), graph.add(meta)
         for quant in _selected(recipe.quantizations, options.quantizations, "quantization"):
             folder = model_dir(recipe, quant)
             convert = graph.add(
@@ -79,7 +93,7 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                         "overrides": dict(recipe.overrides),
                         "model_type": recipe.model_type,
                     },
-                    {"source": download},
+                    {"source": download_meta},
                     f"gen-config {recipe.name} {quant}",
                 )
             )
@@ -99,7 +113,10 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                 suffix = target["suffix"]
                 lib = lib_path(recipe, quant, ref, suffix)
                 graph.artifacts.append(Artifact(compile_node.id, lib.parent, rename={f"lib.{suffix}": lib.name}))
-    if check is not None:
-        for node in graph.topological():
+    for node in graph.topological():
+        if check is not None:
             check(node)
+        reason = get_step(node.kind).unavailable({**node.params, **node.hints})
+        if reason is not None:
+            graph.unbuildable[node.id] = reason
     return graph

@@ -45,6 +45,14 @@ class Step(ABC):
         """
         return manifest.digest
 
+    def unavailable(self, params: Mapping[str, JSON]) -> str | None:
+        """What this machine lacks to run the step (a toolchain), else None.
+
+        Information, not an error: the plan still shows the node, and the matrix sends it to a
+        machine that has the tool.
+        """
+        return None
+
     @abstractmethod
     def run(self, ctx: RunContext) -> None:
         """Write the outputs into ctx.out."""

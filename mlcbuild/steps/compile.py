@@ -14,7 +14,7 @@ from mlcbuild.compiler.metadata import ARCH_FIELDS, architecture_view
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
-from mlcbuild.targets import ResolvedTarget, check_resolved, tvm_version
+from mlcbuild.targets import TOOLCHAIN_PREFIX, ResolvedTarget, check_resolved, tvm_version
 
 CONFIG_FILE = "mlc-chat-config.json"
 
@@ -52,11 +52,16 @@ class CompileStep(Step):
 
         get_scheme(str(params.get("quantization")))
         target = _target(params)
-        missing = check_resolved(target)
-        if missing is not None:
-            raise UserError(f"cannot build target {target.name}:{target.variant or ''}".rstrip(":") + f" here: {missing}", field="targets")
         options = CompileOptions.from_json(params.get("options"))
         options.resolved(target.tvm_target["kind"], cublas_available=cublas_available(target.tvm_target["kind"]))
+
+    def unavailable(self, params: Mapping[str, JSON]) -> str | None:
+        missing = check_resolved(_target(params))
+        if missing is None:
+            return None
+        if missing.startswith(TOOLCHAIN_PREFIX):
+            return f"needs {missing[len(TOOLCHAIN_PREFIX):]}: build it where that is"
+        return f"cannot build here ({missing}): build it where that is"
 
     def toolchain(self, params: Mapping[str, JSON]) -> JSON:
         target = _target(params)

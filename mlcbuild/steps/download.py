@@ -27,6 +27,8 @@ TOKENIZER_FILES = (
 )
 SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+META_PATTERNS: tuple[str, ...] = CONFIG_FILES + TOKENIZER_FILES
+"""What gen-config (and so every compile) needs of a model: never a weight file."""
 DEFAULT_PATTERNS: tuple[str, ...] = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_PATTERNS + PYTORCH_PATTERNS
 
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")

@@ -1,0 +1,76 @@
+"""`matrix --affected`: which cells have a node whose key has no result in the shared cache.
+
+A compile key depends on gen-config's output (its architecture fields), so the keys are computed
+the way the cells will compute them: the cheap nodes that every compile cell runs anyway (the
+config/tokenizer download and gen-config, seconds, no weights, no TVM) are built into a private
+scratch store; every other node's inputs come from the shared cache. A key that cannot be computed
+here (an input that is in neither) counts as affected: the answer may be too wide, never too narrow.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from mlcbuild.ci.matrix import Cell
+from mlcbuild.errors import MlcbuildError, StepError
+from mlcbuild.plan.graph import BuildGraph
+from mlcbuild.store.cas import Store
+from mlcbuild.store.manifest import Manifest
+
+def missing_nodes(graph: BuildGraph, shared: Store, jobs: int = 1) -> dict[str, str]:
+    """node id -> why it is not in the shared cache, for every node of the graph that is not."""
+    from mlcbuild.execute.local import LocalExecutor
+    from mlcbuild.plan.keys import key_preimage, node_key
+
+    scratch_root = Path(tempfile.mkdtemp(prefix="mlcbuild-affected-"))
+    try:
+        scratch = Store(scratch_root)
+        cheap = graph.closure({n.id for n in graph.nodes.values() if n.kind == "gen-config"})
+        report = LocalExecutor(scratch, jobs=jobs).run(graph, cheap)
+        failed = [o for o in report.outcomes.values() if not o.ok]
+        if failed:
+            raise StepError(f"matrix --affected: {failed[0].node.label}: {failed[0].reason}")
+        manifests: dict[str, Manifest | None] = {}
+        missing: dict[str, str] = {}
+        for node in graph.topological():
+            inputs = {role: manifests.get(dep) for role, dep in node.deps}
+            absent = [graph.node(dep).label for role, dep in node.deps if inputs[role] is None]
+            if absent:
+                manifests[node.id] = None
+                missing[node.id] = f"{node.label}: key unknown until {absent[0]} is built"
+                continue
+            try:
+                key = node_key(key_preimage(node, inputs, scratch))  # type: ignore[arg-type]
+            except (MlcbuildError, OSError, KeyError) as e:
+                manifests[node.id] = None
+                missing[node.id] = f"{node.label}: key unknown here ({e})"
+                continue
+            hit = shared.get_action(key)
+            built = report.outcomes.get(node.id)
+            if hit is not None:
+                manifests[node.id] = hit.manifest
+                _copy_objects(shared, scratch, hit.manifest)
+            else:
+                missing[node.id] = f"{node.label}: no result for key {key[:12]}"
+                manifests[node.id] = built.manifest if built is not None and built.ok else None
+        return missing
+    finally:
+        shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+def _copy_objects(src: Store, dst: Store, manifest: Manifest) -> None:
+    """Small objects a later key reads (mlc-chat-config.json) must be readable from the scratch store."""
+    for entry in manifest.files.values():
+        if entry.size <= 1 << 20 and not dst.has_object(entry.digest) and src.has_object(entry.digest):
+            dst.put_file(src.object_path(entry.digest))
+
+
+def affected_cells(cells: list[Cell], missing: dict[str, str]) -> dict[str, str]:
+    """cell id -> why; only cells one of whose own nodes is missing."""
+    found: dict[str, str] = {}
+    for cell in cells:
+        why = next((missing[n] for n in cell.nodes if n in missing), None)
+        if why is not None:
+            found[cell.id] = why
+    return found

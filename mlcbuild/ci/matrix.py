@@ -1,0 +1,185 @@
+"""Matrix cells and their CI renderings (GitHub `strategy.matrix`, GitLab child pipeline, JSON).
+
+One cell per target variant: the scarce resource in CI is the runner that has the toolchain (a GPU
+box, a Mac), and a runner's setup (Python, apache-tvm, the cache) costs minutes, so each such runner
+gets all quantizations of its target (`-q` narrows further). convert and gen-config need no
+toolchain and go to one `weights` cell on an ordinary Linux runner; a compile cell builds the
+gen-config it needs itself (config and tokenizer only, seconds, the same key everywhere) and never
+downloads a weight file.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlcbuild.errors import UserError
+from mlcbuild.plan.graph import BuildGraph, Node
+
+WEIGHTS = "weights"
+WEIGHTS_RUNNER: tuple[str, ...] = ("ubuntu-latest",)
+"""convert and gen-config need CPU, memory and disk, no toolchain."""
+
+GITLAB_MATRIX_LIMIT = 200
+
+
+def cell_of(node: Node) -> str | None:
+    """The cell that builds this node; None for downloads (each cell fetches what its nodes need)."""
+    if node.kind == "compile":
+        target = node.params["target"]
+        return f"{target['name']}-{target['variant']}" if target.get("variant") else str(target["name"])
+    if node.kind in ("convert", "gen-config"):
+        return WEIGHTS
+    return None
+
+
+def cell_nodes(graph: BuildGraph, cell: str) -> set[str]:
+    """The nodes `--only CELL` asks for (their inputs come along); a UserError names the valid cells."""
+    chosen = {n.id for n in graph.nodes.values() if cell_of(n) == cell}
+    if not chosen:
+        from mlcbuild.recipe.suggest import unknown
+
+        names = {c for c in map(cell_of, graph.nodes.values()) if c}
+        raise UserError(unknown("cell", cell, names), field="--only")
+    return chosen
+
+
+@dataclass(frozen=True)
+class Cell:
+    recipe_name: str
+    recipe: str
+    """The recipe path as the user gave it: the command runs from the same folder."""
+    cell: str
+    runner: tuple[str, ...]
+    toolchain: tuple[str, ...]
+    nodes: tuple[str, ...]
+    artifacts: tuple[str, ...]
+    unbuildable_here: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.recipe_name}-{self.cell}"
+
+    @property
+    def command(self) -> str:
+        return f"mlcbuild build {shlex.quote(self.recipe)} --only {self.cell}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "recipe": self.recipe,
+            "cell": self.cell,
+            "runner": list(self.runner),
+            "toolchain": list(self.toolchain),
+            "command": self.command,
+            "artifacts": list(self.artifacts),
+            "nodes": list(self.nodes),
+        }
+
+
+def _shown(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def recipe_cells(graph: BuildGraph, recipe_name: str, recipe_arg: str) -> list[Cell]:
+    """The cells of one recipe's graph, weights first, then targets in recipe order."""
+    from mlcbuild.targets import ResolvedTarget, get_target
+
+    by_cell: dict[str, list[Node]] = {}
+    for node in graph.topological():
+        cell = cell_of(node)
+        if cell is not None:
+            by_cell.setdefault(cell, []).append(node)
+    cells = []
+    for cell, nodes in sorted(by_cell.items(), key=lambda item: item[0] != WEIGHTS):
+        ids = {n.id for n in nodes}
+        artifacts = []
+        for artifact in graph.artifacts:
+            if artifact.node_id in ids:
+                if artifact.rename:
+                    artifacts.extend(_shown(artifact.dest / name) for name in artifact.rename.values())
+                else:
+                    artifacts.append(_shown(artifact.dest) + "/")
+        if cell == WEIGHTS:
+            runner, toolchain = WEIGHTS_RUNNER, ()
+        else:
+            target = ResolvedTarget.from_params(nodes[0].params["target"])
+            runner = get_target(target.name).runner_labels(target.variant)
+            toolchain = target.toolchain
+        reasons = [graph.unbuildable[i] for i in ids if i in graph.unbuildable]
+        cells.append(
+            Cell(
+                recipe_name,
+                recipe_arg,
+                cell,
+                runner,
+                toolchain,
+                tuple(n.id for n in nodes),
+                tuple(dict.fromkeys(artifacts)),
+                reasons[0] if reasons else None,
+            )
+        )
+    return cells
+
+
+def check_unique(cells: Iterable[Cell]) -> None:
+    seen: dict[str, str] = {}
+    for cell in cells:
+        if cell.id in seen and seen[cell.id] != cell.recipe:
+            raise UserError(f"recipes {seen[cell.id]} and {cell.recipe} are both named {cell.recipe_name!r}: cell ids must be unique", field="name")
+        seen[cell.id] = cell.recipe
+
+
+def github(cells: list[Cell]) -> str:
+    """`strategy.matrix` JSON for `fromJSON`: `include` entries; `artifacts` newline-joined for upload-artifact."""
+    include = []
+    for cell in cells:
+        entry = cell.to_json()
+        entry["artifacts"] = "\n".join(cell.artifacts)
+        del entry["nodes"]
+        include.append(entry)
+    return json.dumps({"include": include}, separators=(",", ":"))
+
+
+def gitlab(cells: list[Cell]) -> str:
+    """A child pipeline: one job per runner (its labels are the job's `tags`), `parallel: matrix` over its cells."""
+    import yaml
+
+    doc: dict[str, Any] = {"stages": ["build"]}
+    groups: dict[tuple[str, ...], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.runner, []).append(cell)
+    for runner, group in groups.items():
+        if len(group) > GITLAB_MATRIX_LIMIT:
+            raise UserError(f"{len(group)} cells for runner {list(runner)}: GitLab allows {GITLAB_MATRIX_LIMIT} per parallel matrix; split the recipes")
+        doc["build " + " ".join(runner)] = {
+            "stage": "build",
+            "tags": list(runner),
+            "script": [
+                "pip install -e .",
+                'mlcbuild build "$RECIPE" --only "$CELL"',
+                'mkdir -p mlcbuild-artifacts && cp -r --parents $ARTIFACTS mlcbuild-artifacts/',
+            ],
+            "parallel": {
+                "matrix": [
+                    {"CELL_ID": c.id, "RECIPE": c.recipe, "CELL": c.cell, "ARTIFACTS": " ".join(c.artifacts)}
+                    for c in group
+                ]
+            },
+            "artifacts": {"name": "$CELL_ID", "paths": ["mlcbuild-artifacts/"]},
+        }
+    if not groups:
+        doc["nothing to build"] = {"stage": "build", "script": ["echo every cell is cached in the remote"]}
+    return yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def json_cells(cells: list[Cell]) -> str:
+    return json.dumps({"cells": [c.to_json() for c in cells]}, indent=2)
+
+
+FORMATS = {"github": github, "gitlab": gitlab, "json": json_cells}
