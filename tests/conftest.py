@@ -126,3 +126,19 @@ def compiled_model(tmp_path_factory):
     family is "gpt_neox" or "llama" (tests/tiny_models.py); context_window_size 128, prefill chunk 16.
     """
     return _CompiledModels(tmp_path_factory.mktemp("compiled"))
+
+
+# --- a cache with the tiny demo model built for llvm (owned by tests/test_build.py; reused by test_matrix.py)
+@_pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """A cache where `test_build.write_recipe()`'s q0f32 llvm build is done once for the whole session."""
+    try:
+        from test_build import mlcbuild, write_recipe
+    except ImportError:
+        from tests.test_build import mlcbuild, write_recipe
+
+    cache = tmp_path_factory.mktemp("cache")
+    recipe = write_recipe(tmp_path_factory.mktemp("seed"))
+    result = mlcbuild("build", str(recipe), cache=cache)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return cache

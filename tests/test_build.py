@@ -63,16 +63,6 @@ def statuses(recipe: Path, cache: Path) -> dict[str, str]:
     return {o.node.label: o.status for o in report.outcomes.values()}
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory) -> Path:
-    """A cache where the tiny model's q0f32 llvm library is built once for the whole session."""
-    cache = tmp_path_factory.mktemp("cache")
-    recipe = write_recipe(tmp_path_factory.mktemp("seed"))
-    result = mlcbuild("build", str(recipe), cache=cache)
-    assert result.returncode == 0, result.stderr + result.stdout
-    return cache
-
-
 @pytest.fixture
 def cache(shared_cache: Path, tmp_path: Path) -> Path:
     """A private copy of the shared cache, so a test can change it freely."""
@@ -100,6 +90,7 @@ def test_template_edit_reruns_only_gen_config(tmp_path: Path, cache: Path) -> No
     recipe = write_recipe(tmp_path / "r", conv_template="chatml")
     assert statuses(recipe, cache) == {
         "download model": "cached",
+        "download model (config, tokenizer)": "cached",
         "convert tiny q0f32": "cached",
         "gen-config tiny q0f32": "pending",
         "compile tiny q0f32 llvm": "pending",
@@ -143,6 +134,7 @@ def test_adding_a_quantization_adds_only_new_nodes(tmp_path: Path, cache: Path) 
     got = statuses(recipe, cache)
     assert {k: v for k, v in got.items() if "q0f32" in k or k.startswith("download")} == {
         "download model": "cached",
+        "download model (config, tokenizer)": "cached",
         "convert tiny q0f32": "cached",
         "gen-config tiny q0f32": "cached",
         "compile tiny q0f32 llvm": "cached",
@@ -179,7 +171,7 @@ def test_identical_nodes_from_two_recipes_are_one(tmp_path: Path) -> None:
     b.write_text(a.read_text().replace("redpajama_chat", "chatml"))
     graph = plan([load_recipe(a), load_recipe(b)], Store(tmp_path / "c"), PlanOptions())
     kinds = sorted(n.kind for n in graph.nodes.values())
-    assert kinds == ["compile", "compile", "convert", "download", "gen-config", "gen-config"]
+    assert kinds == ["compile", "compile", "convert", "download", "download", "gen-config", "gen-config"]
 
 
 def test_sigkill_mid_step_leaves_no_result(tmp_path: Path, shared_cache: Path) -> None:
@@ -309,11 +301,6 @@ def test_user_mistakes_are_one_line_with_exit_code_2(tmp_path: Path, cache: Path
     wrong_target = mlcbuild("build", str(good), "-t", "metal", cache=cache)
     assert wrong_target.returncode == 2 and "metal" in wrong_target.stderr
 
-    unbuildable = write_recipe(tmp_path / "m", targets=["metal"])
-    planned = mlcbuild("plan", str(unbuildable), cache=cache)
-    assert planned.returncode == 2 and "metal" in planned.stderr
-    assert planned.stderr.strip().count("\n") == 0 and "Traceback" not in planned.stderr
-
 
 def test_cache_ls_du_and_targets(cache: Path) -> None:
     listing = mlcbuild("cache", "ls", cache=cache)
@@ -321,7 +308,7 @@ def test_cache_ls_du_and_targets(cache: Path) -> None:
     for kind in ("download", "convert", "gen-config", "compile"):
         assert kind in listing.stdout
     usage = mlcbuild("cache", "du", cache=cache)
-    assert usage.returncode == 0 and "4 results" in usage.stdout
+    assert usage.returncode == 0 and "5 results" in usage.stdout
     targets = mlcbuild("targets", cache=cache)
     assert targets.returncode == 0
     rows = {line.split()[1]: line for line in targets.stdout.splitlines() if line.startswith("│ ")}

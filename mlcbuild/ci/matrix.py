@@ -179,7 +179,8 @@ def gitlab(cells: list[Cell]) -> str:
 
 
 def json_cells(cells: list[Cell]) -> str:
-    return json.dumps({"cells": [c.to_json() for c in cells]}, indent=2)
+    """Everything, plus what this machine lacks for each cell (`unbuildable_here`, null when it can build it)."""
+    return json.dumps({"cells": [{**c.to_json(), "unbuildable_here": c.unbuildable_here} for c in cells]}, indent=2)
 
 
 FORMATS = {"github": github, "gitlab": gitlab, "json": json_cells}
