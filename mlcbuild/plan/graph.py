@@ -132,6 +132,8 @@ class BuildGraph:
         g = nx.DiGraph()
         for node in self.nodes.values():
             g.add_node(node.id, kind=node.kind, label=node.label, params=node.params)
+            if node.id in self.unbuildable:
+                g.nodes[node.id]["unbuildable_here"] = self.unbuildable[node.id]
         for dep, user, role in self.edges():
             g.add_edge(dep, user, role=role)
         return g
