@@ -322,7 +322,7 @@ def targets_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.targets import check_available, load_targets
 
     table = Table(title="targets")
-    for col in ("target", "variants", "suffix", "buildable here", "description"):
+    for col in ("target", "variants", "suffix", "buildable here", "CI runner", "description"):
         table.add_column(col)
     for name, target in sorted(load_targets().items()):
         missing = check_available(target, target.default_variant)
@@ -331,6 +331,7 @@ def targets_cmd(args: argparse.Namespace) -> int:
             ", ".join(target.variants) or "-",
             target.suffix,
             "[green]yes[/]" if missing is None else f"[red]no[/]: {missing}",
+            ", ".join(target.runner_labels()),
             target.description,
         )
     console().print(table)
