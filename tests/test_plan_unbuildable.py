@@ -125,3 +125,15 @@ def test_gen_config_depends_on_config_and_tokenizer_only(tmp_path: Path) -> None
             assert meta.params["allow_patterns"] == list(META_PATTERNS)
             assert any(is_weight_file(p) for p in full.params["allow_patterns"])
         assert "(config, tokenizer)" in meta.label and meta.id != full.id
+
+
+def test_runner_labels_come_from_targets_and_never_reach_the_key() -> None:
+    from mlcbuild.targets import Target, get_target, resolve_target
+
+    assert get_target("cuda").runner_labels() == ("self-hosted", "linux", "x64", "cuda")
+    assert get_target("metal").runner_labels("macos") == ("macos-14",)
+    assert get_target("metal").runner_labels("ios") == ("ubuntu-latest",), "iOS objects need no Xcode"
+    assert "runner" not in resolve_target("metal", "ios").params()["attrs"]
+    assert "runner" not in resolve_target("metal", "ios").params()
+    bare = Target(name="npu", tvm_target={"kind": "llvm"}, host=None, suffix="so")
+    assert bare.runner_labels() == ("self-hosted", "npu")
