@@ -11,15 +11,27 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from mlcbuild.ci.matrix import Cell
 from mlcbuild.errors import MlcbuildError, StepError
 from mlcbuild.plan.graph import BuildGraph
-from mlcbuild.store.cas import Store
+from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import Manifest
 
-def missing_nodes(graph: BuildGraph, shared: Store, jobs: int = 1) -> dict[str, str]:
-    """node id -> why it is not in the shared cache, for every node of the graph that is not."""
+
+class ResultLookup(Protocol):
+    """All `--affected` needs of the shared cache: a local Store, or a remote's action entries."""
+
+    def get_action(self, key: str) -> "ActionResult | None": ...
+
+
+def missing_nodes(graph: BuildGraph, shared: ResultLookup, jobs: int = 1) -> dict[str, str]:
+    """node id -> why it is not in the shared cache, for every node of the graph that is not.
+
+    Object reads (compile's view of mlc-chat-config.json) hit the scratch store only: gen-config
+    is always built there, and the same key gives the same bytes.
+    """
     from mlcbuild.execute.local import LocalExecutor
     from mlcbuild.plan.keys import key_preimage, node_key
 
@@ -46,24 +58,14 @@ def missing_nodes(graph: BuildGraph, shared: Store, jobs: int = 1) -> dict[str, 
                 manifests[node.id] = None
                 missing[node.id] = f"{node.label}: key unknown here ({e})"
                 continue
-            hit = shared.get_action(key)
             built = report.outcomes.get(node.id)
-            if hit is not None:
-                manifests[node.id] = hit.manifest
-                _copy_objects(shared, scratch, hit.manifest)
-            else:
+            hit = shared.get_action(key)
+            if hit is None:
                 missing[node.id] = f"{node.label}: no result for key {key[:12]}"
-                manifests[node.id] = built.manifest if built is not None and built.ok else None
+            manifests[node.id] = built.manifest if built is not None else hit.manifest if hit else None
         return missing
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
-
-
-def _copy_objects(src: Store, dst: Store, manifest: Manifest) -> None:
-    """Small objects a later key reads (mlc-chat-config.json) must be readable from the scratch store."""
-    for entry in manifest.files.values():
-        if entry.size <= 1 << 20 and not dst.has_object(entry.digest) and src.has_object(entry.digest):
-            dst.put_file(src.object_path(entry.digest))
 
 
 def affected_cells(cells: list[Cell], missing: dict[str, str]) -> dict[str, str]:

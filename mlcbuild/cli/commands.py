@@ -129,9 +129,8 @@ def build(args: argparse.Namespace) -> int:
 @command("plan")
 def plan_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import summary_table
-    from mlcbuild.execute.local import dry_run
-
     from mlcbuild.execute.base import Outcome
+    from mlcbuild.execute.local import dry_run
 
     _, store, graph = _prepare(args, args.recipes)
     wanted = _wanted(args, graph)
@@ -181,6 +180,8 @@ def _shared_store(args: argparse.Namespace, local: Store) -> Store:
         url = url[len("file://") :]
     elif "://" in url:
         raise UserError(f"{url.split('://')[0]}:// caches are not supported by matrix --affected yet; give a cache folder", field="--remote")
+    if not Path(url).is_dir():
+        raise UserError(f"no cache folder at {url}", field="--remote")
     return Store(Path(url))
 
 
