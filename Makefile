@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	command -v b3sum >/dev/null || (apt-get update -qq && apt-get install -y -qq b3sum) || echo "b3sum unavailable: its column is left out"
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	$(BIN)/python -m bench.run
 

@@ -10,7 +10,6 @@ libtvm_compiler.so for the codegen's registered name (cached on disk by the file
 from __future__ import annotations
 
 import importlib.util
-import json
 import mmap
 import os
 import shutil
@@ -24,6 +23,7 @@ import yaml
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 from mlcbuild.errors import UserError
+from mlcbuild.toolmemo import remember
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "targets"
 
@@ -211,6 +211,7 @@ _LLVM_BACKENDS = {
 }
 
 
+@lru_cache(maxsize=None)
 def _have_tool(tool: str) -> bool:
     if tool == "ndk":
         for var in ("TVM_NDK_CC", "ANDROID_NDK", "ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"):
@@ -258,36 +259,18 @@ _PROBES: dict[str, bytes] = {
 }
 
 
-def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base, "mlcbuild", "tvm-capabilities.json")
-
-
 @lru_cache(maxsize=None)
 def tvm_capabilities() -> frozenset[str]:
     """Which codegens/LLVM backends the installed TVM has, by scanning its compiler library."""
     lib = tvm_compiler_library()
     if lib is None:
         return frozenset()
-    stat = lib.stat()
-    stamp = f"{lib}:{stat.st_size}:{stat.st_mtime_ns}:{sorted(_PROBES)}"
-    cache = _cache_file()
-    try:
-        saved = json.loads(cache.read_text())
-        if saved.get("stamp") == stamp:
-            return frozenset(saved["found"])
-    except (OSError, ValueError, KeyError):
-        pass
-    with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        found = sorted(name for name, probe in _PROBES.items() if m.find(probe) >= 0)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stamp": stamp, "found": found}))
-        tmp.replace(cache)
-    except OSError:
-        pass
-    return frozenset(found)
+
+    def scan() -> list[str]:
+        with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return sorted(name for name, probe in _PROBES.items() if m.find(probe) >= 0)
+
+    return frozenset(remember("tvm-capabilities", lib, ",".join(sorted(_PROBES)), scan))
 
 
 def _triple_arch(host: Mapping[str, Any] | None) -> str | None:

@@ -12,8 +12,6 @@ then per module <kind str> [<payload bytes>] ("_lib" has no payload). A CUDA pay
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import struct
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mlcbuild.errors import StepError
+from mlcbuild.toolmemo import remember
 
 LIBRARY_BIN_SYMBOL = "__tvm_ffi__library_bin"
 
@@ -53,26 +52,13 @@ def nvcc_version(nvcc: str = "nvcc") -> str | None:
     path = shutil.which(nvcc)
     if path is None:
         return None
-    st = os.stat(path)
-    stamp = f"{os.path.realpath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-    memo = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlcbuild" / "nvcc-version.json"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if stamp in known:
-        return known[stamp]
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
-    match = re.search(r"release ([^\n]+)", out)
-    version = match.group(1).strip() if match else out.strip().splitlines()[-1]
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({stamp: version}))
-        os.replace(tmp, memo)
-    except OSError:
-        pass
-    return version
+
+    def ask() -> str:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+        match = re.search(r"release ([^\n]+)", out)
+        return match.group(1).strip() if match else out.strip().splitlines()[-1]
+
+    return remember("nvcc-version", path, "", ask)
 
 
 def gencode_flags(arch: str, embed_ptx: bool = False) -> list[str]:

@@ -10,24 +10,72 @@ import fnmatch
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from mlcbuild.store.manifest import sha256_json
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 RACY_WINDOW_NS = 2_000_000_000
+PIPELINE_MIN_BYTES = 16 << 20
+"""Below this a file is read and hashed in one thread: a helper thread costs more than it saves."""
 
 
 def sha256_file(path: Path | str) -> str:
+    """sha256 of a file. Large files are read on a helper thread while this one hashes, so a cold
+    read and the hashing overlap (both release the GIL)."""
     h = hashlib.sha256()
-    buf = bytearray(CHUNK * 4)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
+        if os.fstat(f.fileno()).st_size < PIPELINE_MIN_BYTES:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                h.update(view[:n])
+            return h.hexdigest()
+        free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        full: queue.SimpleQueue[tuple[bytearray, int] | BaseException | None] = queue.SimpleQueue()
+        for _ in range(3):
+            free.put(bytearray(CHUNK))
+
+        def read() -> None:
+            try:
+                while True:
+                    buf = free.get()
+                    n = f.readinto(buf)
+                    if not n:
+                        full.put(None)
+                        return
+                    full.put((buf, n))
+            except BaseException as e:  # handed to the hashing thread, which raises it
+                full.put(e)
+
+        reader = threading.Thread(target=read, name="sha256-read", daemon=True)
+        reader.start()
+        try:
+            while (item := full.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                buf, n = item
+                h.update(memoryview(buf)[:n])
+                free.put(buf)
+        finally:
+            reader.join()
     return h.hexdigest()
+
+
+def sha256_files(paths: Sequence[Path | str], workers: int | None = None) -> list[str]:
+    """Digests of several files, hashed concurrently (a checkpoint's shards in parallel)."""
+    if len(paths) <= 1:
+        return [sha256_file(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(paths), workers or os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
+        return list(pool.map(sha256_file, paths))
 
 
 def _signature(st: os.stat_result) -> list[int]:
@@ -51,17 +99,28 @@ class StatIndex:
         return cls(path, entries)
 
     def digest(self, file: Path) -> tuple[str, int]:
-        file = file.resolve()
-        st = file.stat()
-        sig = _signature(st)
-        entry = self.entries.get(str(file))
-        if entry is not None and entry[0] == sig:
-            return entry[1], st.st_size
-        digest = sha256_file(file)
-        if time.time_ns() - st.st_mtime_ns > RACY_WINDOW_NS:
-            self.entries[str(file)] = [sig, digest]
-            self.dirty = True
-        return digest, st.st_size
+        return self.digests([file])[0]
+
+    def digests(self, files: Sequence[Path]) -> list[tuple[str, int]]:
+        """(digest, size) of each file: recorded ones trusted by stat, the rest hashed in parallel."""
+        resolved = [f.resolve() for f in files]
+        stats = [f.stat() for f in resolved]
+        out: list[tuple[str, int] | None] = [None] * len(files)
+        misses: list[int] = []
+        for i, (file, st) in enumerate(zip(resolved, stats)):
+            entry = self.entries.get(str(file))
+            if entry is not None and entry[0] == _signature(st):
+                out[i] = (entry[1], st.st_size)
+            else:
+                misses.append(i)
+        now = time.time_ns()
+        for i, digest in zip(misses, sha256_files([resolved[i] for i in misses])):
+            st = stats[i]
+            out[i] = (digest, st.st_size)
+            if now - st.st_mtime_ns > RACY_WINDOW_NS:
+                self.entries[str(resolved[i])] = [_signature(st), digest]
+                self.dirty = True
+        return out  # type: ignore[return-value]
 
     def save(self) -> None:
         if not self.dirty:
@@ -89,10 +148,7 @@ def list_tree(root: Path, patterns: list[str] | None = None) -> list[str]:
 
 def tree_digest(root: Path, files: list[str], index: StatIndex) -> tuple[str, dict[str, str], int]:
     """Digest of a folder's selected files: sha256 over {relpath: file digest}."""
-    digests: dict[str, str] = {}
-    total = 0
-    for rel in files:
-        d, size = index.digest(root / rel)
-        digests[rel] = d
-        total += size
+    results = index.digests([root / rel for rel in files])
+    digests = {rel: d for rel, (d, _) in zip(files, results)}
+    total = sum(size for _, size in results)
     return sha256_json(digests), digests, total
