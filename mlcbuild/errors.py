@@ -1,14 +1,38 @@
-"""User-facing errors: one line, no traceback, exit code 2."""
+"""Errors the CLI reports as one line (UserError: exit 2, StepError: exit 1), and `redact`, which
+every line that may hold a URL passes through, so credentials never reach a terminal or a log."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]+@")
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:[A-Za-z0-9_-]*token|api[_-]?key|apikey|key|password|passwd|pwd|secret|sig|signature|auth|"
+    r"authorization|credential|x-amz-[a-z-]+)=)[^&;\s#'\"]+",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}")
+
+
+def redact(text: str) -> str:
+    """`text` with URL credentials (user:password@, token-like query values, bearer and HF tokens) masked."""
+    if not text:
+        return text
+    text = _USERINFO.sub(r"\1***@", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1 ***", text)
+    return _HF_TOKEN.sub("hf_***", text)
+
 
 class MlcbuildError(Exception):
-    """Base class for errors the CLI reports as a single line."""
+    """Base class for errors the CLI reports as a single line (credentials redacted)."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(redact(str(message)))
 
 
 @dataclass
@@ -40,7 +64,7 @@ class UserError(MlcbuildError):
     def __str__(self) -> str:
         prefix = f"{self.location}: " if self.location else ""
         where = f"{self.field}: " if self.field else ""
-        return f"{prefix}{where}{self.message}"
+        return redact(f"{prefix}{where}{self.message}")
 
 
 class StepError(MlcbuildError):

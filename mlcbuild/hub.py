@@ -16,7 +16,8 @@ from typing import Iterator
 from mlcbuild.errors import MlcbuildError, StepError, UserError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+COMMIT_SHA = re.compile(r"^[0-9a-fA-F]{40}$")
+"""A full commit sha, any case (the one pattern: lock files, recipes and downloads use it)."""
 
 
 def endpoint() -> str:
@@ -34,12 +35,36 @@ def cache_dir() -> str:
     return os.path.join(os.path.expanduser(os.path.expandvars(home)), "hub")
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE, read now (huggingface_hub reads it once at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def remedies(repo: str, revision: str) -> str:
+    """What a user without the Hub can do, for every error that says the Hub is unreachable."""
+    return (
+        f"pre-download it into the HF cache where the Hub is reachable (`hf download {repo} --revision {revision}`, "
+        f"with HF_HUB_CACHE={cache_dir()}), or build from a local folder (`source: {{path: ...}}`)"
+    )
+
+
+def cached_ref(repo: str, revision: str) -> str | None:
+    """The commit sha the HF cache last saw `revision` (a branch or tag) at, as huggingface_hub uses offline."""
+    ref = Path(cache_dir()) / f"models--{repo.replace('/', '--')}" / "refs" / revision
+    try:
+        sha = ref.read_text(encoding="utf-8").strip() if ref.is_file() else ""
+    except OSError:
+        return None
+    return sha.lower() if is_commit_sha(sha) else None
+
+
 def hf_token(explicit: str | None = None) -> str | None:
     """Explicit token, else HF_TOKEN; None lets the client fall back to its stored login."""
     return explicit or os.environ.get("HF_TOKEN") or None
 
 
 def is_commit_sha(revision: str) -> bool:
+    """A full 40-hex commit sha: immutable, already pinned."""
     return bool(COMMIT_SHA.match(revision))
 
 
@@ -85,7 +110,7 @@ def describe_error(exc: BaseException, repo: str, revision: str) -> tuple[type[M
         )
         return StepError, (
             f"cannot reach the Hugging Face Hub at {endpoint()} ({reason}) and {where}@{revision} "
-            f"is not in the HF cache {cache_dir()}"
+            f"is not in the HF cache: {remedies(repo, revision)}"
         )
     if isinstance(exc, http_error):
         status = exc.response.status_code if exc.response is not None else "?"
@@ -153,9 +178,23 @@ def resolve_revision(repo: str, revision: str, token: str | None = None) -> str:
 
     A full commit sha is immutable, so it is returned as is without a request.
     """
-    if is_commit_sha(revision.lower()):
+    if is_commit_sha(revision):
         return revision.lower()
-    info = model_info(repo, revision, token)
+    if offline():
+        sha = cached_ref(repo, revision)
+        if sha is None:
+            raise StepError(
+                f"offline mode is on (HF_HUB_OFFLINE) and the HF cache does not know '{repo}'@{revision}: "
+                f"{remedies(repo, revision)}"
+            )
+        return sha
+    try:
+        info = model_info(repo, revision, token)
+    except StepError:
+        sha = cached_ref(repo, revision)
+        if sha is None:
+            raise
+        return sha
     if not info.sha:
         raise StepError(f"Hugging Face Hub at {endpoint()} returned no commit sha for '{repo}'@{revision}")
     return info.sha

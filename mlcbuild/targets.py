@@ -18,10 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 from mlcbuild.errors import UserError
 from mlcbuild.toolmemo import remember
 
@@ -147,10 +143,13 @@ def _split_variant(spec: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict
 
 @lru_cache(maxsize=None)
 def load_targets() -> dict[str, Target]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     found: dict[str, Target] = {}
     for folder in targets_dirs():
         for file in sorted(folder.glob("*.yaml")):
-            data = yaml.load(file.read_text(), Loader=_LOADER) or {}
+            data = yaml.load(file.read_text(), Loader=loader) or {}
             attrs: dict[str, Mapping[str, Any]] = {}
             overrides: dict[str, Mapping[str, Any]] = {}
             for vname, spec in (data.get("variants") or {}).items():

@@ -182,12 +182,17 @@ def test_load_is_fast(tmp_path: Path) -> None:
 
 
 def test_loading_imports_nothing_heavy(tmp_path: Path) -> None:
-    """A no-op build must not pay for jsonschema, TVM or torch just to read its recipe."""
+    """A no-op build must not pay for jsonschema, YAML, TVM or torch just to read its recipe: the second
+    load of unchanged bytes comes from the recipe cache, equal to a fresh validation."""
     path = write(tmp_path, MINIMAL)
+    cache = tmp_path / "cache"
     code = (
-        "import sys; from mlcbuild.recipe import load_recipe; load_recipe(sys.argv[1]);"
-        "heavy = [m for m in ('jsonschema', 'tvm', 'torch', 'numpy', 'transformers', 'huggingface_hub') if m in sys.modules];"
+        "import sys; from mlcbuild.recipe import load_recipe; r = load_recipe(sys.argv[1], sys.argv[2]);"
+        "heavy = [m for m in ('jsonschema', 'yaml', 'tvm', 'torch', 'numpy', 'transformers', 'huggingface_hub') if m in sys.modules];"
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True, check=True)
+    first = subprocess.run([sys.executable, "-c", code, str(path), str(cache)], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "jsonschema" in first.stdout
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(cache)], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+    assert load_recipe(path, cache) == load_recipe(path)

@@ -41,15 +41,17 @@ def _check(node: Node) -> None:
     get_step(node.kind).check({**node.params, **node.hints})
 
 
-def _prepare(args: argparse.Namespace, recipes_arg: list[Path]) -> tuple[list[Recipe], Store, BuildGraph]:
+def _prepare(args: argparse.Namespace, recipes_arg: list[Path], offline: bool = True) -> tuple[list[Recipe], Store, BuildGraph]:
+    """Recipes → graph. offline=True (plan, graph, explain, dry runs): no network, no lock written;
+    a revision the lock does not pin is shown unresolved."""
     from mlcbuild.plan.revisions import pin_revisions
 
-    recipes = [load_recipe(p) for p in recipes_arg]
     store = _store()
+    recipes = [load_recipe(p, store.root) for p in recipes_arg]
     options = PlanOptions(
         quantizations=tuple(getattr(args, "quant", []) or ()),
         targets=tuple(getattr(args, "target", []) or ()),
-        revisions=pin_revisions(recipes, frozen=getattr(args, "frozen", False)),
+        revisions=pin_revisions(recipes, frozen=getattr(args, "frozen", False), offline=offline),
     )
     graph = plan(recipes, store, options, check=_check)
     return recipes, store, graph
@@ -96,7 +98,7 @@ def build(args: argparse.Namespace) -> int:
     from mlcbuild.execute.local import LocalExecutor, dry_run
     from mlcbuild.execute.materialize import materialize
 
-    _, store, graph = _prepare(args, args.recipes)
+    _, store, graph = _prepare(args, args.recipes, offline=args.dry_run)
     wanted = _wanted(args, graph)
     elsewhere = graph.elsewhere(wanted)
     wanted -= elsewhere
@@ -300,18 +302,18 @@ def _live_keys(args: argparse.Namespace, recipes: list[Path]) -> set[str]:
 
 @command("lock")
 def lock_cmd(args: argparse.Namespace) -> int:
-    from mlcbuild.plan.revisions import _resolve
+    from mlcbuild.plan.revisions import resolve
     from mlcbuild.recipe.lock import check_lock, lock_path, update_lock
 
     for path in args.recipes:
-        recipe = load_recipe(path)
+        recipe = load_recipe(path, _store().root)
         if recipe.source.hf is None:
             console().print(f"{path}: local source, nothing to lock")
         elif args.check:
             check_lock(recipe)
             console().print(f"{lock_path(recipe)}: up to date")
         else:
-            _, changed = update_lock(recipe, _resolve)
+            _, changed = update_lock(recipe, resolve)
             console().print(f"{lock_path(recipe)}: {'updated' if changed else 'unchanged'}")
     return 0
 
@@ -343,7 +345,7 @@ def targets_cmd(args: argparse.Namespace) -> int:
 def run_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.runtime import run_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, _store().root)
     text = run_recipe(
         recipe,
         prompt=args.prompt,

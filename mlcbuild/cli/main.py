@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mlcbuild.errors import MlcbuildError
+from mlcbuild.errors import MlcbuildError, redact
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"mlcbuild: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        print(redact(f"mlcbuild: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)"), file=sys.stderr)
         return 70
     except KeyboardInterrupt:
         print("mlcbuild: interrupted", file=sys.stderr)

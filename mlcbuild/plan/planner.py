@@ -13,7 +13,7 @@ from mlcbuild.recipe.model import Recipe, TargetRef
 from mlcbuild.steps import get_step
 from mlcbuild.steps.compile import resolve_options
 from mlcbuild.store.cas import Store
-from mlcbuild.store.hashing import list_tree, tree_digest
+from mlcbuild.store.hashing import tree_digest
 from mlcbuild.targets import load_targets
 
 
@@ -31,12 +31,12 @@ def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[No
     gen-config's key sees only non-weight files, which both nodes hold the same: splitting the
     download leaves its key unchanged.
     """
-    from mlcbuild.steps.download import DEFAULT_PATTERNS, META_PATTERNS, is_weight_file, select_files
+    from mlcbuild.steps.download import DEFAULT_PATTERNS, META_PATTERNS, is_weight_file, local_model_files
 
     src = recipe.source
     if src.path is not None:
         root = Path(src.path)
-        files = select_files(list_tree(root, DEFAULT_PATTERNS))
+        files = local_model_files(root)
         if not files:
             raise UserError(f"no model files (config.json, *.safetensors, ...) in {root}", field="source.path")
         hints = {"path": str(root.resolve())}
@@ -46,7 +46,8 @@ def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[No
             params: dict[str, Any] = {"files": chosen, "content": content}
             nodes.append(Node.make("download", params, {}, f"download {root.name}{suffix}", hints=hints))
         return nodes[0], nodes[1]
-    label = f"download {src.hf}@{(revision or '')[:8]}"
+    shown = revision[:8] if revision else f"{src.revision} (unresolved)"
+    label = f"download {src.hf}@{shown}"
     full = {"repo": src.hf, "revision": revision, "allow_patterns": list(DEFAULT_PATTERNS)}
     meta = {"repo": src.hf, "revision": revision, "allow_patterns": list(META_PATTERNS)}
     return Node.make("download", full, {}, label), Node.make("download", meta, {}, f"{label} (config, tokenizer)")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from mlcbuild.errors import Location, UserError
 from mlcbuild.recipe.model import Recipe, Source, TargetRef
 from mlcbuild.recipe.schema import InstancePath, Issue, iter_issues, load_schema
 from mlcbuild.recipe.suggest import closest, unknown
-from mlcbuild.recipe.yamlmarks import Document, YamlProblem, parse
+
+if TYPE_CHECKING:
+    from mlcbuild.recipe.yamlmarks import Document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -63,7 +65,7 @@ _TYPE_NAMES = {
 class _Checker:
     """Turns issues into positioned UserErrors for one recipe file."""
 
-    def __init__(self, shown: str, doc: Document):
+    def __init__(self, shown: str, doc: "Document"):
         self.shown = shown
         self.doc = doc
 
@@ -190,15 +192,22 @@ def hf_repo_problem(repo: str) -> str | None:
     return None
 
 
-def _read(path: Path, shown: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError("recipe file not found", Location(shown)) from None
-    except IsADirectoryError:
-        raise UserError("is a folder; expected a recipe .yaml file", Location(shown)) from None
-    except OSError as e:
-        raise UserError(f"cannot read recipe: {e.strerror or e}", Location(shown)) from None
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe is a few hundred bytes; anything near a MiB is a mistake (or /dev/zero)."""
+
+
+def _read(path: Path, shown: str) -> bytes:
+    from mlcbuild.inputs import read_bytes, regular_file_problem
+
+    problem = regular_file_problem(path)
+    if problem == "not found":
+        raise UserError("recipe file not found", Location(shown))
+    if problem is not None and path.is_dir():
+        raise UserError("is a folder; expected a recipe .yaml file", Location(shown))
+    return read_bytes(path, shown, MAX_RECIPE_BYTES, what="recipe")
+
+
+def _decode(raw: bytes, shown: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -212,11 +221,30 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
-def load_recipe(path: Path | str) -> Recipe:
-    """Load and validate a recipe; every mistake is a one-line UserError (exit code 2)."""
+def load_recipe(path: Path | str, cache_dir: Path | str | None = None) -> Recipe:
+    """Load and validate a recipe; every mistake is a one-line UserError (exit code 2).
+
+    With `cache_dir`, a recipe validated before from the same bytes (and lock file, targets, code)
+    comes from `cache_dir/recipes/` without parsing YAML or importing jsonschema.
+    """
     shown = str(path)
     file = Path(path)
-    text = _read(file, shown)
+    raw = _read(file, shown)
+    if cache_dir is None:
+        return _validate(file, shown, _decode(raw, shown))
+    from mlcbuild.recipe import cache
+
+    key = cache.cache_key(file, raw)
+    recipe = cache.get(Path(cache_dir), key)
+    if recipe is None:
+        recipe = _validate(file, shown, _decode(raw, shown))
+        cache.put(Path(cache_dir), key, recipe)
+    return recipe
+
+
+def _validate(file: Path, shown: str, text: str) -> Recipe:
+    from mlcbuild.recipe.yamlmarks import YamlProblem, parse
+
     try:
         doc = parse(text)
     except YamlProblem as e:
@@ -227,7 +255,6 @@ def load_recipe(path: Path | str) -> Recipe:
     data = doc.data
     if not isinstance(data, dict):
         raise check.error((), f"a recipe is a mapping of fields (source, quantizations, ...), got {describe(data)}")
-    load_schema()
     issues = list(iter_issues(data))
     if issues:
         def order(issue: Issue) -> tuple[bool, int, int]:

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mlcbuild.errors import Location, UserError
+from mlcbuild.hub import is_commit_sha
 from mlcbuild.recipe.model import Recipe
 
 LOCK_VERSION = 1
 SUFFIX = ".lock.json"
-_SHA = re.compile(r"^[0-9a-fA-F]{40}$")
-
 Resolver = Callable[[str, str], str]
-
-
-def is_sha(revision: str) -> bool:
-    """A full 40-hex commit sha (any case): already pinned."""
-    return bool(_SHA.match(revision))
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ def lock_path(recipe: Recipe | Path | str) -> Path:
 def needed(recipe: Recipe) -> dict[str, tuple[str, str]]:
     """Lock keys the recipe needs: `repo@revision` → (repo, revision), for HF revisions that are not shas."""
     src = recipe.source
-    if src.hf is None or is_sha(src.revision):
+    if src.hf is None or is_commit_sha(src.revision):
         return {}
     return {f"{src.hf}@{src.revision}": (src.hf, src.revision)}
 
@@ -84,13 +77,16 @@ def _shown(path: Path) -> str:
 
 def read_lock(recipe: Recipe | Path | str) -> Lock:
     """The recipe's lock (empty when there is no lock file); a corrupt one is a UserError."""
+    from mlcbuild.inputs import read_bytes, regular_file_problem
+
     path = lock_path(recipe)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if regular_file_problem(path) == "not found":
         return Lock(path)
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read lock file: {getattr(e, 'strerror', None) or e}", Location(_shown(path))) from None
+    raw = read_bytes(path, _shown(path), 1 << 20, what="lock file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("cannot read lock file: not UTF-8 text", Location(_shown(path))) from None
     try:
         data: Any = json.loads(text)
     except json.JSONDecodeError as e:
@@ -103,7 +99,7 @@ def read_lock(recipe: Recipe | Path | str) -> Lock:
         raise UserError(f"lock file version {data.get('version')!r} is not {LOCK_VERSION}; run `mlcbuild lock`", Location(_shown(path)), "version")
     revisions: dict[str, str] = {}
     for key, sha in data["sources"].items():
-        if not isinstance(sha, str) or not is_sha(sha) or "@" not in key:
+        if not isinstance(sha, str) or not is_commit_sha(sha) or "@" not in key:
             raise UserError(
                 f"expected 'org/name@revision': '<40-hex sha>', got {key!r}: {sha!r}", Location(_shown(path)), f"sources.{key}"
             )
@@ -124,7 +120,7 @@ def _write(path: Path, text: str) -> None:
 
 def _resolved(resolve: Resolver, repo: str, revision: str) -> str:
     sha = resolve(repo, revision)
-    if not isinstance(sha, str) or not is_sha(sha):
+    if not isinstance(sha, str) or not is_commit_sha(sha):
         raise UserError(f"resolving {repo}@{revision} gave {sha!r}, not a 40-hex commit sha")
     return sha.lower()
 
@@ -207,7 +203,7 @@ def pinned_revision(
     src = r.source
     if src.hf is None:
         return None
-    if is_sha(src.revision):
+    if is_commit_sha(src.revision):
         if frozen:
             check_lock(r, lock)
         return src.revision.lower()

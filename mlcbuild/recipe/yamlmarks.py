@@ -5,6 +5,7 @@ letting the constructor drop them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,10 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Path_ = tuple[str | int, ...]
+
+MAX_VALUES = 100_000
+"""Values (after alias expansion) a recipe may hold: a 1 MiB recipe written out plainly has fewer
+than this, an alias bomb ("billion laughs") reaches it after a few milliseconds instead of 24 GB."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,19 @@ class _Builder:
         self.scalar_styles: dict[Path_, str | None] = {}
         self._constructor = yaml.constructor.SafeConstructor()
         self._active: set[int] = set()
+        self._built: set[int] = set()
+        self._aliased = False
+        self._count = 0
 
     def build(self, node: Node, path: Path_, key_at: tuple[int, int] | None) -> Any:
         value_at = _at(node.start_mark)
+        self._count += 1
+        if self._count > MAX_VALUES:
+            reason = "YAML aliases expand" if self._aliased else "recipe holds"
+            raise YamlProblem(f"{reason} to more than {MAX_VALUES} values; a recipe is a few dozen", *value_at, path)
+        if isinstance(node, (SequenceNode, MappingNode)):
+            self._aliased = self._aliased or id(node) in self._built
+            self._built.add(id(node))
         if key_at is not None and isinstance(node, ScalarNode) and node.value == "" and not node.style:
             value_at = key_at
         self.marks[path] = Pos(value_at, key_at)
@@ -68,10 +83,13 @@ class _Builder:
 
     def _scalar(self, node: ScalarNode, at: tuple[int, int], path: Path_) -> Any:
         try:
-            return self._constructor.construct_object(node, deep=True)
+            value = self._constructor.construct_object(node, deep=True)
         except Exception as e:  # a bad tag or an impossible date: report, never a traceback
             problem = getattr(e, "problem", None) or str(e)
             raise YamlProblem(f"invalid YAML value: {problem}", *at, path) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise YamlProblem(f"{node.value!r} is not a finite number (NaN and infinities are not allowed)", *at, path)
+        return value
 
     def _mapping(self, node: MappingNode, path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -102,6 +120,8 @@ def parse(text: str) -> Document | None:
     """The single YAML document in `text` with positions, or None when it holds no document."""
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise YamlProblem("recipe nests too deeply", None, None) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = " ".join((e.problem or e.context or "invalid YAML").split())
@@ -123,5 +143,8 @@ def parse(text: str) -> Document | None:
     if root is None:
         return None
     builder = _Builder()
-    data = builder.build(root, (), None)
+    try:
+        data = builder.build(root, (), None)
+    except RecursionError:
+        raise YamlProblem("recipe nests too deeply", None, None) from None
     return Document(data, builder.marks, builder.scalar_styles)

@@ -102,7 +102,7 @@ class DownloadStep(Step):
         if "path" in params:
             if not Path(params["path"]).is_dir():
                 raise UserError(f"local model folder not found: {params['path']}", field="source.path")
-        elif not params.get("repo") or not params.get("revision"):
+        elif not params.get("repo"):
             raise UserError("download needs either 'path' or 'repo' + 'revision'", field="source")
 
     def run(self, ctx: RunContext) -> None:
@@ -135,6 +135,8 @@ class DownloadStep(Step):
     def _download(self, ctx: RunContext) -> None:
         from mlcbuild import hub
 
+        if not ctx.params.get("revision"):
+            raise StepError(f"'{ctx.params['repo']}': the revision was never pinned to a commit; run `mlcbuild lock`")
         repo, revision = str(ctx.params["repo"]), str(ctx.params["revision"])
         patterns = list(ctx.params.get("allow_patterns") or DEFAULT_PATTERNS)
         with hub.hub_errors(repo, revision, force=StepError):
@@ -158,7 +160,7 @@ class DownloadStep(Step):
         """The file list of a commit already seen, from the HF cache: a warm download needs no network."""
         from mlcbuild import hub
 
-        if not hub.is_commit_sha(revision.lower()):
+        if not hub.is_commit_sha(revision):
             return None
         try:
             from huggingface_hub import get_cached_repo_tree
