@@ -16,11 +16,20 @@ from mlcbuild.steps.download import DEFAULT_PATTERNS, DownloadStep, select_files
 _counter = iter(range(10**6))
 
 
+TOKENIZER_JSON = '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}'
+
+
+def safetensors_bytes(payload: bytes) -> bytes:
+    """A valid safetensors file holding `payload` as one uint8 tensor."""
+    header = json.dumps({"x": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(header).to_bytes(8, "little") + header + payload
+
+
 def make_folder(root: Path, version: int = 1, bin_weights: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "version": version}))
-    (root / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
-    (root / "model.safetensors").write_bytes(bytes([version]) * 4096)
+    (root / "tokenizer.json").write_text(TOKENIZER_JSON)
+    (root / "model.safetensors").write_bytes(safetensors_bytes(bytes([version]) * 4096))
     if bin_weights:
         (root / "pytorch_model.bin").write_bytes(b"pickle" * 100)
     (root / "README.md").write_text("# card")
@@ -79,7 +88,7 @@ def test_download_pinned_sha_only_needed_files(fake_hub, hf_cache, tmp_path):
     out = run_download(hf_params(repo, sha1), tmp_path / "out", lambda f, m: seen.append(f))
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert json.loads((out / "config.json").read_text())["version"] == 1
-    assert (out / "model.safetensors").read_bytes() == bytes([1]) * 4096
+    assert (out / "model.safetensors").read_bytes() == safetensors_bytes(bytes([1]) * 4096)
     assert sorted(fake_hub.downloads()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert all(sha1 in r.path for r in fake_hub.requests if "/resolve/" in r.path)
     assert fake_hub.count("GET", "/cdn/") == 1
@@ -231,7 +240,7 @@ def test_fake_hub_speaks_the_api(fake_hub, hf_cache, tmp_path):
     request = urllib.request.Request(f"{fake_hub.url}/{repo}/resolve/{sha}/model.safetensors", headers={"Range": "bytes=10-19"})
     with urllib.request.urlopen(request) as response:
         assert response.url.startswith(fake_hub.cdn_url)
-        assert response.status == 206 and response.headers["Content-Range"] == "bytes 10-19/4096"
+        assert response.status == 206 and response.headers["Content-Range"] == f"bytes 10-19/{len(safetensors_bytes(bytes(4096)))}"
         assert len(response.read()) == 10
     with urllib.request.urlopen(f"{fake_hub.url}/{repo}/resolve/main/config.json") as response:
         assert response.headers["X-Repo-Commit"] == sha and json.loads(response.read())["version"] == 1

@@ -5,10 +5,11 @@ Pure Python: gen-config and planning import this without TVM.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
-from mlcbuild.errors import UserError
+from mlcbuild.errors import Location, UserError
 
 C = TypeVar("C", bound="ModelConfigBase")
 
@@ -71,12 +72,24 @@ class ModelConfigBase:
         if self.context_window_size == 0:
             if max_position_embeddings is None:
                 raise UserError("config.json has no max_position_embeddings; set overrides.context_window_size")
-            self.context_window_size = int(max_position_embeddings)
+            self.context_window_size = int_field({"max_position_embeddings": max_position_embeddings}, "max_position_embeddings")
         if self.prefill_chunk_size <= 0:
             window = self.context_window_size if self.context_window_size > 0 else self.sliding_window_size
             self.prefill_chunk_size = min(window, 2048)
         if self.tensor_parallel_shards != 1:
             raise UserError("tensor_parallel_shards > 1 is not supported yet", field="overrides.tensor_parallel_shards")
+
+
+class ConfigValueError(UserError):
+    """A config.json value that cannot describe a model (wrong type, out of range, inconsistent).
+
+    Located at "config.json" by default; the download step, which knows the user's path, re-raises
+    it naming the user's file.
+    """
+
+    def __init__(self, message: str, field: str | None, location: Location | None = None, missing: bool = False):
+        super().__init__(message, location or Location("config.json"), field)
+        self.missing = missing
 
 
 def require(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> Any:
@@ -86,7 +99,72 @@ def require(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSI
             return hf[name]
     if default is not dataclasses.MISSING:
         return default
-    raise UserError(f"config.json is missing {' / '.join(names)}")
+    raise ConfigValueError("required field is missing", " / ".join(names), missing=True)
+
+
+def _found(hf: Mapping[str, Any], names: tuple[str, ...]) -> str:
+    return next((n for n in names if hf.get(n) is not None), names[0])
+
+
+def _shown(value: Any) -> str:
+    from mlcbuild.recipe.load import describe
+
+    return describe(value)
+
+
+def int_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING, minimum: int = 1) -> int:
+    """An integer field ≥ `minimum` (1.0 counts as 1; "64", true and NaN do not)."""
+    value = require(hf, *names, default=default)
+    name = _found(hf, names)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigValueError(f"expected an integer, got {_shown(value)}", name)
+    if value < minimum:
+        raise ConfigValueError(f"must be ≥ {minimum} (got {value})", name)
+    return value
+
+
+def float_field(
+    hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING, above: float | None = None, at_most: float | None = None
+) -> float:
+    """A finite number, optionally > `above` and ≤ `at_most`."""
+    value = require(hf, *names, default=default)
+    name = _found(hf, names)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigValueError(f"expected a finite number, got {_shown(value)}", name)
+    if above is not None and value <= above:
+        raise ConfigValueError(f"must be > {above} (got {value})", name)
+    if at_most is not None and value > at_most:
+        raise ConfigValueError(f"must be ≤ {at_most} (got {value})", name)
+    return float(value)
+
+
+def str_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> str:
+    value = require(hf, *names, default=default)
+    if not isinstance(value, str):
+        raise ConfigValueError(f"expected a string, got {_shown(value)}", _found(hf, names))
+    return value
+
+
+def bool_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> bool:
+    value = require(hf, *names, default=default)
+    if not isinstance(value, bool):
+        raise ConfigValueError(f"expected true or false, got {_shown(value)}", _found(hf, names))
+    return value
+
+
+def check_heads(hidden_size: int, num_attention_heads: int, num_key_value_heads: int, head_dim_given: bool) -> None:
+    """Attention shapes the model can be built with: whole heads, whole groups of query heads per KV head."""
+    if not head_dim_given and hidden_size % num_attention_heads:
+        raise ConfigValueError(
+            f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}", "num_attention_heads"
+        )
+    if num_attention_heads % num_key_value_heads:
+        raise ConfigValueError(
+            f"num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}",
+            "num_key_value_heads",
+        )
 
 
 def rope_params(hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ that is renamed into place only when the whole cache is written.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -60,10 +59,12 @@ def convert_checkpoint(
     from mlcbuild.weights.hf_source import HFCheckpoint
     from mlcbuild.weights.tensor_cache import TensorCacheWriter
 
+    from mlcbuild.inputs import read_json, step_error
+
     config_path = source / "config.json"
     if not config_path.exists():
-        raise StepError(f"{source}: no config.json in the model folder")
-    hf_config = json.loads(config_path.read_text())
+        raise StepError("no config.json in the model folder")
+    hf_config = read_json(config_path, "config.json", error=step_error)
     family = get_family(model_type or detect_model_type(hf_config))
     get_scheme(quantization)
     cfg = family.config_from_hf(hf_config, {})

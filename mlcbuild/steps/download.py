@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Mapping, Sequence
 
-from mlcbuild.errors import StepError, UserError
+from mlcbuild.errors import Location, StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -62,6 +62,45 @@ def select_files(names: Iterable[str], patterns: Sequence[str] = DEFAULT_PATTERN
     return chosen
 
 
+def _allowed_roots(folder: Path) -> list[Path]:
+    """Where a symlink in `folder` may point: inside it, or (for a snapshot folder of the HF cache,
+    whose files are links to `../../blobs/<hash>`) into that repo's blobs."""
+    real = folder.resolve()
+    roots = [real]
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return roots
+
+
+def local_file_problem(folder: Path, name: str) -> str | None:
+    """Why `folder/name` must not be read as part of a local model (None when it may).
+
+    A symlink leading outside the folder would copy an arbitrary file (`/etc/...`) into the cache
+    and the artifact; a FIFO or device would hang or never end.
+    """
+    from mlcbuild.inputs import regular_file_problem
+
+    path = folder / name
+    if path.is_symlink():
+        target = path.resolve()
+        if not any(target == root or root in target.parents for root in _allowed_roots(folder)):
+            return f"{path} is a symlink to {target}, outside the model folder; copy the file in instead"
+    problem = regular_file_problem(path)
+    return f"{path}: {problem}" if problem else None
+
+
+def local_model_files(folder: Path, patterns: Sequence[str] = DEFAULT_PATTERNS) -> list[str]:
+    """The files of a local model folder a build reads (as `select_files` picks them), each checked
+    to be a regular file inside the folder: one UserError naming the first that is not."""
+    names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and not e.is_dir()]
+    chosen = select_files(names, patterns)
+    for name in chosen:
+        problem = local_file_problem(folder, name)
+        if problem:
+            raise UserError(problem, field="source.path")
+    return chosen
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard link when on one filesystem (HF cache blobs are immutable), else copy."""
     src = src.resolve()
@@ -94,6 +133,79 @@ def _progress_bar_class(report: Callable[[float, str], None], label: str) -> typ
     return Bar
 
 
+JSON_FILES: dict[str, int] = {
+    "config.json": 16 << 20,
+    "generation_config.json": 16 << 20,
+    "tokenizer_config.json": 64 << 20,
+    "special_tokens_map.json": 16 << 20,
+    "added_tokens.json": 64 << 20,
+    "vocab.json": 256 << 20,
+    "tokenizer.json": 256 << 20,
+}
+"""The JSON files of a model folder that later steps parse, with a size bound each."""
+
+
+def check_model_files(folder: Path, shown: Callable[[str], str]) -> None:
+    """Every file later steps parse, checked once where the user's name for it is known.
+
+    convert and gen-config only see a copy in a work folder; a malformed config.json, tokenizer.json,
+    index or safetensors header is reported here as one line naming the user's file (`shown(name)`)
+    and the field, never a temp path or a traceback.
+    """
+    from mlcbuild.inputs import read_json
+    from mlcbuild.weights.hf_source import read_safetensors_header, weight_map_files
+
+    def user_error(message: str, location: Location | None, field: str | None = None) -> UserError:
+        return UserError(message, location, field)
+
+    present = {p.name for p in folder.iterdir()}
+    for name, limit in JSON_FILES.items():
+        if name in present:
+            data = read_json(folder / name, shown(name), limit, error=user_error)
+            if name == "config.json":
+                _check_config(data, shown(name))
+            elif name == "tokenizer.json":
+                _check_tokenizer(folder / name, shown(name))
+    for name in sorted(present):
+        if name.endswith(".index.json"):
+            files = set(weight_map_files(folder / name, shown(name), error=user_error).values())
+            missing = sorted(files - present)
+            if missing:
+                raise UserError(f"names {missing[0]}, which is not in the model folder", Location(shown(name)), "weight_map")
+        elif name.endswith(".safetensors"):
+            read_safetensors_header(folder / name, shown(name), error=user_error)
+
+
+def _check_config(hf: dict, shown: str) -> None:
+    """The model family's own checks (types, ranges, head counts) of a config.json we can place."""
+    from mlcbuild.models import detect_model_type, get_family
+    from mlcbuild.models.config_base import ConfigValueError
+
+    try:
+        family = get_family(detect_model_type(hf))
+    except UserError:
+        return  # the recipe may name model_type; gen-config reports what stays unknown
+    try:
+        family.config_from_hf(hf, {})
+    except ConfigValueError as e:
+        if not e.missing:  # a folder fetched for its tokenizer alone may carry a partial config
+            raise UserError(e.message, Location(shown), e.field) from None
+    except UserError:
+        pass  # about the recipe's choices (unsupported features, sizes to override): gen-config says it
+
+
+def _check_tokenizer(path: Path, shown: str) -> None:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UserError(f"not a tokenizer the `tokenizers` library can load ({first})", Location(shown)) from None
+
+
 class DownloadStep(Step):
     kind: ClassVar[str] = "download"
     version: ClassVar[str] = "1"
@@ -115,12 +227,15 @@ class DownloadStep(Step):
         if not folder.is_dir():
             raise StepError(f"local model folder not found: {folder}")
         patterns = ctx.params.get("allow_patterns") or DEFAULT_PATTERNS
-        names = list(ctx.params.get("files") or select_files((p.name for p in folder.iterdir() if p.is_file()), patterns))
+        names = list(ctx.params.get("files") or local_model_files(folder, patterns))
         if not names:
             raise StepError(f"no model files in {folder} (looked for {', '.join(patterns)})")
         for i, name in enumerate(names):
-            if not (folder / name).is_file():
+            if not (folder / name).exists():
                 raise StepError(f"{folder / name} disappeared since planning; re-run the build")
+            problem = local_file_problem(folder, name)
+            if problem:
+                raise UserError(problem)
             (ctx.out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / name, ctx.out / name)
             ctx.progress((i + 1) / len(names), name)
@@ -131,6 +246,7 @@ class DownloadStep(Step):
             copied = sha256_json({name: sha256_file(ctx.out / name) for name in names})
             if copied != ctx.params["content"]:
                 raise StepError(f"{folder} changed while the build was running; run the build again")
+        check_model_files(ctx.out, lambda name: str(folder / name))
 
     def _download(self, ctx: RunContext) -> None:
         from mlcbuild import hub
@@ -154,6 +270,7 @@ class DownloadStep(Step):
             if not src.exists():
                 raise StepError(f"'{repo}'@{revision}: {name} missing after download")
             link_or_copy(src, ctx.out / Path(name).name)
+        check_model_files(ctx.out, lambda name: f"{repo}@{revision[:12]}/{name}")
 
     @staticmethod
     def _cached_listing(repo: str, revision: str) -> list[str] | None:

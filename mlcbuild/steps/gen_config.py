@@ -94,17 +94,15 @@ def detect_tokenizer_info(tokenizer_json: Mapping[str, Any] | None) -> Tokenizer
 
 
 def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
+    """A JSON object from the source folder, named by its file name: the folder is a work copy
+    whose path means nothing to the user (the download step names the user's file)."""
+    from mlcbuild.inputs import read_json, step_error
+
     if not path.exists():
         if required:
-            raise StepError(f"{path.name} not found in the model folder {path.parent}")
+            raise StepError(f"{path.name} not found in the model folder")
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StepError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise StepError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, path.name, 256 << 20, error=step_error)
 
 
 def _number(value: Any, key: str, where: str) -> float:
@@ -256,7 +254,10 @@ def _convert_sentencepiece(source: Path, out: Path) -> bool:
 def _check_added_tokens(tokenizer_json: Mapping[str, Any]) -> None:
     """Duplicated added tokens make HF tokenizers wrong at runtime (a known model-release mistake)."""
     seen: set[str] = set()
-    for token in tokenizer_json.get("added_tokens") or []:
+    added = tokenizer_json.get("added_tokens") or []
+    if not isinstance(added, list) or not all(isinstance(t, dict) for t in added):
+        raise StepError("tokenizer.json: added_tokens must be a list of objects")
+    for token in added:
         content = token.get("content")
         if content in seen:
             raise StepError(f"tokenizer.json lists added token {content!r} twice; remove the duplicate")
@@ -269,8 +270,10 @@ def _active_vocab_size(out: Path, tokenizer_json: Mapping[str, Any] | None) -> i
         return None
     try:
         from tokenizers import Tokenizer
-
+    except ImportError:
+        return None
+    try:
         return Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     except Exception as exc:
-        log.warning("could not load tokenizer.json to count its vocabulary (%s)", exc)
-        return None
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise StepError(f"tokenizer.json: not a tokenizer the `tokenizers` library can load ({first})") from None

@@ -5,7 +5,16 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from mlcbuild.errors import UserError
-from mlcbuild.models.config_base import ModelConfigBase, require, rope_params
+from mlcbuild.models.config_base import (
+    ConfigValueError,
+    ModelConfigBase,
+    bool_field,
+    check_heads,
+    float_field,
+    int_field,
+    rope_params,
+    str_field,
+)
 
 
 @dataclass
@@ -39,21 +48,26 @@ class GPTNeoXConfig(ModelConfigBase):
 
 def config_from_hf(hf: Mapping[str, Any], overrides: Mapping[str, Any]) -> GPTNeoXConfig:
     rope = rope_params(hf)
+    hidden = int_field(hf, "hidden_size")
+    heads = int_field(hf, "num_attention_heads")
+    check_heads(hidden, heads, heads, False)
     cfg = GPTNeoXConfig(
-        vocab_size=int(require(hf, "vocab_size")),
-        hidden_size=int(require(hf, "hidden_size")),
-        intermediate_size=int(require(hf, "intermediate_size")),
-        num_attention_heads=int(require(hf, "num_attention_heads")),
-        num_hidden_layers=int(require(hf, "num_hidden_layers")),
-        layer_norm_eps=float(require(hf, "layer_norm_eps", default=1e-5)),
-        rotary_pct=float(require(hf, "rotary_pct", default=rope.get("partial_rotary_factor", 1.0))),
-        position_embedding_base=float(
-            require(hf, "rotary_emb_base", "rope_theta", default=rope.get("rope_theta", 10000.0))
+        vocab_size=int_field(hf, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=int_field(hf, "intermediate_size"),
+        num_attention_heads=heads,
+        num_hidden_layers=int_field(hf, "num_hidden_layers"),
+        layer_norm_eps=float_field(hf, "layer_norm_eps", default=1e-5, above=0),
+        rotary_pct=float_field(hf, "rotary_pct", default=rope.get("partial_rotary_factor", 1.0), above=0, at_most=1),
+        position_embedding_base=float_field(
+            hf, "rotary_emb_base", "rope_theta", default=rope.get("rope_theta", 10000.0), above=0
         ),
-        use_parallel_residual=bool(require(hf, "use_parallel_residual", default=True)),
-        hidden_act=str(require(hf, "hidden_act", default="gelu")),
-        tie_word_embeddings=bool(require(hf, "tie_word_embeddings", default=False)),
+        use_parallel_residual=bool_field(hf, "use_parallel_residual", default=True),
+        hidden_act=str_field(hf, "hidden_act", default="gelu"),
+        tie_word_embeddings=bool_field(hf, "tie_word_embeddings", default=False),
     )
+    if cfg.rotary_dim < 2 or cfg.rotary_dim % 2:
+        raise ConfigValueError(f"head_dim {cfg.head_dim} × rotary_pct {cfg.rotary_pct} must give an even rotary size ≥ 2", "rotary_pct")
     if rope.get("rope_type", "default") not in ("default", None):
         raise UserError(f"gpt_neox: rope scaling {rope.get('rope_type')!r} is not supported")
     if hf.get("tie_word_embeddings"):
