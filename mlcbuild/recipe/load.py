@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from mlcbuild.errors import Location, UserError
 from mlcbuild.recipe.model import Recipe, Source, TargetRef
 from mlcbuild.recipe.schema import InstancePath, Issue, iter_issues, load_schema
-from mlcbuild.recipe.suggest import closest, unknown
+from mlcbuild.suggest import closest, unknown
 
 if TYPE_CHECKING:
     from mlcbuild.recipe.yamlmarks import Document

@@ -4,7 +4,6 @@ Pure Python and cheap to import: recipe validation checks names against CONV_TEM
 """
 from __future__ import annotations
 
-import difflib
 
 from mlcbuild.errors import UserError
 from mlcbuild.templates.conversation import SYSTEM, Conversation
@@ -179,11 +178,9 @@ def template_names() -> list[str]:
 
 def suggest(name: str) -> str | None:
     """The closest known template name, for 'did you mean' hints."""
-    lowered = {n.lower(): n for n in CONV_TEMPLATES}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    close = difflib.get_close_matches(name, CONV_TEMPLATES, n=1, cutoff=0.6)
-    return close[0] if close else None
+    from mlcbuild.suggest import closest
+
+    return closest(name, CONV_TEMPLATES)
 
 
 def get_template(name: str) -> Conversation:

@@ -1,4 +1,4 @@
-"""'Did you mean' hints for names the user got almost right."""
+"""'Did you mean' hints for names the user got almost right: the one helper (recipes, templates, targets)."""
 from __future__ import annotations
 
 import difflib
