@@ -5,6 +5,7 @@ document order wins (a missing field is reported after unknown ones, which are o
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -192,6 +193,10 @@ def hf_repo_problem(repo: str) -> str | None:
     return None
 
 
+MAX_ISSUES = 200
+"""Schema problems weighed to find the first in document order: a 20k-item list of wrong types is
+reported from its first items without building 20k messages."""
+
 MAX_RECIPE_BYTES = 1 << 20
 """A recipe is a few hundred bytes; anything near a MiB is a mistake (or /dev/zero)."""
 
@@ -255,7 +260,7 @@ def _validate(file: Path, shown: str, text: str) -> Recipe:
     data = doc.data
     if not isinstance(data, dict):
         raise check.error((), f"a recipe is a mapping of fields (source, quantizations, ...), got {describe(data)}")
-    issues = list(iter_issues(data))
+    issues = list(itertools.islice(iter_issues(data), MAX_ISSUES))
     if issues:
         def order(issue: Issue) -> tuple[bool, int, int]:
             return (issue.keyword == "required", *check._order(check.from_issue(issue).location))
