@@ -141,15 +141,35 @@ def _split_variant(spec: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict
     return spec, over
 
 
-@lru_cache(maxsize=None)
-def load_targets() -> dict[str, Target]:
+def _target_data(file: Path) -> dict[str, Any]:
+    """A target file's YAML as data, cached as JSON by the file's bytes: a no-op build parses no YAML."""
+    import hashlib
+
+    raw = file.read_bytes()
+    cached = _cache_file().with_name(f"target-{hashlib.sha256(raw).hexdigest()[:40]}.json")
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        pass
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(cached)
+    except (OSError, TypeError, ValueError):
+        pass
+    return data
+
+
+@lru_cache(maxsize=None)
+def load_targets() -> dict[str, Target]:
     found: dict[str, Target] = {}
     for folder in targets_dirs():
         for file in sorted(folder.glob("*.yaml")):
-            data = yaml.load(file.read_text(), Loader=loader) or {}
+            data = _target_data(file)
             attrs: dict[str, Mapping[str, Any]] = {}
             overrides: dict[str, Mapping[str, Any]] = {}
             for vname, spec in (data.get("variants") or {}).items():
