@@ -26,6 +26,34 @@ def redact(text: str) -> str:
     return _HF_TOKEN.sub("hf_***", text)
 
 
+_factory_installed = False
+
+
+def redact_logs() -> None:
+    """Redact every log record of this process from now on (huggingface_hub and its HTTP client log
+    URLs); installed once, as a record factory so records of every logger and handler pass through it."""
+    global _factory_installed
+    if _factory_installed:
+        return
+    import logging
+
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:
+            return record
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
+
+
 class MlcbuildError(Exception):
     """Base class for errors the CLI reports as a single line (credentials redacted)."""
 

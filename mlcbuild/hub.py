@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mlcbuild.errors import MlcbuildError, StepError, UserError
+from mlcbuild.errors import MlcbuildError, StepError, UserError, redact_logs
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMMIT_SHA = re.compile(r"^[0-9a-fA-F]{40}$")
@@ -150,7 +150,9 @@ def _first_line(exc: BaseException) -> str:
 
 @contextmanager
 def hub_errors(repo: str, revision: str, force: type[MlcbuildError] | None = None) -> Iterator[None]:
-    """Turn huggingface_hub exceptions into one-line mlcbuild errors (optionally all of one class)."""
+    """Turn huggingface_hub exceptions into one-line mlcbuild errors (optionally all of one class);
+    whatever the client logs meanwhile has its credentials redacted."""
+    redact_logs()
     try:
         yield
     except MlcbuildError as exc:

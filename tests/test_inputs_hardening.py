@@ -406,3 +406,14 @@ def test_recipe_cache_follows_recipe_lock_and_targets(tmp_path: Path, monkeypatc
     (tmp_path / "model" / "config.json").unlink()
     with pytest.raises(UserError, match="no config.json in"):
         load_recipe(path, store)
+
+
+def test_log_records_are_redacted_once_hub_code_runs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from mlcbuild.hub import hub_errors
+
+    with hub_errors("org/m", "main"):
+        logging.getLogger("huggingface_hub.test").warning("retrying %s", "https://bob:pw1234@hub.example/x?token=t0k")
+    assert "pw1234" not in caplog.text and "t0k" not in caplog.text
+    assert "https://***@hub.example/x?token=***" in caplog.text
