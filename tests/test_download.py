@@ -244,3 +244,36 @@ def test_fake_hub_speaks_the_api(fake_hub, hf_cache, tmp_path):
         assert len(response.read()) == 10
     with urllib.request.urlopen(f"{fake_hub.url}/{repo}/resolve/main/config.json") as response:
         assert response.headers["X-Repo-Commit"] == sha and json.loads(response.read())["version"] == 1
+
+
+def test_malformed_file_from_the_hub_names_repo_and_file(fake_hub, hf_cache, tmp_path):
+    folder = make_folder(tmp_path / "src")
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": "sixty-four"}))
+    repo = unique("badconfig")
+    sha = fake_hub.add_repo(repo, folder)
+    with pytest.raises(UserError) as e:
+        run_download(hf_params(repo, sha), tmp_path / "out")
+    assert one_line(e) == f"{repo}@{sha[:12]}/config.json: hidden_size: expected an integer, got a string ('sixty-four')"
+
+
+def test_unreachable_hub_names_the_remedies(hf_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(StepError) as e:
+        run_download(hf_params("org/any", "c" * 40), tmp_path / "out")
+    assert "pre-download it into the HF cache" in one_line(e) and "`source: {path: ...}`" in one_line(e)
+
+
+def test_hf_hub_offline_is_honoured(fake_hub, hf_cache, tmp_path, monkeypatch):
+    repo = unique("offline-env")
+    sha = fake_hub.add_repo(repo, make_folder(tmp_path / "src"))
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo, revision="main", cache_dir=str(hf_cache), endpoint=fake_hub.url)  # the remedy the error names
+    fake_hub.clear_requests()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_revision(repo, "main") == sha
+    out = run_download(hf_params(repo, sha), tmp_path / "b")
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert fake_hub.requests == []
+    with pytest.raises(StepError, match="offline mode is on .* pre-download it into the HF cache"):
+        resolve_revision(repo, "v9")

@@ -188,3 +188,32 @@ def test_bad_resolver_answer(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"resolving org/model@main gave 'main', not a 40-hex commit sha"):
         update_lock(recipe_file(tmp_path), FakeHub({"org/model@main": "main"}))
     assert not (tmp_path / "model.lock.json").exists()
+
+
+def test_offline_pinning_never_resolves_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlcbuild.plan import revisions
+
+    def no_network(repo: str, revision: str) -> str:
+        raise AssertionError("offline planning must not resolve")
+
+    monkeypatch.setattr(revisions, "resolve", no_network)
+    recipe = load_recipe(recipe_file(tmp_path))
+    assert revisions.pin_revisions([recipe], frozen=False, offline=True) == {}
+    assert not lock_path(recipe).exists()
+    lock_path(recipe).write_text(json.dumps({"version": 1, "sources": {"org/model@main": SHA2.upper()}}))
+    assert revisions.pin_revisions([recipe], frozen=False, offline=True) == {str(recipe.path): SHA2}
+    (tmp_path / "sha").mkdir()
+    sha_recipe = load_recipe(recipe_file(tmp_path / "sha", SHA2))
+    assert revisions.pin_revisions([sha_recipe], frozen=False, offline=True) == {str(sha_recipe.path): SHA2}
+    lock_path(recipe).unlink()
+    with pytest.raises(UserError, match="no lock file"):
+        revisions.pin_revisions([recipe], frozen=True, offline=True)
+
+
+def test_one_commit_sha_pattern() -> None:
+    from mlcbuild import hub
+    from mlcbuild.recipe import lock
+
+    assert not hasattr(lock, "is_sha") and not hasattr(lock, "_SHA")
+    assert hub.is_commit_sha("AB" * 20) and hub.is_commit_sha("ab" * 20)
+    assert not hub.is_commit_sha("ab" * 19) and not hub.is_commit_sha("g" * 40)
