@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
-from mlcbuild.errors import Location, UserError
+from mlcbuild.errors import Location, UserError, describe
 
 C = TypeVar("C", bound="ModelConfigBase")
 
@@ -106,12 +106,6 @@ def _found(hf: Mapping[str, Any], names: tuple[str, ...]) -> str:
     return next((n for n in names if hf.get(n) is not None), names[0])
 
 
-def _shown(value: Any) -> str:
-    from mlcbuild.recipe.load import describe
-
-    return describe(value)
-
-
 def int_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING, minimum: int = 1) -> int:
     """An integer field ≥ `minimum` (1.0 counts as 1; "64", true and NaN do not)."""
     value = require(hf, *names, default=default)
@@ -119,7 +113,7 @@ def int_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MIS
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigValueError(f"expected an integer, got {_shown(value)}", name)
+        raise ConfigValueError(f"expected an integer, got {describe(value)}", name)
     if value < minimum:
         raise ConfigValueError(f"must be ≥ {minimum} (got {value})", name)
     return value
@@ -132,7 +126,7 @@ def float_field(
     value = require(hf, *names, default=default)
     name = _found(hf, names)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigValueError(f"expected a finite number, got {_shown(value)}", name)
+        raise ConfigValueError(f"expected a finite number, got {describe(value)}", name)
     if above is not None and value <= above:
         raise ConfigValueError(f"must be > {above} (got {value})", name)
     if at_most is not None and value > at_most:
@@ -143,14 +137,14 @@ def float_field(
 def str_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> str:
     value = require(hf, *names, default=default)
     if not isinstance(value, str):
-        raise ConfigValueError(f"expected a string, got {_shown(value)}", _found(hf, names))
+        raise ConfigValueError(f"expected a string, got {describe(value)}", _found(hf, names))
     return value
 
 
 def bool_field(hf: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> bool:
     value = require(hf, *names, default=default)
     if not isinstance(value, bool):
-        raise ConfigValueError(f"expected true or false, got {_shown(value)}", _found(hf, names))
+        raise ConfigValueError(f"expected true or false, got {describe(value)}", _found(hf, names))
     return value
 
 

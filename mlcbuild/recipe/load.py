@@ -6,12 +6,13 @@ document order wins (a missing field is reported after unknown ones, which are o
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from mlcbuild.errors import Location, UserError
+from mlcbuild.errors import Location, UserError, describe
 from mlcbuild.recipe.model import Recipe, Source, TargetRef
 from mlcbuild.recipe.schema import InstancePath, Issue, iter_issues, load_schema
 from mlcbuild.suggest import closest, unknown
@@ -31,25 +32,6 @@ def field_name(path: InstancePath) -> str | None:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or None
-
-
-def describe(value: Any) -> str:
-    """How a value reads in an error: kind first, then the value."""
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__} ({value})"
 
 
 _TYPE_NAMES = {
@@ -163,10 +145,9 @@ class _Checker:
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def _scalar_text(value: Any) -> str:

@@ -92,7 +92,10 @@ def local_file_problem(folder: Path, name: str) -> str | None:
 def local_model_files(folder: Path, patterns: Sequence[str] = DEFAULT_PATTERNS) -> list[str]:
     """The files of a local model folder a build reads (as `select_files` picks them), each checked
     to be a regular file inside the folder: one UserError naming the first that is not."""
-    names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and not e.is_dir()]
+    try:
+        names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and not e.is_dir()]
+    except OSError as e:
+        raise UserError(f"cannot list the model folder {folder}: {e.strerror or e}", field="source.path") from None
     chosen = select_files(names, patterns)
     for name in chosen:
         problem = local_file_problem(folder, name)
