@@ -145,7 +145,9 @@ def _target_data(file: Path) -> dict[str, Any]:
     """A target file's YAML as data, cached as JSON by the file's bytes: a no-op build parses no YAML."""
     import hashlib
 
-    raw = file.read_bytes()
+    from mlcbuild.inputs import read_bytes
+
+    raw = read_bytes(file, str(file), 1 << 20, what="target definition")
     cached = _cache_file().with_name(f"target-{hashlib.sha256(raw).hexdigest()[:40]}.json")
     try:
         return json.loads(cached.read_text())
