@@ -176,20 +176,13 @@ def template_names() -> list[str]:
     return sorted(CONV_TEMPLATES)
 
 
-def suggest(name: str) -> str | None:
-    """The closest known template name, for 'did you mean' hints."""
-    from mlcbuild.suggest import closest
-
-    return closest(name, CONV_TEMPLATES)
-
-
 def get_template(name: str) -> Conversation:
     """A fresh copy of a registered template (callers may edit it), or a UserError naming the choices."""
     if name in CONV_TEMPLATES:
         return CONV_TEMPLATES[name].copy()
-    hint = suggest(name)
-    did_you_mean = f" — did you mean '{hint}'?" if hint else f"; known: {', '.join(template_names())}"
-    raise UserError(f"unknown conversation template '{name}'{did_you_mean}", field="conv_template")
+    from mlcbuild.suggest import unknown
+
+    raise UserError(unknown("conversation template", name, CONV_TEMPLATES), field="conv_template")
 
 
-__all__ = ["CONV_TEMPLATES", "Conversation", "get_template", "suggest", "template_names"]
+__all__ = ["CONV_TEMPLATES", "Conversation", "get_template", "template_names"]
