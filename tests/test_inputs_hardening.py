@@ -389,6 +389,7 @@ def test_recipe_cache_follows_recipe_lock_and_targets(tmp_path: Path, monkeypatc
     assert load_recipe(path, store).where("targets[0]") == first.where("targets[0]")
     path.write_text(RECIPE.replace("q0f32", "q0f16"))
     assert load_recipe(path, store).quantizations == ("q0f16",)
+    assert len(list((store / "recipes").iterdir())) == 1, "one entry per recipe file"
     path.write_text(RECIPE.replace("q0f32", "q0f16x"))
     with pytest.raises(UserError, match="unknown quantization 'q0f16x'"):
         load_recipe(path, store)
@@ -399,10 +400,13 @@ def test_recipe_cache_follows_recipe_lock_and_targets(tmp_path: Path, monkeypatc
     targets.mkdir()
     monkeypatch.setenv("MLCBUILD_TARGETS_DIR", str(targets))
     assert cache.cache_key(path, path.read_bytes()) != key_with_lock
-    next(iter(entries)).write_text("{broken")
     monkeypatch.delenv("MLCBUILD_TARGETS_DIR")
     (tmp_path / "recipe.lock.json").unlink()
     assert load_recipe(path, store) == first
+    (entry,) = (store / "recipes").iterdir()
+    entry.write_text("{broken")
+    assert load_recipe(path, store) == first
+    assert json.loads(entry.read_text())["name"] == first.name
     (tmp_path / "model" / "config.json").unlink()
     with pytest.raises(UserError, match="no config.json in"):
         load_recipe(path, store)

@@ -110,9 +110,15 @@ def _still_valid(recipe: Recipe) -> bool:
     return recipe.source.path is None or (recipe.source.path / "config.json").is_file()
 
 
-def get(cache_dir: Path, key: str) -> Recipe | None:
+def _entry(cache_dir: Path, recipe_path: Path, key: str) -> Path:
+    """`recipes/<recipe id>-<key>.json`: the id lets a new entry replace the recipe's older ones."""
+    rid = hashlib.sha256(str(recipe_path.absolute()).encode()).hexdigest()[:16]
+    return cache_dir / FOLDER / f"{rid}-{key}.json"
+
+
+def get(cache_dir: Path, recipe_path: Path, key: str) -> Recipe | None:
     try:
-        data = json.loads((cache_dir / FOLDER / f"{key}.json").read_bytes())
+        data = json.loads(_entry(cache_dir, recipe_path, key).read_bytes())
         if data.get("format") != FORMAT:
             return None
         recipe = from_json(data)
@@ -121,11 +127,16 @@ def get(cache_dir: Path, key: str) -> Recipe | None:
     return recipe if _still_valid(recipe) else None
 
 
-def put(cache_dir: Path, key: str, recipe: Recipe) -> None:
-    """Best effort: a read-only or full cache only costs the next load a validation."""
+def put(cache_dir: Path, recipe_path: Path, key: str, recipe: Recipe) -> None:
+    """Store the entry and drop the recipe's older ones (one entry per recipe file). Best effort:
+    a read-only or full cache only costs the next load a validation."""
     from mlcbuild.store.cas import _atomic_write_bytes
 
+    entry = _entry(cache_dir, recipe_path, key)
     try:
-        _atomic_write_bytes(cache_dir / FOLDER / f"{key}.json", json.dumps(to_json(recipe), sort_keys=True).encode())
+        _atomic_write_bytes(entry, json.dumps(to_json(recipe), sort_keys=True).encode())
+        for old in entry.parent.glob(entry.name.split("-")[0] + "-*.json"):
+            if old != entry:
+                old.unlink(missing_ok=True)
     except OSError:
         pass

@@ -221,10 +221,10 @@ def load_recipe(path: Path | str, cache_dir: Path | str | None = None) -> Recipe
     from mlcbuild.recipe import cache
 
     key = cache.cache_key(file, raw)
-    recipe = cache.get(Path(cache_dir), key)
+    recipe = cache.get(Path(cache_dir), file, key)
     if recipe is None:
         recipe = _validate(file, shown, _decode(raw, shown))
-        cache.put(Path(cache_dir), key, recipe)
+        cache.put(Path(cache_dir), file, key, recipe)
     return recipe
 
 
