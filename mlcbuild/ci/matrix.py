@@ -39,7 +39,7 @@ def cell_nodes(graph: BuildGraph, cell: str) -> set[str]:
     """The nodes `--only CELL` asks for (their inputs come along); a UserError names the valid cells."""
     chosen = {n.id for n in graph.nodes.values() if cell_of(n) == cell}
     if not chosen:
-        from mlcbuild.recipe.suggest import unknown
+        from mlcbuild.suggest import unknown
 
         names = {c for c in map(cell_of, graph.nodes.values()) if c}
         raise UserError(unknown("cell", cell, names), field="--only")

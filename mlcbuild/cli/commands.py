@@ -149,8 +149,8 @@ def matrix_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.ci.matrix import FORMATS, check_unique, recipe_cells
     from mlcbuild.plan.revisions import pin_revisions
 
-    recipes = [load_recipe(p) for p in args.recipes]
     store = _store()
+    recipes = [load_recipe(p, store.root) for p in args.recipes]
     revisions = pin_revisions(recipes, frozen=args.frozen)
     options = PlanOptions(quantizations=tuple(args.quant), targets=tuple(args.target), revisions=revisions)
     planned = []
