@@ -142,28 +142,17 @@ def _split_variant(spec: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict
 
 
 def _target_data(file: Path) -> dict[str, Any]:
-    """A target file's YAML as data, cached as JSON by the file's bytes: a no-op build parses no YAML."""
-    import hashlib
+    """A target file's YAML as data, remembered by the file's stat: a no-op build parses no YAML."""
 
-    from mlcbuild.inputs import read_bytes
+    def parse() -> dict[str, Any]:
+        import yaml
 
-    raw = read_bytes(file, str(file), 1 << 20, what="target definition")
-    cached = _cache_file().with_name(f"target-{hashlib.sha256(raw).hexdigest()[:40]}.json")
-    try:
-        return json.loads(cached.read_text())
-    except (OSError, ValueError):
-        pass
-    import yaml
+        from mlcbuild.inputs import read_bytes
 
-    data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(cached)
-    except (OSError, TypeError, ValueError):
-        pass
-    return data
+        raw = read_bytes(file, str(file), 1 << 20, what="target definition")
+        return yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+
+    return remember("target-definitions", file, "", parse)
 
 
 @lru_cache(maxsize=None)
