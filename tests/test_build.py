@@ -238,7 +238,7 @@ def test_explain_names_the_changed_input(tmp_path: Path, cache: Path) -> None:
 def test_graph_formats(tmp_path: Path, cache: Path) -> None:
     recipe = write_recipe(tmp_path / "r", quantizations=["q0f32", "q4f16_1"])
     data = json.loads(mlcbuild("graph", str(recipe), "--format", "json", cache=cache).stdout)
-    assert len(data["nodes"]) == 7 and len(data["edges"]) == 6
+    assert len(data["nodes"]) == 8 and len(data["edges"]) == 6  # two downloads: all files, config+tokenizer
     mermaid = mlcbuild("graph", str(recipe), cache=cache).stdout
     assert mermaid.startswith("graph LR") and mermaid.count("-->") == 6
     assert "digraph" in mlcbuild("graph", str(recipe), "--format", "dot", cache=cache).stdout
