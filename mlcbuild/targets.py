@@ -1,4 +1,8 @@
-"""Target device definitions, loaded from `targets/*.yaml` (one file per target kind).
+"""Target device definitions: one YAML file per target kind.
+
+The built-in ones ship as package data (`mlcbuild/builtin_targets/*.yaml`, so a plain `pip install`
+has them); `./targets/*.yaml` then `$MLCBUILD_TARGETS_DIR` (os.pathsep-separated folders) add
+targets or replace a built-in one of the same name, later folders winning.
 
 A target names a TVM target kind, a host, an output suffix and the external tools needed to
 finish the artifact. Variants refine it (GPU arch, OS); a variant may override `host`, `suffix`,
@@ -21,7 +25,8 @@ from typing import Any, Callable, Mapping
 from mlcbuild.errors import UserError
 from mlcbuild.toolmemo import remember
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "targets"
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_targets"
+USER_DIR = Path("targets")
 
 VARIANT_KEYS = ("host", "suffix", "toolchain", "codegen", "description", "runner")
 """Keys of a variant that are not TVM target attributes."""
@@ -131,8 +136,9 @@ class ResolvedTarget:
 
 
 def targets_dirs() -> list[Path]:
-    extra = os.environ.get("MLCBUILD_TARGETS_DIR")
-    return [Path(extra)] if extra else [DEFAULT_DIR]
+    """Where target files are read from, lowest precedence first."""
+    extra = [Path(p) for p in os.environ.get("MLCBUILD_TARGETS_DIR", "").split(os.pathsep) if p]
+    return list(dict.fromkeys([BUILTIN_DIR, USER_DIR.resolve(), *extra]))
 
 
 def _split_variant(spec: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:

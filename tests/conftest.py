@@ -73,8 +73,6 @@ class _CompiledModels:
         return self._hf[family]
 
     def model_dir(self, family, quantization, overrides=None):
-        import json as _json
-
         from mlcbuild.steps.convert import convert_checkpoint
         from mlcbuild.steps.gen_config import build_config
 
@@ -89,7 +87,7 @@ class _CompiledModels:
                 "model_type": family,
             }
             config = build_config(self.hf_dir(family), out, params)
-            (out / "mlc-chat-config.json").write_text(_json.dumps(config, indent=2))
+            (out / "mlc-chat-config.json").write_bytes(config.dumps())
         return out
 
     def __call__(self, family, quantization, target="llvm"):

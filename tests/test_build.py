@@ -80,7 +80,7 @@ def test_build_layout_and_second_build_all_cached(tmp_path: Path, cache: Path) -
     assert (model_dir / "tensor-cache.json").is_file()
     assert (model_dir / "mlc-chat-config.json").is_file()
     assert (model_dir / "tokenizer.json").is_file()
-    assert (dist / "libs" / "tiny-q0f32-llvm.so").is_file()
+    assert (dist / "libs" / "tiny-q0f32-llvm-x86_64.so").is_file()
     assert set(statuses(recipe, cache).values()) == {"cached"}
     second = mlcbuild("build", str(recipe), cache=cache)
     assert second.returncode == 0 and "up to date" in second.stdout

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlcbuild.artifact.tensor_cache import load_tensor_cache
 from mlcbuild.errors import StepError
 from mlcbuild.steps.base import RunContext
 from mlcbuild.steps.convert import ConvertStep, convert_checkpoint
-from mlcbuild.weights.tensor_cache import TensorCacheWriter, load_tensor_cache
+from mlcbuild.weights.tensor_cache import TensorCacheWriter
 
 try:
     from tiny_models import make_tiny_gpt_neox, make_tiny_llama

@@ -158,7 +158,7 @@ def compiled(sources: dict[str, Path]) -> Callable[[str, str], Compiled]:
     from tvm import relax
 
     from mlcbuild.steps.convert import convert_checkpoint
-    from mlcbuild.weights.tensor_cache import load_tensor_cache
+    from mlcbuild.artifact.tensor_cache import load_tensor_cache
 
     cache: dict[tuple[str, str], Compiled] = {}
 

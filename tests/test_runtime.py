@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mlcbuild.artifact import ChatConfig
+from mlcbuild.recipe.model import TargetRef
 from mlcbuild.runtime import SamplingParams, TensorCacheIndex, WeightsMismatchError, check_weights
 from mlcbuild.runtime.sampling import sample_from_probs
 
@@ -23,14 +25,23 @@ META = {
 
 
 def _cache(tmp_path: Path, records: list[dict], metadata: dict | None = None) -> TensorCacheIndex:
-    recs = [{"format": "raw", "byteOffset": 0, "nbytes": 0, **r} for r in records]
-    data = {"metadata": metadata or {}, "records": [{"dataPath": "params_shard_0.bin", "format": "raw-shard", "nbytes": 0, "records": recs}]}
+    recs, offset = [], 0
+    for r in records:
+        nbytes = int(np.prod(r["shape"])) * np.dtype(r["dtype"]).itemsize
+        recs.append({"format": "raw", "byteOffset": offset, "nbytes": nbytes, **r})
+        offset += nbytes
+    shard = {"dataPath": "params_shard_0.bin", "format": "raw-shard", "nbytes": offset, "records": recs}
+    data = {"metadata": metadata or {}, "records": [shard]}
     (tmp_path / "tensor-cache.json").write_text(json.dumps(data))
     return TensorCacheIndex.read(tmp_path)
 
 
+def _config(model_type: str, quantization: str) -> ChatConfig:
+    return ChatConfig(model_type=model_type, quantization=quantization, model_config={})
+
+
 def test_matching_weights_pass(tmp_path: Path) -> None:
-    check_weights(META, _cache(tmp_path, [dict(p) for p in META["params"]]), {"model_type": "llama", "quantization": "q4f16_1"})
+    check_weights(META, _cache(tmp_path, [dict(p) for p in META["params"]]), _config("llama", "q4f16_1"))
 
 
 def test_missing_parameter_is_named(tmp_path: Path) -> None:
@@ -57,7 +68,7 @@ def test_config_and_cache_quantization_are_checked(tmp_path: Path) -> None:
     with pytest.raises(WeightsMismatchError, match="quantized as 'q3f16_1'"):
         check_weights(META, index)
     with pytest.raises(WeightsMismatchError, match="model_type='gpt_neox'"):
-        check_weights(META, _cache(tmp_path, [dict(p) for p in META["params"]]), {"model_type": "gpt_neox"})
+        check_weights(META, _cache(tmp_path, [dict(p) for p in META["params"]]), _config("gpt_neox", "q4f16_1"))
 
 
 def test_top_p_keeps_the_nucleus() -> None:
@@ -117,8 +128,10 @@ def test_run_recipe_generates_text_from_build_outputs(compiled_model, tmp_path: 
     shutil.copytree(built.model_dir, model_dir)
     _word_tokenizer(model_dir)
     (out / "libs").mkdir()
-    shutil.copy(built.lib, out / "libs" / "tiny-q0f32-llvm.so")
-    recipe = SimpleNamespace(name="tiny", quantizations=("q0f32",), output=out, path=tmp_path / "tiny.yaml")
+    shutil.copy(built.lib, out / "libs" / "tiny-q0f32-llvm-x86_64.so")
+    recipe = SimpleNamespace(
+        name="tiny", quantizations=("q0f32",), targets=(TargetRef("llvm"),), output=out, path=tmp_path / "tiny.yaml"
+    )
     text = run_recipe(recipe, "w5 w17 w99", max_tokens=5, temperature=0.0)
     words = text.split()
     assert 1 <= len(words) <= 5 and all(w.startswith("w") for w in words)

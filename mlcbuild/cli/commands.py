@@ -353,6 +353,8 @@ def run_cmd(args: argparse.Namespace) -> int:
         quantization=args.quant,
         target=args.target,
         temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
         device=args.device,
     )
     sys.stdout.write(text + "\n")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mlcbuild import __version__
 from mlcbuild.errors import MlcbuildError, redact
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -32,7 +34,7 @@ EXIT_CODES = f"""exit status:
 
 MATRIX_HELP = """One cell per target variant, plus one 'weights' cell (convert + gen-config, no toolchain,
 on ubuntu-latest). Each cell: a stable id (<recipe name>-<cell>), the runner labels its target needs
-(`runner:` in targets/*.yaml), the command that builds it (`mlcbuild build RECIPE --only CELL`) and the
+(`runner:` in the target definitions), the command that builds it (`mlcbuild build RECIPE --only CELL`) and the
 artifact paths it produces. Not split by quantization: a toolchain runner (GPU box, Mac) is the scarce
 resource and its setup costs minutes, so it builds every quantization of its target (-q narrows).
 A compile cell builds its own gen-config (config and tokenizer only) and downloads no weight file.
@@ -46,16 +48,72 @@ formats: json ({"cells": [...]}); github (strategy.matrix JSON with `include`, f
 gitlab (a child-pipeline YAML, one job per runner with `parallel: matrix`, tags = runner labels)."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (no nan, no inf)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = _finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and ≤ 1, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line (argparse would print the whole usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options every command accepts, before or after its name; after it, SUPPRESS keeps the one given before."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument("--cache-dir", type=Path, help="cache root (default: $MLCBUILD_CACHE_DIR or ./cache)", **default)
+    p.add_argument("--debug", action="store_true", help="show tracebacks", **default)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="mlcbuild",
         description="Declarative builds of MLC-LLM artifacts.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--cache-dir", type=Path, help="cache root (default: $MLCBUILD_CACHE_DIR or ./cache)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"mlcbuild {__version__}")
+    _global_options(p, suppress=False)
+    common = _Parser(add_help=False)
+    _global_options(common, suppress=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def subcommand(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
 
     def only(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--only", metavar="CELL", help="only one matrix cell: 'weights' or a target variant such as 'cuda-sm_90a'")
@@ -65,32 +123,35 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quant", action="append", default=[], help="only this quantization (repeatable)")
         sp.add_argument("--frozen", action="store_true", help="fail if the lock file would change")
 
-    b = sub.add_parser(
+    b = subcommand(
         "build",
         help="build recipes (only what changed)",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("recipes", nargs="+", type=Path)
+    b.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     selection(b)
     only(b)
-    b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    b.add_argument(
+        "-j", "--jobs", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+        help="run up to N steps at once (default: the number of CPUs)",
+    )
     b.add_argument("--dry-run", action="store_true", help="show what would run")
     b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
 
-    pl = sub.add_parser("plan", help="every node: key, cached or why it will run")
-    pl.add_argument("recipes", nargs="+", type=Path)
+    pl = subcommand("plan", help="every node: key, cached or why it will run")
+    pl.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     selection(pl)
     only(pl)
 
-    m = sub.add_parser(
+    m = subcommand(
         "matrix",
         help="CI matrix: one cell per target variant plus 'weights', with runner, command, artifacts",
         description=MATRIX_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m.add_argument("recipes", nargs="+", type=Path)
+    m.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     selection(m)
     m.add_argument("--format", choices=["github", "gitlab", "json"], default="json")
     m.add_argument("--affected", action="store_true", help="only cells with a node whose key has no result in the remote cache")
@@ -99,38 +160,46 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="the shared cache --affected asks (default: $MLCBUILD_REMOTE, else the local cache); a cache folder for now",
     )
-    m.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="--affected: parallel gen-config runs")
+    m.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1, metavar="N", help="--affected: parallel gen-config runs")
 
-    e = sub.add_parser("explain", help="which input of a node changed since its cached build")
-    e.add_argument("recipe", type=Path)
+    e = subcommand("explain", help="which input of a node changed since its cached build")
+    e.add_argument("recipe", type=Path, help="recipe file (YAML)")
     e.add_argument("node", help="node id prefix or part of its label, e.g. 'compile' or 'q4f16_1 llvm'")
     selection(e)
 
-    g = sub.add_parser("graph", help="print the build graph")
-    g.add_argument("recipes", nargs="+", type=Path)
+    g = subcommand("graph", help="print the build graph")
+    g.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     g.add_argument("--format", choices=["mermaid", "dot", "json"], default="mermaid")
     selection(g)
 
-    c = sub.add_parser("cache", help="inspect and maintain the cache")
+    c = subcommand("cache", help="inspect and maintain the cache")
     c.add_argument("action", choices=["ls", "du", "gc", "verify"])
     c.add_argument("--keep", nargs="*", type=Path, default=None, help="gc: keep only results these recipes use")
     c.add_argument("--older-than", type=float, default=None, help="gc: drop results older than N days")
     c.add_argument("--repair", action="store_true", help="verify: delete corrupt objects")
 
-    lk = sub.add_parser("lock", help="pin each HF revision to its commit sha")
-    lk.add_argument("recipes", nargs="+", type=Path)
+    lk = subcommand("lock", help="pin each HF revision to its commit sha")
+    lk.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     lk.add_argument("--check", action="store_true", help="fail if the lock file would change")
 
-    sub.add_parser("targets", help="which targets this machine can build, and why not")
+    subcommand("targets", help="which targets this machine can build, and why not")
 
-    r = sub.add_parser("run", help="load a built artifact and generate text")
-    r.add_argument("recipe", type=Path)
-    r.add_argument("--prompt", default="Hello")
-    r.add_argument("--max-tokens", type=int, default=32)
-    r.add_argument("--temperature", type=float, default=None)
-    r.add_argument("-q", "--quant", default=None)
-    r.add_argument("-t", "--target", default="llvm")
-    r.add_argument("--device", default=None)
+    r = subcommand("run", help="load a built artifact and generate text")
+    r.add_argument("recipe", type=Path, help="the recipe whose build outputs to load")
+    r.add_argument("--prompt", default="Hello", help="text to continue (default: %(default)r)")
+    r.add_argument("--max-tokens", type=positive_int, default=32, metavar="N", help="generate at most N tokens (default: %(default)s)")
+    r.add_argument(
+        "--temperature", type=non_negative_float, default=None,
+        help="sampling temperature, 0 = greedy (default: the config's temperature)",
+    )
+    r.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1] (default: the config's top_p)")
+    r.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
+    r.add_argument("-q", "--quant", default=None, help="which quantization to load (default: the recipe's first)")
+    r.add_argument(
+        "-t", "--target", default=None,
+        help="which target's library to load, name[:variant] (default: llvm if the recipe builds it, else its first target)",
+    )
+    r.add_argument("--device", default=None, help="device to run on, e.g. cpu, cuda:0 (default: from the target)")
     return p
 
 

@@ -8,33 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from mlcbuild.models.config_base import OVERRIDABLE
-
-ARCH_FIELDS = ("model_type", "quantization", "model_config", *OVERRIDABLE)
-"""Fields of mlc-chat-config.json that shape the compiled library (the compile key's view)."""
-
-
-def architecture_view(chat_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of mlc-chat-config.json compile depends on; sampling fields and templates excluded."""
-    return {k: chat_config.get(k) for k in ARCH_FIELDS}
-
-
-def _runtime_size(chat_config: Mapping[str, Any], name: str, default: int) -> int:
-    model_config = chat_config.get("model_config") or {}
-    value = model_config.get(name, chat_config.get(name))
-    return int(default if value is None else value)
-
-
-def runtime_sizes(chat_config: Mapping[str, Any]) -> dict[str, int]:
-    """context/prefill/sliding/sink/tp/batch sizes, model_config first (it is what the model saw)."""
-    return {
-        "context_window_size": _runtime_size(chat_config, "context_window_size", -1),
-        "prefill_chunk_size": _runtime_size(chat_config, "prefill_chunk_size", -1),
-        "sliding_window_size": _runtime_size(chat_config, "sliding_window_size", -1),
-        "attention_sink_size": _runtime_size(chat_config, "attention_sink_size", 0),
-        "tensor_parallel_shards": _runtime_size(chat_config, "tensor_parallel_shards", 1),
-        "max_batch_size": _runtime_size(chat_config, "max_batch_size", 1),
-    }
+from mlcbuild.artifact import ChatConfig
 
 
 def kv_cache_dims(model_config: Mapping[str, Any], config_obj: Any = None) -> dict[str, int]:
@@ -73,7 +47,7 @@ def _dim(d: Any) -> int | str:
 
 
 def make_metadata(
-    chat_config: Mapping[str, Any],
+    chat_config: Mapping[str, Any] | ChatConfig,
     named_params: Iterable[tuple[str, Any]],
     *,
     config_obj: Any = None,
@@ -81,16 +55,16 @@ def make_metadata(
     tvm_version: str | None = None,
 ) -> dict[str, Any]:
     """Everything but memory_usage (known only after memory planning)."""
-    sizes = runtime_sizes(chat_config)
+    config = chat_config if isinstance(chat_config, ChatConfig) else ChatConfig.from_json(chat_config)
     return {
-        "model_type": chat_config["model_type"],
-        "quantization": chat_config["quantization"],
-        **sizes,
+        "model_type": config.model_type,
+        "quantization": config.quantization,
+        **config.model_sizes().to_json(),
         "pipeline_parallel_stages": 1,
         "disaggregation": False,
         "kv_state_kind": "kv_cache",
-        "kv_cache": kv_cache_dims(chat_config.get("model_config") or {}, config_obj),
-        "vocab_size": int((chat_config.get("model_config") or {}).get("vocab_size") or chat_config.get("vocab_size") or 0),
+        "kv_cache": kv_cache_dims(config.model_config, config_obj),
+        "vocab_size": int(config.model_config.get("vocab_size") or config.vocab_size or 0),
         "params": param_entries(named_params),
         "memory_usage": {},
         "mlcbuild": {"target": dict(target or {}), "apache_tvm": tvm_version},

@@ -9,19 +9,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
+from mlcbuild.artifact.chat_config import RUNTIME_SIZE_FIELDS
 from mlcbuild.errors import Location, UserError, describe
 
 C = TypeVar("C", bound="ModelConfigBase")
-
-OVERRIDABLE = (
-    "context_window_size",
-    "prefill_chunk_size",
-    "sliding_window_size",
-    "attention_sink_size",
-    "tensor_parallel_shards",
-    "max_batch_size",
-)
-"""Fields a recipe's `overrides` may set on the model config (other override keys are ignored here)."""
 
 
 @dataclass
@@ -53,7 +44,8 @@ class ModelConfigBase:
             raise UserError(f"model_config does not fit {cls.__name__}: {exc}") from None
 
     def apply_overrides(self, overrides: Mapping[str, Any]) -> None:
-        for key in OVERRIDABLE:
+        """The runtime sizes a recipe's `overrides` set (other override keys are not model fields)."""
+        for key in RUNTIME_SIZE_FIELDS:
             value = overrides.get(key)
             if value is not None:
                 setattr(self, key, int(value))

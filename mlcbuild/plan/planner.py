@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from mlcbuild.artifact.layout import lib_path, model_dir
 from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
-from mlcbuild.plan.layout import lib_path, model_dir
-from mlcbuild.recipe.model import Recipe, TargetRef
+from mlcbuild.recipe.model import Recipe
 from mlcbuild.steps import get_step
 from mlcbuild.steps.compile import resolve_options
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import tree_digest
-from mlcbuild.targets import load_targets
+from mlcbuild.targets import resolve_target
 
 
 @dataclass
@@ -51,12 +51,6 @@ def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[No
     full = {"repo": src.hf, "revision": revision, "allow_patterns": list(DEFAULT_PATTERNS)}
     meta = {"repo": src.hf, "revision": revision, "allow_patterns": list(META_PATTERNS)}
     return Node.make("download", full, {}, label), Node.make("download", meta, {}, f"{label} (config, tokenizer)")
-
-
-def _target_params(ref: TargetRef) -> dict[str, Any]:
-    from mlcbuild.targets import target_params
-
-    return target_params(ref.name, ref.variant)
 
 
 def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str) -> list[Any]:
@@ -101,7 +95,8 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
             graph.artifacts.append(Artifact(convert.id, folder))
             graph.artifacts.append(Artifact(gen_config.id, folder))
             for ref in _selected(recipe.targets, options.targets, "target"):
-                target = _target_params(ref)
+                resolved = resolve_target(ref.name, ref.variant)
+                target = resolved.params()
                 compile_options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
                 compile_node = graph.add(
                     Node.make(
@@ -111,9 +106,8 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                         f"compile {recipe.name} {quant} {ref.id}",
                     )
                 )
-                suffix = target["suffix"]
-                lib = lib_path(recipe, quant, ref, suffix)
-                graph.artifacts.append(Artifact(compile_node.id, lib.parent, rename={f"lib.{suffix}": lib.name}))
+                lib = lib_path(recipe, quant, resolved)
+                graph.artifacts.append(Artifact(compile_node.id, lib.parent, rename={f"lib.{resolved.suffix}": lib.name}))
     for node in graph.topological():
         if check is not None:
             check(node)

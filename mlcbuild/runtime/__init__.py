@@ -7,13 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcbuild.errors import UserError
-from mlcbuild.runtime.loader import TensorCacheIndex, WeightsMismatchError, check_weights
+from mlcbuild.artifact.tensor_cache import TensorCacheIndex
+from mlcbuild.errors import Location, UserError
+from mlcbuild.runtime.loader import WeightsMismatchError, check_weights
 from mlcbuild.runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from mlcbuild.recipe.model import Recipe
     from mlcbuild.runtime.engine import Engine
+    from mlcbuild.targets import ResolvedTarget
 
 
 def __getattr__(name: str) -> Any:
@@ -24,19 +26,43 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def artifact_paths(recipe: "Recipe", quantization: str | None = None, target: str = "llvm") -> tuple[Path, Path]:
+def recipe_target(recipe: "Recipe", target: str | None = None) -> "ResolvedTarget":
+    """The recipe's target that `target` (`cuda`, `cuda:sm_90a`; default llvm, else the first) names.
+
+    `cuda` and `cuda:sm_90a` are the same target when sm_90a is cuda's default variant; a target the
+    recipe does not build is a UserError listing the ones it does.
+    """
+    from mlcbuild.targets import resolve_target
+
+    built = [resolve_target(ref.name, ref.variant) for ref in recipe.targets]
+    if not built:
+        raise UserError("the recipe builds no model library (targets is empty)", Location(recipe.path), field="targets")
+    if target is None:
+        return next((t for t in built if t.name == "llvm"), built[0])
+    name, _, variant = target.partition(":")
+    same = [t for t in built if t.name == name]
+    if variant or not same:
+        match = [t for t in same if t.variant == variant]
+    else:
+        default = resolve_target(name).variant
+        match = [t for t in same if t.variant == default] or (same if len(same) == 1 else [])
+    if match:
+        return match[0]
+    have = ", ".join(str(ref) for ref in recipe.targets)
+    raise UserError(f"the recipe has no target {target} (it has: {have})", Location(recipe.path), field="targets")
+
+
+def artifact_paths(recipe: "Recipe", quantization: str | None = None, target: str | None = None) -> tuple[Path, Path]:
     """(model folder, library path) where `mlcbuild build` puts a recipe's outputs."""
-    from mlcbuild.plan.layout import lib_path, model_dir
-    from mlcbuild.recipe.model import TargetRef
-    from mlcbuild.targets import target_params
+    from mlcbuild.artifact.layout import lib_path, model_dir
 
     quant = quantization or recipe.quantizations[0]
     if quant not in recipe.quantizations:
-        raise UserError(f"quantization {quant} is not in the recipe (it has: {', '.join(recipe.quantizations)})")
-    name, _, variant = target.partition(":")
-    ref = TargetRef(name, variant or None)
+        have = ", ".join(recipe.quantizations)
+        raise UserError(f"the recipe has no quantization {quant} (it has: {have})", Location(recipe.path), field="quantizations")
+    resolved = recipe_target(recipe, target)
     folder = model_dir(recipe, quant)
-    lib = lib_path(recipe, quant, ref, target_params(name, variant or None)["suffix"])
+    lib = lib_path(recipe, quant, resolved)
     for path in (folder, lib):
         if not path.exists():
             raise UserError(f"{path} does not exist; run `mlcbuild build {recipe.path}` first")
@@ -53,7 +79,7 @@ def run_recipe(
     prompt: str,
     max_tokens: int = 32,
     quantization: str | None = None,
-    target: str = "llvm",
+    target: str | None = None,
     temperature: float | None = None,
     device: str | None = None,
     top_p: float | None = None,
@@ -62,8 +88,8 @@ def run_recipe(
     """Generate a continuation of `prompt` with a recipe's built artifacts (for `mlcbuild run`)."""
     from mlcbuild.runtime.engine import Engine
 
-    model_dir, lib = artifact_paths(recipe, quantization, target or "llvm")
-    engine = Engine.load(model_dir, lib, device=device or default_device(target or "llvm"))
+    model_dir, lib = artifact_paths(recipe, quantization, target)
+    engine = Engine.load(model_dir, lib, device=device or default_device(recipe_target(recipe, target).name))
     defaults = engine.sampling_defaults()
     sampling = SamplingParams(
         temperature=defaults.temperature if temperature is None else float(temperature),
@@ -80,5 +106,6 @@ __all__ = [
     "WeightsMismatchError",
     "artifact_paths",
     "check_weights",
+    "recipe_target",
     "run_recipe",
 ]

@@ -6,18 +6,16 @@ advanced through the `vm.builtin.kv_state_*` functions — so a library that wor
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from mlcbuild.errors import UserError
 from mlcbuild.runtime.loader import (
-    CHAT_CONFIG,
-    TensorCacheIndex,
     WeightsMismatchError,
     check_weights,
     load_params,
+    open_model_folder,
     read_library_metadata,
 )
 from mlcbuild.runtime.sampling import SamplingParams, sample_from_probs
@@ -69,20 +67,14 @@ class Engine:
         weights = Path(weights_dir) if weights_dir else model_dir
         if not lib_path.exists():
             raise UserError(f"{lib_path}: model library not found")
-        config_path = model_dir / CHAT_CONFIG
-        chat_config = json.loads(config_path.read_text()) if config_path.exists() else {}
-        index = TensorCacheIndex.read(weights)
+        folder = open_model_folder(model_dir, weights)
         dev = _device(device)
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
         metadata = read_library_metadata(vm)
-        check_weights(metadata, index, chat_config or None, lib_name=lib_path.name)
-        params = load_params(metadata, index, dev)
-        tokenizer = None
-        if (model_dir / "tokenizer.json").exists():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        return cls(vm=vm, device=dev, metadata=metadata, params=params, chat_config=chat_config, tokenizer=tokenizer)
+        check_weights(metadata, folder.index, folder.config, lib_name=lib_path.name)
+        params = load_params(metadata, folder.index, dev)
+        chat_config = folder.config.to_json() if folder.config else {}
+        return cls(vm=vm, device=dev, metadata=metadata, params=params, chat_config=chat_config, tokenizer=folder.tokenizer)
 
     # --- sizes -------------------------------------------------------------------------------
 

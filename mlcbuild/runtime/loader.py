@@ -11,57 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mlcbuild.errors import UserError
-
-TENSOR_CACHE = "tensor-cache.json"
-CHAT_CONFIG = "mlc-chat-config.json"
+from mlcbuild.artifact import CHAT_CONFIG, TENSOR_CACHE, TOKENIZER_JSON, ChatConfig
+from mlcbuild.artifact.tensor_cache import TensorCacheIndex, TensorRecord
+from mlcbuild.errors import Location, UserError
 
 
 class WeightsMismatchError(UserError):
     """The weights (or config) do not belong to the model library."""
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    shard: str
-    offset: int
-    nbytes: int
-    format: str = "raw"
-
-
-@dataclass(frozen=True)
-class TensorCacheIndex:
-    """The parsed `tensor-cache.json`: records by name in file order, plus its metadata."""
-
-    folder: Path
-    records: dict[str, TensorRecord]
-    metadata: Mapping[str, Any]
-
-    @classmethod
-    def read(cls, folder: Path) -> "TensorCacheIndex":
-        path = Path(folder) / TENSOR_CACHE
-        if not path.exists():
-            raise WeightsMismatchError(f"{path}: no {TENSOR_CACHE} (is this a converted weights folder?)")
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise WeightsMismatchError(f"{path}: not valid JSON ({exc})") from None
-        records: dict[str, TensorRecord] = {}
-        for shard in data.get("records", []):
-            for rec in shard.get("records", []):
-                records[rec["name"]] = TensorRecord(
-                    name=rec["name"],
-                    shape=tuple(int(d) for d in rec["shape"]),
-                    dtype=str(rec["dtype"]),
-                    shard=shard["dataPath"],
-                    offset=int(rec["byteOffset"]),
-                    nbytes=int(rec["nbytes"]),
-                    format=str(rec.get("format", "raw")),
-                )
-        return cls(Path(folder), records, data.get("metadata") or {})
 
 
 def _fmt(dtype: str, shape: Sequence[Any]) -> str:
@@ -71,17 +27,17 @@ def _fmt(dtype: str, shape: Sequence[Any]) -> str:
 def check_weights(
     metadata: Mapping[str, Any],
     index: TensorCacheIndex,
-    chat_config: Mapping[str, Any] | None = None,
+    chat_config: ChatConfig | None = None,
     lib_name: str = "model library",
 ) -> None:
     """Raise WeightsMismatchError naming the first difference between a library and its weights."""
     where = f"{lib_name} vs {index.folder}"
     lib_quant = metadata.get("quantization")
     if chat_config is not None:
-        for key in ("model_type", "quantization"):
-            if key in chat_config and key in metadata and chat_config[key] != metadata[key]:
+        for key, value in (("model_type", chat_config.model_type), ("quantization", chat_config.quantization)):
+            if key in metadata and value != metadata[key]:
                 raise WeightsMismatchError(
-                    f"{where}: {CHAT_CONFIG} says {key}={chat_config[key]!r} but the library was built for {metadata[key]!r}"
+                    f"{where}: {CHAT_CONFIG} says {key}={value!r} but the library was built for {metadata[key]!r}"
                 )
     cache_quant = index.metadata.get("quantization")
     if cache_quant is not None and lib_quant is not None and cache_quant != lib_quant:
@@ -126,7 +82,7 @@ def load_params(metadata: Mapping[str, Any], index: TensorCacheIndex, device: An
         by_shard.setdefault(rec.shard, []).append((i, rec))
     out: list[Any] = [None] * len(order)
     for shard, recs in by_shard.items():
-        raw = (index.folder / shard).read_bytes()
+        raw = index.read_shard(shard)
         for i, rec in recs:
             buf = raw[rec.offset : rec.offset + rec.nbytes]
             if rec.dtype == "bfloat16":
@@ -145,4 +101,45 @@ def read_library_metadata(vm: Any) -> dict[str, Any]:
         fn = vm["_metadata"]
     except (AttributeError, KeyError, RuntimeError, ValueError) as exc:
         raise WeightsMismatchError(f"the model library has no _metadata function ({exc})") from None
-    return json.loads(str(fn()))
+    try:
+        metadata = json.loads(str(fn()))
+    except ValueError as exc:
+        raise WeightsMismatchError(f"the model library's _metadata is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise WeightsMismatchError("the model library's _metadata is not a JSON object")
+    return metadata
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder's config, weights index and tokenizer, each checked (md5s included)."""
+
+    config: ChatConfig | None
+    index: TensorCacheIndex
+    tokenizer: Any
+
+
+def open_model_folder(model_dir: Path, weights_dir: Path | None = None) -> ModelFolder:
+    """Everything a run reads besides the library, checked before TVM is touched; one line per problem."""
+    config_path = model_dir / CHAT_CONFIG
+    config = ChatConfig.read(config_path) if config_path.exists() else None
+    index = TensorCacheIndex.read(weights_dir or model_dir)
+    index.verify()
+    tokenizer_path = model_dir / TOKENIZER_JSON
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path.exists() or tokenizer_path.is_symlink() else None
+    return ModelFolder(config, index, tokenizer)
+
+
+def load_tokenizer(path: Path) -> Any:
+    """A HF `tokenizers.Tokenizer` from tokenizer.json; garbage is one line naming the file."""
+    from tokenizers import Tokenizer
+
+    from mlcbuild.artifact.names import MAX_JSON_BYTES
+    from mlcbuild.inputs import read_bytes
+
+    raw = read_bytes(path, str(path), MAX_JSON_BYTES, what=path.name)
+    try:
+        return Tokenizer.from_str(raw.decode("utf-8"))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"not a valid tokenizer ({reason})", Location(path)) from None

@@ -7,16 +7,13 @@ Importing this module must not import TVM (planning computes keys with it).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, ClassVar, Mapping
 
-from mlcbuild.compiler.metadata import ARCH_FIELDS, architecture_view
+from mlcbuild.artifact import CHAT_CONFIG, ChatConfig
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
 from mlcbuild.targets import TOOLCHAIN_PREFIX, ResolvedTarget, check_resolved, tvm_version
-
-CONFIG_FILE = "mlc-chat-config.json"
 
 
 def _target(params: Mapping[str, JSON]) -> ResolvedTarget:
@@ -76,25 +73,25 @@ class CompileStep(Step):
         return fingerprint
 
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
-        if role != "config" or CONFIG_FILE not in manifest.files:
+        if role != "config" or CHAT_CONFIG not in manifest.files:
             return manifest.digest
-        return {"mlc-chat-config.json": architecture_view(json.loads(read(CONFIG_FILE)))}
+        return {CHAT_CONFIG: ChatConfig.loads(read(CHAT_CONFIG), CHAT_CONFIG).architecture()}
 
     def run(self, ctx: RunContext) -> None:
         from mlcbuild.compiler.build import build_model_lib
         from mlcbuild.compiler.options import CompileOptions
 
-        config_path = ctx.inputs["config"] / CONFIG_FILE
+        config_path = ctx.inputs["config"] / CHAT_CONFIG
         if not config_path.exists():
-            raise StepError(f"compile: {CONFIG_FILE} missing from the gen-config output")
-        chat_config = json.loads(config_path.read_text())
+            raise StepError(f"compile: {CHAT_CONFIG} missing from the gen-config output")
+        chat_config = ChatConfig.read(config_path)
         quant = ctx.params.get("quantization")
-        if quant and chat_config.get("quantization") != quant:
+        if quant and chat_config.quantization != quant:
             raise StepError(
-                f"compile: {CONFIG_FILE} is for quantization {chat_config.get('quantization')!r}, node asks {quant!r}"
+                f"compile: {CHAT_CONFIG} is for quantization {chat_config.quantization!r}, node asks {quant!r}"
             )
         build_model_lib(
-            {k: chat_config.get(k) for k in ARCH_FIELDS},
+            chat_config.architecture(),
             _target(ctx.params),
             CompileOptions.from_json(ctx.params.get("options")),
             ctx.out,

@@ -8,54 +8,32 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+from mlcbuild.artifact import (
+    CHAT_CONFIG,
+    RUNTIME_SIZE_FIELDS,
+    TOKENIZER_FILES,
+    TOKENIZER_JSON,
+    ChatConfig,
+    RuntimeSizes,
+    Sampling,
+    TokenIds,
+    TokenizerInfo,
+)
 from mlcbuild.errors import StepError, UserError
-from mlcbuild.models.config_base import OVERRIDABLE
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.steps.download import is_weight_file
 from mlcbuild.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = "0.1.0"
-CONFIG_FILE = "mlc-chat-config.json"
-
-TOKENIZER_FILES: tuple[str, ...] = (
-    "tokenizer.model",
-    "tokenizer.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
-"""MLC's list and order, plus special_tokens_map.json so HF tokenizers load from the output alone."""
-
-ARCH_OVERRIDES: tuple[str, ...] = OVERRIDABLE
-"""Override keys that shape the compiled model: they land in model_config (and so in compile's key)."""
-
-SAMPLING_DEFAULTS: dict[str, float] = {
-    "temperature": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "repetition_penalty": 1.0,
-    "top_p": 1.0,
-}
-TOKEN_ID_DEFAULTS: dict[str, int] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-OVERRIDE_KEYS: frozenset[str] = frozenset(ARCH_OVERRIDES) | frozenset(SAMPLING_DEFAULTS) | frozenset(TOKEN_ID_DEFAULTS)
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """How MLC's runtime post-processes tokens; detected from tokenizer.json like MLC does."""
-
-    token_postproc_method: str = "byte_fallback"
-    prepend_space_in_encode: bool = False
-    strip_space_in_decode: bool = False
+SAMPLING_DEFAULTS: dict[str, float] = Sampling().to_json()
+TOKEN_ID_DEFAULTS: dict[str, int] = TokenIds().to_json()
+OVERRIDE_KEYS: frozenset[str] = frozenset(RUNTIME_SIZE_FIELDS) | frozenset(SAMPLING_DEFAULTS) | frozenset(TOKEN_ID_DEFAULTS)
 
 
 def _components(node: Any, list_key: str) -> list[dict]:
@@ -106,8 +84,8 @@ def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
 
 
 def _number(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{key} must be a number, got {value!r}", field=where)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value!r}", field=where)
     return float(value)
 
 
@@ -137,11 +115,6 @@ def resolve_generation_fields(
     return out
 
 
-def dumps(config: Mapping[str, Any]) -> bytes:
-    """Stable bytes: sorted keys, two-space indent, UTF-8, trailing newline."""
-    return (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 class GenConfigStep(Step):
     kind: ClassVar[str] = "gen-config"
     version: ClassVar[str] = "1"
@@ -167,8 +140,8 @@ class GenConfigStep(Step):
         source = Path(ctx.inputs["source"])
         self.check(ctx.params)
         config = build_config(source, ctx.out, ctx.params)
-        (ctx.out / CONFIG_FILE).write_bytes(dumps(config))
-        ctx.progress(1.0, CONFIG_FILE)
+        (ctx.out / CHAT_CONFIG).write_bytes(config.dumps())
+        ctx.progress(1.0, CHAT_CONFIG)
 
 
 def _conv_template(spec: Any) -> dict[str, Any]:
@@ -184,7 +157,7 @@ def _conv_template(spec: Any) -> dict[str, Any]:
     raise UserError(f"conv_template must be a template name, got {spec!r}", field="conv_template")
 
 
-def build_config(source: Path, out: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+def build_config(source: Path, out: Path, params: Mapping[str, Any]) -> ChatConfig:
     """Write tokenizer files into `out` and return the mlc-chat-config.json object."""
     from mlcbuild.models import detect_model_type, get_family
 
@@ -193,37 +166,31 @@ def build_config(source: Path, out: Path, params: Mapping[str, Any]) -> dict[str
     generation_config = _read_json(source / "generation_config.json")
     model_type = params.get("model_type") or detect_model_type(hf_config)
     family = get_family(str(model_type))
-    arch = {k: overrides[k] for k in ARCH_OVERRIDES if overrides.get(k) is not None}
+    arch = {k: overrides[k] for k in RUNTIME_SIZE_FIELDS if overrides.get(k) is not None}
     model_config = family.config_from_hf(hf_config, arch)
     mc = model_config.to_json()
     for key, value in arch.items():
         mc[key] = int(value)
 
     tokenizer_files = copy_tokenizer_files(source, out)
-    tokenizer_json = _read_json(out / "tokenizer.json") if "tokenizer.json" in tokenizer_files else None
+    tokenizer_json = _read_json(out / TOKENIZER_JSON) if TOKENIZER_JSON in tokenizer_files else None
     if tokenizer_json:
         _check_added_tokens(tokenizer_json)
     vocab_size = int(mc.get("vocab_size") or hf_config.get("vocab_size") or 0)
-    config: dict[str, Any] = {
-        "version": CONFIG_VERSION,
-        "model_type": family.name,
-        "quantization": params["quantization"],
-        "model_config": mc,
-        "vocab_size": vocab_size,
-        "active_vocab_size": _active_vocab_size(out, tokenizer_json) or vocab_size,
-        "context_window_size": int(mc.get("context_window_size", -1)),
-        "sliding_window_size": int(mc.get("sliding_window_size", -1)),
-        "prefill_chunk_size": int(mc.get("prefill_chunk_size", -1)),
-        "attention_sink_size": int(mc.get("attention_sink_size", -1)),
-        "tensor_parallel_shards": int(mc.get("tensor_parallel_shards", 1)),
-        "pipeline_parallel_stages": 1,
-        "max_batch_size": int(mc.get("max_batch_size", 1)),
-        "tokenizer_files": tokenizer_files,
-        "tokenizer_info": asdict(detect_tokenizer_info(tokenizer_json)),
-        "conv_template": _conv_template(params.get("conv_template")),
-        **resolve_generation_fields(overrides, generation_config, hf_config),
-    }
-    return config
+    generation = resolve_generation_fields(overrides, generation_config, hf_config)
+    return ChatConfig(
+        model_type=family.name,
+        quantization=params["quantization"],
+        model_config=mc,
+        vocab_size=vocab_size,
+        active_vocab_size=_active_vocab_size(out, tokenizer_json) or vocab_size,
+        sizes=RuntimeSizes(**{k: int(mc[k]) for k in RUNTIME_SIZE_FIELDS if k in mc}),
+        tokenizer_files=tuple(tokenizer_files),
+        tokenizer_info=detect_tokenizer_info(tokenizer_json),
+        conv_template=_conv_template(params.get("conv_template")),
+        sampling=Sampling(**{k: generation[k] for k in SAMPLING_DEFAULTS}),
+        token_ids=TokenIds(**{k: generation[k] for k in TOKEN_ID_DEFAULTS}),
+    )
 
 
 def copy_tokenizer_files(source: Path, out: Path) -> list[str]:
@@ -233,8 +200,8 @@ def copy_tokenizer_files(source: Path, out: Path) -> list[str]:
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
             copied.append(name)
-    if "tokenizer.model" in copied and "tokenizer.json" not in copied and _convert_sentencepiece(source, out):
-        copied.append("tokenizer.json")
+    if "tokenizer.model" in copied and TOKENIZER_JSON not in copied and _convert_sentencepiece(source, out):
+        copied.append(TOKENIZER_JSON)
     return copied
 
 
@@ -244,7 +211,7 @@ def _convert_sentencepiece(source: Path, out: Path) -> bool:
         from transformers import AutoTokenizer
 
         fast = AutoTokenizer.from_pretrained(str(source), use_fast=True)
-        fast.backend_tokenizer.save(str(out / "tokenizer.json"))
+        fast.backend_tokenizer.save(str(out / TOKENIZER_JSON))
         return True
     except Exception as exc:
         log.warning("could not convert tokenizer.model to tokenizer.json (%s); keeping tokenizer.model only", exc)
@@ -273,7 +240,7 @@ def _active_vocab_size(out: Path, tokenizer_json: Mapping[str, Any] | None) -> i
     except ImportError:
         return None
     try:
-        return Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+        return Tokenizer.from_file(str(out / TOKENIZER_JSON)).get_vocab_size(with_added_tokens=True)
     except Exception as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise StepError(f"tokenizer.json: not a tokenizer the `tokenizers` library can load ({first})") from None

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mlcbuild.store.manifest import sha256_json
 
@@ -26,9 +26,18 @@ PIPELINE_MIN_BYTES = 16 << 20
 
 
 def sha256_file(path: Path | str) -> str:
-    """sha256 of a file. Large files are read on a helper thread while this one hashes, so a cold
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: Path | str) -> str:
+    """MLC's shard checksum (tensor-cache.json's md5sum)."""
+    return file_digest(path, "md5")
+
+
+def file_digest(path: Path | str, algorithm: str) -> str:
+    """A file's digest. Large files are read on a helper thread while this one hashes, so a cold
     read and the hashing overlap (both release the GIL)."""
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm)
     with open(path, "rb", buffering=0) as f:
         if os.fstat(f.fileno()).st_size < PIPELINE_MIN_BYTES:
             buf = bytearray(CHUNK)
@@ -69,13 +78,18 @@ def sha256_file(path: Path | str) -> str:
 
 def sha256_files(paths: Sequence[Path | str], workers: int | None = None) -> list[str]:
     """Digests of several files, hashed concurrently (a checkpoint's shards in parallel)."""
+    return file_digests(paths, sha256_file, workers)
+
+
+def file_digests(paths: Sequence[Path | str], hash_file: Callable[[Path | str], str], workers: int | None = None) -> list[str]:
+    """`hash_file` of each path, on a few threads (hashlib and reads release the GIL)."""
     if len(paths) <= 1:
-        return [sha256_file(p) for p in paths]
+        return [hash_file(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
 
     workers = min(len(paths), workers or os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
-        return list(pool.map(sha256_file, paths))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+        return list(pool.map(hash_file, paths))
 
 
 def _signature(st: os.stat_result) -> list[int]:
@@ -89,14 +103,18 @@ class StatIndex:
     path: Path
     entries: dict[str, list]
     dirty: bool = False
+    hash_file: Callable[[Path], str] | None = None
+    """None = sha256; md5 for MLC's shard checksums."""
 
     @classmethod
-    def open(cls, path: Path) -> "StatIndex":
+    def open(cls, path: Path, hash_file: Callable[[Path], str] | None = None) -> "StatIndex":
         try:
             entries = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             entries = {}
-        return cls(path, entries)
+        if not isinstance(entries, dict):
+            entries = {}
+        return cls(path, entries, hash_file=hash_file)
 
     def digest(self, file: Path) -> tuple[str, int]:
         return self.digests([file])[0]
@@ -114,7 +132,9 @@ class StatIndex:
             else:
                 misses.append(i)
         now = time.time_ns()
-        for i, digest in zip(misses, sha256_files([resolved[i] for i in misses])):
+        todo = [resolved[i] for i in misses]
+        digests = file_digests(todo, self.hash_file) if self.hash_file else sha256_files(todo)
+        for i, digest in zip(misses, digests):
             st = stats[i]
             out[i] = (digest, st.st_size)
             if now - st.st_mtime_ns > RACY_WINDOW_NS:

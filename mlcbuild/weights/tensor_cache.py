@@ -1,5 +1,7 @@
 """MLC's tensor cache (tensor-cache.json + params_shard_<i>.bin), written as a stream.
 
+The reader is `mlcbuild.artifact.tensor_cache`.
+
 Same layout, record fields, shard policy and JSON formatting as tvm.contrib.tvmjs.dump_tensor_cache
 (encode format "raw"), but tensors are written as they arrive so memory stays at one pending shard,
 and nothing is timestamped, so equal inputs give byte-identical files.
@@ -16,9 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mlcbuild.artifact.names import SHARD_PREFIX, TENSOR_CACHE
+
 SHARD_CAP_BYTES = 32 * (1 << 20)
-CACHE_JSON = "tensor-cache.json"
-SHARD_PREFIX = "params_shard"
 
 
 def _dtype_name(arr: np.ndarray) -> str:
@@ -109,7 +111,7 @@ class TensorCacheWriter:
     def finish(self, metadata: Mapping[str, Any]) -> Path:
         self._commit()
         self.close()
-        path = self.out_dir / CACHE_JSON
+        path = self.out_dir / TENSOR_CACHE
         with open(path, "w") as f:
             json.dump({"metadata": dict(metadata), "records": self.shards}, f, indent=4)
         return path
@@ -124,43 +126,10 @@ def _write_file(path: Path, chunks: list[memoryview], shard: dict[str, Any]) -> 
     shard["md5sum"] = md5.hexdigest()
 
 
-def read_tensor_cache_json(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CACHE_JSON
-    return json.loads(path.read_text())
-
-
-def load_tensor_cache(path: Path | str, verify_md5: bool = False) -> dict[str, np.ndarray]:
-    """Read a tensor cache into numpy (bfloat16 via ml_dtypes); for tests and the runtime."""
-    from mlcbuild.quantization.numpy_quant import np_dtype
-
-    base = Path(path)
-    if base.is_file():
-        base = base.parent
-    info = read_tensor_cache_json(base)
-    result: dict[str, np.ndarray] = {}
-    for shard in info["records"]:
-        raw = (base / shard["dataPath"]).read_bytes()
-        if len(raw) != shard["nbytes"]:
-            raise ValueError(f"{shard['dataPath']}: {len(raw)} bytes, expected {shard['nbytes']}")
-        if verify_md5 and hashlib.md5(raw).hexdigest() != shard["md5sum"]:
-            raise ValueError(f"{shard['dataPath']}: md5 mismatch")
-        for rec in shard["records"]:
-            buf = raw[rec["byteOffset"] : rec["byteOffset"] + rec["nbytes"]]
-            if rec["format"] == "f32-to-bf16" and rec["dtype"] == "float32":
-                bits = np.frombuffer(buf, np.uint16).astype(np.uint32) << 16
-                arr = bits.view(np.float32)
-            else:
-                arr = np.frombuffer(buf, np_dtype(rec["dtype"]))
-            result[rec["name"]] = arr.reshape(rec["shape"]).copy()
-    return result
-
-
 def remove_tensor_cache(out_dir: Path) -> None:
     """Delete what a failed write left behind."""
     for p in Path(out_dir).glob(f"{SHARD_PREFIX}_*.bin"):
         os.unlink(p)
-    cache = Path(out_dir) / CACHE_JSON
+    cache = Path(out_dir) / TENSOR_CACHE
     if cache.exists():
         cache.unlink()

@@ -1,0 +1,21 @@
+"""File names of an MLC artifact, as MLC-LLM's runtime looks for them."""
+from __future__ import annotations
+
+CHAT_CONFIG = "mlc-chat-config.json"
+TENSOR_CACHE = "tensor-cache.json"
+SHARD_PREFIX = "params_shard"
+TOKENIZER_JSON = "tokenizer.json"
+
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.model",
+    TOKENIZER_JSON,
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+"""MLC's list and order, plus special_tokens_map.json so HF tokenizers load from the output alone."""
+
+MAX_JSON_BYTES = 64 << 20
+"""Bigger than any real mlc-chat-config.json, tensor-cache.json or tokenizer.json; reading stops there."""
