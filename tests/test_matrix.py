@@ -62,7 +62,7 @@ def test_cells_runner_command_artifacts(tmp_path: Path) -> None:
     assert got["tiny-cuda-sm_80"]["runner"] == ["self-hosted", "linux", "x64", "cuda"]
     assert got["tiny-webgpu"]["runner"] == ["ubuntu-latest"] and got["tiny-webgpu"]["toolchain"] == ["emcc"]
     assert got["tiny-llvm-x86_64"]["command"] == "mlcbuild build recipe.yaml --only llvm-x86_64"
-    assert got["tiny-llvm-x86_64"]["artifacts"] == ["dist/libs/tiny-q0f32-llvm.so", "dist/libs/tiny-q4f16_1-llvm.so"]
+    assert got["tiny-llvm-x86_64"]["artifacts"] == ["dist/libs/tiny-q0f32-llvm-x86_64.so", "dist/libs/tiny-q4f16_1-llvm-x86_64.so"]
     assert got["tiny-llvm-x86_64"]["unbuildable_here"] is None
     again = {c["id"]: c for c in cells(cwd=folder, cache=tmp_path / "cache")}
     assert again == got, "cell ids, nodes and commands are stable"
@@ -98,7 +98,7 @@ def test_github_and_gitlab_formats_validate(tmp_path: Path) -> None:
     entries = {e["CELL_ID"]: (tuple(job["tags"]), e) for job in jobs.values() for e in job["parallel"]["matrix"]}
     assert set(entries) == {e["id"] for e in matrix["include"]}
     assert entries["tiny-metal-macos"][0] == ("macos-14",)
-    assert entries["tiny-llvm-x86_64"][1]["ARTIFACTS"] == "dist/libs/tiny-q0f32-llvm.so"
+    assert entries["tiny-llvm-x86_64"][1]["ARTIFACTS"] == "dist/libs/tiny-q0f32-llvm-x86_64.so"
 
 
 def test_shipped_workflow_validates_and_fans_out() -> None:
@@ -159,7 +159,7 @@ def test_compile_cell_downloads_no_weight_file(tmp_path: Path, remote: Path, fak
     compile_cell = cli("build", "recipe.yaml", "--only", "llvm-x86_64", cwd=folder, cache=remote, env=env)
     assert compile_cell.returncode == 0, compile_cell.stderr
     assert "built gen-config" in compile_cell.stderr and "built convert" not in compile_cell.stderr
-    assert (folder / "dist/libs/tiny-q0f32-llvm.so").is_file()
+    assert (folder / "dist/libs/tiny-q0f32-llvm-x86_64.so").is_file()
     fetched = fake_hub.downloads()
     assert fetched and not any(is_weight_file(name) for name in fetched), fetched
     compile_bytes = sum(sizes[name] for name in fetched)
