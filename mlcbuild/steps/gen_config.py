@@ -6,7 +6,6 @@ early cutoff works: a re-run that changes nothing downstream re-runs nothing dow
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
