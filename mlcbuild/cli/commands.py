@@ -21,6 +21,8 @@ from mlcbuild.store.cas import Store, default_cache_dir
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from mlcbuild.store.remote import RemoteCache
+
 
 
 @lru_cache(maxsize=None)
@@ -33,6 +35,17 @@ def console(stderr: bool = False) -> "Console":
 
 def _store() -> Store:
     return Store(default_cache_dir())
+
+
+def _remote(args: argparse.Namespace) -> "RemoteCache | None":
+    """The remote cache from --remote/$MLCBUILD_REMOTE, or None; nothing heavy is imported here."""
+    from mlcbuild.store.remote import RemoteCache
+
+    return RemoteCache.configure(
+        getattr(args, "remote", None),
+        read_only=getattr(args, "remote_read_only", False),
+        signing_key=getattr(args, "signing_key", None),
+    )
 
 
 def _check(node: Node) -> None:
@@ -108,9 +121,16 @@ def build(args: argparse.Namespace) -> int:
         if elsewhere:
             _report_elsewhere(args, graph, elsewhere)
         return 0
+    remote = _remote(args)
     with RichReporter(lambda: console(True)) as reporter:
-        executor = LocalExecutor(store, jobs=args.jobs, keep_going=args.keep_going, force=args.force, reporter=reporter)
+        executor = LocalExecutor(
+            store, jobs=args.jobs, keep_going=args.keep_going, force=args.force, reporter=reporter, remote=remote
+        )
         report = executor.run(graph, wanted)
+    if remote is not None:
+        remote.close()
+        if remote.stats.hits or remote.stats.uploaded_entries:
+            print(remote.summary(), file=sys.stderr)
     written = materialize(graph, report, store)
     if report.count("built") or not report.ok:
         console().print(summary_table(report))
@@ -246,6 +266,8 @@ def graph_cmd(args: argparse.Namespace) -> int:
 def cache_cmd(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    if args.action in ("push", "pull"):
+        return _cache_transfer(args)
     store = _store()
     if args.action == "ls":
         table = Table(title=f"cache {store.root}")
@@ -289,6 +311,29 @@ def cache_cmd(args: argparse.Namespace) -> int:
             return 1
         console().print(f"[green]ok[/]: {store.usage()['objects']} objects verified")
     return 0
+
+
+def _cache_transfer(args: argparse.Namespace) -> int:
+    from mlcbuild.execute import transfer
+
+    if not args.recipes:
+        raise UserError(f"cache {args.action} needs at least one recipe")
+    remote = _remote(args)
+    if remote is None:
+        raise UserError(f"cache {args.action} needs --remote URL or $MLCBUILD_REMOTE")
+    if args.action == "push" and remote.read_only:
+        raise UserError("cache push with --remote-read-only would upload nothing")
+    _, store, graph = _prepare(args, args.recipes)
+    try:
+        report = (transfer.push if args.action == "push" else transfer.pull)(graph, store, remote)
+    finally:
+        remote.close()
+    verb = "pushed" if args.action == "push" else "pulled"
+    print(f"{verb} {len(report.moved)} results, {len(report.present)} already here; {remote.summary()}")
+    for label in report.missing:
+        why = "not built in the local cache" if args.action == "push" else "not in the remote cache"
+        print(f"  {label}: {why}")
+    return 1 if remote.down else 0
 
 
 def _live_keys(args: argparse.Namespace, recipes: list[Path]) -> set[str]:

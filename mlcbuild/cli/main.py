@@ -97,6 +97,26 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = {"default": argparse.SUPPRESS} if suppress else {}
     p.add_argument("--cache-dir", type=Path, help="cache root (default: $MLCBUILD_CACHE_DIR or ./cache)", **default)
     p.add_argument("--debug", action="store_true", help="show tracebacks", **default)
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        help="shared cache beside the local one: PATH, file://, s3://BUCKET/PREFIX, http(s)://HOST/PREFIX"
+        " (default: $MLCBUILD_REMOTE); what `matrix --affected` asks",
+        **default,
+    )
+    p.add_argument(
+        "--remote-read-only",
+        action="store_true",
+        help="never upload to the remote ($MLCBUILD_REMOTE_READ_ONLY=1)",
+        **default,
+    )
+    p.add_argument(
+        "--signing-key",
+        type=Path,
+        metavar="PEM",
+        help="ed25519 key signing uploaded entries ($MLCBUILD_SIGNING_KEY)",
+        **default,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,11 +175,6 @@ def _parser() -> argparse.ArgumentParser:
     selection(m)
     m.add_argument("--format", choices=["github", "gitlab", "json"], default="json")
     m.add_argument("--affected", action="store_true", help="only cells with a node whose key has no result in the remote cache")
-    m.add_argument(
-        "--remote",
-        default=argparse.SUPPRESS,
-        help="the shared cache --affected asks (default: $MLCBUILD_REMOTE, else the local cache); a cache folder for now",
-    )
     m.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1, metavar="N", help="--affected: parallel gen-config runs")
 
     e = subcommand("explain", help="which input of a node changed since its cached build")
@@ -173,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     selection(g)
 
     c = subcommand("cache", help="inspect and maintain the cache")
-    c.add_argument("action", choices=["ls", "du", "gc", "verify"])
+    c.add_argument("action", choices=["ls", "du", "gc", "verify", "push", "pull"])
+    c.add_argument("recipes", nargs="*", type=Path, help="push/pull: what these recipes need, to/from --remote")
     c.add_argument("--keep", nargs="*", type=Path, default=None, help="gc: keep only results these recipes use")
     c.add_argument("--older-than", type=float, default=None, help="gc: drop results older than N days")
     c.add_argument("--repair", action="store_true", help="verify: delete corrupt objects")

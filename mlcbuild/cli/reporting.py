@@ -71,6 +71,8 @@ class RichReporter:
                 self.bars.remove_task(task)
             if outcome.status == "built":
                 self._bars().console.print(f"[cyan]built[/] {outcome.node.label} ({outcome.duration_s:.1f}s)")
+            elif outcome.status == "cached" and outcome.reason == "fetched from remote":
+                self._bars().console.print(f"[green]fetched[/] {outcome.node.label} from the remote cache")
             elif outcome.status == "failed":
                 self._bars().console.print(f"[bold red]failed[/] {outcome.node.label}: {outcome.reason}")
 

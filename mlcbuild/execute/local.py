@@ -9,6 +9,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlcbuild.errors import MlcbuildError
 from mlcbuild.execute.base import BuildReport, NullReporter, Outcome, Reporter
@@ -17,6 +18,9 @@ from mlcbuild.execute.worker import run_step_in_child
 from mlcbuild.plan.keys import diff_preimages, key_preimage, node_key
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import Manifest, sha256_json
+
+if TYPE_CHECKING:
+    from mlcbuild.store.remote import RemoteCache
 
 
 def slot(node: Node) -> str:
@@ -46,6 +50,7 @@ class LocalExecutor:
     keep_going: bool = False
     force: bool = False
     reporter: Reporter = field(default_factory=NullReporter)
+    remote: "RemoteCache | None" = None
 
     def run(self, graph: BuildGraph, wanted: set[str]) -> BuildReport:
         start = time.perf_counter()
@@ -94,10 +99,15 @@ class LocalExecutor:
                 if not self.force and (hit := self.store.get_action(key)):
                     return Outcome(node, "cached", key, hit.manifest, reason="built by another process")
                 self.reporter.started(node)
+                if not self.force and (hit := self._from_remote(node, key)):
+                    self.store.record_node(slot(node), key, preimage)
+                    return Outcome(node, "cached", key, hit.manifest, reason="fetched from remote")
                 began = time.perf_counter()
                 manifest = self._execute(node, inputs)
                 duration = time.perf_counter() - began
-                self.store.put_action(ActionResult(key, manifest, preimage, duration))
+                result = ActionResult(key, manifest, preimage, duration)
+                self.store.put_action(result)
+                self._to_remote(node, result)
             why = why_it_runs(self.store, node, preimage, self.force)
             self.store.record_node(slot(node), key, preimage)
             return Outcome(node, "built", key, manifest, duration, reason=why)
@@ -105,6 +115,16 @@ class LocalExecutor:
             return Outcome(node, "failed", reason=str(e))
         except Exception as e:  # a bug in a step: still one line here, the CLI offers --debug
             return Outcome(node, "failed", reason=f"{type(e).__name__}: {e}")
+
+    def _from_remote(self, node: Node, key: str) -> ActionResult | None:
+        """The seam to the remote cache on a local miss (verified objects, then the entry)."""
+        if self.remote is None:
+            return None
+        return self.remote.fetch_into(self.store, key, lambda f, m: self.reporter.progress(node, f, m))
+
+    def _to_remote(self, node: Node, result: ActionResult) -> None:
+        if self.remote is not None:
+            self.remote.push(self.store, result, lambda f, m: self.reporter.progress(node, f, m))
 
     def _execute(self, node: Node, inputs: dict[str, Manifest]) -> Manifest:
         """Run the step in a child process; its log is kept in the cache only if it fails."""

@@ -120,10 +120,11 @@ class Store:
     def has_object(self, digest: str) -> bool:
         return self.object_path(digest).exists()
 
-    def put_file(self, path: Path, *, move: bool = False) -> FileEntry:
-        """Add a file's bytes; `move` consumes a file we own (a step's temp output)."""
+    def put_file(self, path: Path, *, move: bool = False, digest: str | None = None) -> FileEntry:
+        """Add a file's bytes; `move` consumes a file we own (a step's temp output). `digest` comes
+        from a caller that hashed these very bytes as it wrote them (a verified remote download)."""
         st = path.stat()
-        digest = sha256_file(path)
+        digest = digest or sha256_file(path)
         dest = self.object_path(digest)
         executable = bool(st.st_mode & stat.S_IXUSR)
         if not dest.exists():

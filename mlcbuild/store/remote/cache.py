@@ -1,0 +1,288 @@
+"""A remote cache beside the local store: read-through on a local miss, write-through after a build.
+
+Trust rules: an object is taken only when the bytes that arrived hash to its digest and have its
+size, checked while they stream into the store's tmp dir; the store receives them only then. An
+action entry is taken only when it is well-formed, filed under the key asked for, and (with
+trusted keys) signed. Anything else: one warning line and a local build. Uploads put objects first
+and the entry last, so no reader ever sees an entry whose objects are missing. A remote that fails
+(refused, timed out, 5xx) is dropped for the rest of the run after one warning: slower, never failed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mlcbuild.store.cas import ActionResult, Store
+from mlcbuild.store.manifest import FileEntry
+from mlcbuild.store.remote.base import Backend, RemoteUnavailable, open_backend, redact_url
+from mlcbuild.store.remote import signing
+
+ENV_REMOTE = "MLCBUILD_REMOTE"
+ENV_READ_ONLY = "MLCBUILD_REMOTE_READ_ONLY"
+TRANSFER_JOBS = 8
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+Progress = Callable[[float, str], None]
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"mlcbuild: warning: {message}", file=sys.stderr, flush=True)
+
+
+class _Rejected(Exception):
+    """A remote object that is missing, truncated or corrupt: the node is built locally."""
+
+
+@dataclass
+class TransferStats:
+    hits: int = 0
+    fetched_objects: int = 0
+    fetched_bytes: int = 0
+    uploaded_entries: int = 0
+    uploaded_objects: int = 0
+    uploaded_bytes: int = 0
+    skipped_objects: int = 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def check_entry(result: ActionResult, key: str) -> None:
+    """Refuse an entry filed under another key or naming paths outside its output folder."""
+    if result.key != key:
+        raise ValueError(f"filed under {key[:12]} but made for {str(result.key)[:12]}")
+    for rel, entry in result.manifest.files.items():
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"unsafe output path {rel!r}")
+        if not _DIGEST.match(str(entry.digest)) or not isinstance(entry.size, int) or entry.size < 0:
+            raise ValueError(f"malformed manifest entry for {rel!r}")
+
+
+class RemoteCache:
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_only: bool = False,
+        signing_key: Any | None = None,
+        trusted_keys: dict[str, Any] | None = None,
+        warn: Callable[[str], None] = _stderr_warning,
+        jobs: int = TRANSFER_JOBS,
+        backend: Backend | None = None,
+    ):
+        self.url = redact_url(url)
+        self._raw_url = url
+        self.read_only = read_only
+        self.signing_key = signing_key
+        self.trusted_keys = trusted_keys
+        self.warn = warn
+        self.stats = TransferStats()
+        self.down = False
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._bad_remote: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mlcbuild-remote")
+
+    @classmethod
+    def configure(
+        cls,
+        url: str | None = None,
+        *,
+        read_only: bool = False,
+        signing_key: Path | None = None,
+        warn: Callable[[str], None] = _stderr_warning,
+    ) -> "RemoteCache | None":
+        """From flags, else MLCBUILD_REMOTE / _READ_ONLY / MLCBUILD_SIGNING_KEY / MLCBUILD_TRUSTED_KEYS."""
+        url = url or os.environ.get(ENV_REMOTE)
+        if not url:
+            return None
+        read_only = read_only or os.environ.get(ENV_READ_ONLY, "").lower() in ("1", "true", "yes")
+        key = None
+        if signing_key is not None:
+            key = signing.load_signing_key(signing_key, "--signing-key")
+        elif os.environ.get(signing.ENV_SIGNING_KEY):
+            key = signing.load_signing_key(Path(os.environ[signing.ENV_SIGNING_KEY]), signing.ENV_SIGNING_KEY)
+        trusted = None
+        if os.environ.get(signing.ENV_TRUSTED_KEYS, "").strip():
+            trusted = signing.load_trusted_keys(os.environ[signing.ENV_TRUSTED_KEYS])
+        return cls(url, read_only=read_only, signing_key=key, trusted_keys=trusted, warn=warn)
+
+    # -- plumbing ------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """Opened on first use, so a build that never misses never imports s3fs or httpx."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = open_backend(self._raw_url)
+            return self._backend
+
+    def _trip(self, error: Exception) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        reason = " ".join(redact_url(str(error)).split()) or type(error).__name__
+        self.warn(f"remote cache {self.url} unavailable ({reason}); using the local cache only for the rest of this run")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- read ----------------------------------------------------------------
+    def lookup(self, key: str) -> bool:
+        """Whether the remote holds an entry for key (what `matrix --affected` asks)."""
+        if self.down:
+            return False
+        try:
+            return self.backend.get_action(key) is not None
+        except RemoteUnavailable as e:
+            self._trip(e)
+            return False
+
+    def fetch_into(self, store: Store, key: str, progress: Progress | None = None) -> ActionResult | None:
+        """On a local miss: the remote's result for key, its objects verified into `store`; else None."""
+        if self.down:
+            return None
+        try:
+            data = self.backend.get_action(key)
+        except RemoteUnavailable as e:
+            self._trip(e)
+            return None
+        if data is None:
+            return None
+        try:
+            result = ActionResult.from_json(signing.unseal(data, self.trusted_keys))
+            check_entry(result, key)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            self.warn(f"remote entry {key[:12]} ignored: {' '.join(str(e).split())}; building locally")
+            return None
+        needed: dict[str, tuple[str, FileEntry]] = {}
+        for rel, entry in result.manifest.files.items():
+            if not store.has_object(entry.digest):
+                needed.setdefault(entry.digest, (rel, entry))
+        tick = self._ticker(sum(e.size for _, e in needed.values()), "fetching", progress)
+        try:
+            for _ in self._pool.map(lambda item: self._download(store, *item, tick), needed.values()):
+                pass
+        except _Rejected as e:
+            self.warn(f"remote result {key[:12]}: {e}; building locally")
+            return None
+        except RemoteUnavailable as e:
+            self._trip(e)
+            return None
+        store.put_action(result)
+        with self._lock:
+            self.stats.hits += 1
+        return result
+
+    def _download(self, store: Store, rel: str, entry: FileEntry, tick: Callable[[int], None]) -> None:
+        """Stream one object into the store's tmp dir, hashing as it lands; ingest only a verified copy."""
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=f"remote-{entry.digest[:12]}-", suffix=".part")
+        tmp = Path(name)
+        try:
+            h = hashlib.sha256()
+            size = 0
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in self.backend.get_stream(entry.digest):
+                        size += len(chunk)
+                        if size > entry.size:
+                            break
+                        h.update(chunk)
+                        f.write(chunk)
+                        tick(len(chunk))
+            except FileNotFoundError:
+                raise _Rejected(f"object {entry.digest[:12]} ({rel}) is missing from the remote") from None
+            problem = None
+            if size != entry.size:
+                problem = f"has {'more than ' if size > entry.size else ''}{size} bytes, expected {entry.size}"
+            elif h.hexdigest() != entry.digest:
+                problem = f"is corrupt (its bytes hash to {h.hexdigest()[:12]})"
+            if problem:
+                with self._lock:
+                    self._bad_remote.add(entry.digest)
+                raise _Rejected(f"object {entry.digest[:12]} ({rel}) {problem}")
+            if entry.executable:
+                os.chmod(tmp, 0o755)
+            store.put_file(tmp, move=True, digest=entry.digest)
+            with self._lock:
+                self.stats.fetched_objects += 1
+                self.stats.fetched_bytes += size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- write ---------------------------------------------------------------
+    def push(self, store: Store, result: ActionResult, progress: Progress | None = None) -> bool:
+        """Upload a result: objects the remote lacks first (in parallel), the entry last."""
+        if self.read_only or self.down:
+            return False
+        objects = {e.digest: e.size for e in result.manifest.files.values()}
+        tick = self._ticker(sum(objects.values()), "uploading", progress)
+
+        def upload(item: tuple[str, int]) -> None:
+            digest, size = item
+            with self._lock:
+                known_bad = digest in self._bad_remote
+            if not known_bad and self.backend.has(digest):
+                with self._lock:
+                    self.stats.skipped_objects += 1
+                tick(size)
+                return
+            with open(store.object_path(digest), "rb") as f:
+                self.backend.put_stream(digest, f, size)
+            tick(size)
+            with self._lock:
+                self._bad_remote.discard(digest)
+                self.stats.uploaded_objects += 1
+                self.stats.uploaded_bytes += size
+
+        try:
+            for _ in self._pool.map(upload, objects.items()):
+                pass
+            self.backend.put_action(result.key, signing.seal(result.to_json(), self.signing_key))
+        except RemoteUnavailable as e:
+            self._trip(e)
+            return False
+        with self._lock:
+            self.stats.uploaded_entries += 1
+        return True
+
+    def _ticker(self, total: int, verb: str, progress: Progress | None) -> Callable[[int], None]:
+        done = 0
+        lock = threading.Lock()
+
+        def tick(n: int) -> None:
+            nonlocal done
+            if progress is None:
+                return
+            with lock:
+                done += n
+                current = done
+            progress(current / total if total else 1.0, f"{verb} {_human(current)}/{_human(total)}")
+
+        return tick
+
+    def summary(self) -> str:
+        s = self.stats
+        parts = []
+        if s.hits:
+            parts.append(f"{s.hits} results fetched ({s.fetched_objects} objects, {_human(s.fetched_bytes)})")
+        if s.uploaded_entries:
+            parts.append(
+                f"{s.uploaded_entries} results pushed ({s.uploaded_objects} objects, {_human(s.uploaded_bytes)};"
+                f" {s.skipped_objects} already there)"
+            )
+        return f"remote {self.url}: " + ("; ".join(parts) if parts else "nothing transferred")

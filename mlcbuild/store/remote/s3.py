@@ -1,0 +1,69 @@
+"""s3:// remotes through s3fs: AWS or anything that speaks S3 (MinIO, Ceph, R2, moto).
+
+Credentials and region come from the usual AWS_* variables and files (botocore's chain). The
+endpoint, for S3-compatible servers: `s3://bucket/prefix?endpoint_url=http://host:9000` in the
+URL, else $MLCBUILD_S3_ENDPOINT_URL, else botocore's own $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL.
+Downloads stream the GET body in chunks; uploads bigger than one part go multipart.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+from mlcbuild.store.remote.base import CHUNK, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, redact_url
+from mlcbuild.store.remote.fs import FsspecBackend
+
+ENV_ENDPOINT = "MLCBUILD_S3_ENDPOINT_URL"
+PART_SIZE = 64 << 20
+RETRIES = 2
+
+
+@dataclass
+class S3Backend(FsspecBackend):
+    @classmethod
+    def from_url(cls, url: str) -> "S3Backend":
+        import s3fs
+
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        endpoint = (query.get("endpoint_url") or [os.environ.get(ENV_ENDPOINT)])[0] or None
+        fs = s3fs.S3FileSystem(
+            endpoint_url=endpoint,
+            skip_instance_cache=True,
+            use_listings_cache=False,
+            default_block_size=PART_SIZE,
+            config_kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "read_timeout": READ_TIMEOUT_S,
+                "retries": {"max_attempts": RETRIES, "mode": "standard"},
+            },
+        )
+        fs.retries = RETRIES
+        root = f"{parts.netloc}{parts.path}".rstrip("/")
+        shown = f"s3://{root}" + (f" (endpoint {redact_url(endpoint)})" if endpoint else "")
+        return cls(fs, root, shown)
+
+    def get_stream(self, digest: str) -> Iterator[bytes]:
+        """One GET, its body read in chunks on s3fs's event loop (what s3fs's own get does)."""
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(self._cas(digest))
+        response = self._call(lambda: sync(self.fs.loop, self.fs._call_s3, "get_object", Bucket=bucket, Key=key))
+        body = response["Body"]
+        try:
+            while chunk := self._call(lambda: sync(self.fs.loop, body.read(CHUNK))):
+                yield chunk
+        finally:
+            body.close()
+
+    def put_stream(self, digest: str, file: BinaryIO, size: int) -> None:
+        path = self._cas(digest)
+
+        def upload() -> None:
+            with self.fs.open(path, "wb", block_size=max(PART_SIZE, 5 << 20)) as out:
+                while chunk := file.read(CHUNK):
+                    out.write(chunk)
+
+        self._call(upload)
