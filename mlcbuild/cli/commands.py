@@ -45,7 +45,15 @@ def _remote(args: argparse.Namespace) -> "RemoteCache | None":
         getattr(args, "remote", None),
         read_only=getattr(args, "remote_read_only", False),
         signing_key=getattr(args, "signing_key", None),
+        warn=_warn,
     )
+
+
+def _warn(message: str) -> None:
+    """One line on stderr, never wrapped, and above any live progress bars."""
+    from rich.text import Text
+
+    console(True).print(Text(f"mlcbuild: warning: {message}"), soft_wrap=True)
 
 
 def _check(node: Node) -> None:

@@ -24,7 +24,7 @@ class HttpBackend:
         netloc = parts.hostname or ""
         if parts.port:
             netloc += f":{parts.port}"
-        self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+        self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.url = redact_url(self.base)
         self._httpx = httpx
         self._auth = auth

@@ -53,7 +53,7 @@ class S3Backend(FsspecBackend):
         response = self._call(lambda: sync(self.fs.loop, self.fs._call_s3, "get_object", Bucket=bucket, Key=key))
         body = response["Body"]
         try:
-            while chunk := self._call(lambda: sync(self.fs.loop, body.read(CHUNK))):
+            while chunk := self._call(lambda: sync(self.fs.loop, body.read, CHUNK)):
                 yield chunk
         finally:
             body.close()
