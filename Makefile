@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: install demo test bench clean
 
 $(STAMP): pyproject.toml
+	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"

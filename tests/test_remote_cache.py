@@ -356,12 +356,12 @@ def test_concurrent_writers_leave_the_remote_consistent(kind, moto_server, tmp_p
     """Eight writers race to publish different results (different objects) under one key."""
     url = moto_server.bucket(f"race-{kind}") if kind == "s3" else str(tmp_path / "remote")
     key = hashlib.sha256(b"one key").hexdigest()
-    shared = os.urandom(3 << 20)
+    shared = os.urandom(1 << 20)
     writers = []
     for i in range(8):
         store = Store(tmp_path / f"writer{i}")
         files = {}
-        for name, data in (("shared.bin", shared), ("own.bin", os.urandom((1 << 20) + i))):
+        for name, data in (("shared.bin", shared), ("own.bin", os.urandom((256 << 10) + i))):
             path = tmp_path / f"w{i}-{name}"
             path.write_bytes(data)
             files[name] = store.put_file(path, move=True)
