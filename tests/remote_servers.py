@@ -77,6 +77,7 @@ class Moto:
         self.server.stop()
 
 
+DAV = "dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r;"
 NGINX_CONF = """
 daemon off;
 master_process off;
@@ -96,9 +97,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root}/www;
         location / {{
-            dav_methods PUT;
-            create_full_put_path on;
-            dav_access user:rw group:r all:r;
+            {location}
         }}
     }}
 }}
@@ -114,13 +113,15 @@ class Nginx:
     process: subprocess.Popen
 
     @classmethod
-    def start(cls, root: Path) -> "Nginx":
+    def start(cls, root: Path, status: int | None = None) -> "Nginx":
+        """A WebDAV cache, or with `status` a server that answers every request with it (e.g. 503)."""
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         root.mkdir(parents=True, exist_ok=True)
         (root / "www").mkdir(exist_ok=True)
         port = free_port()
         conf = root / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(root=root, port=port))
+        location = DAV if status is None else f"return {status};"
+        conf.write_text(NGINX_CONF.format(root=root, port=port, location=location))
         process = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(root), "-e", str(root / "error.log")],
             stdout=subprocess.DEVNULL,

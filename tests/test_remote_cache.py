@@ -350,6 +350,31 @@ def test_refused_connection_is_one_warning_and_a_local_build(tmp_path):
     assert "http://***@127.0.0.1" in seen[0]
 
 
+def test_remote_answering_503_is_one_warning_and_a_local_build(tmp_path):
+    server = Nginx.start(tmp_path / "nginx", status=503)
+    seen: list[str] = []
+    try:
+        report = build_in_process(fresh_project(tmp_path), tmp_path / "cache", RemoteCache(server.url(), warn=seen.append))
+    finally:
+        server.stop()
+    assert report.ok and report.count("built") == 3
+    assert len(seen) == 1 and "HTTP 503" in seen[0], seen
+
+
+def test_noop_build_with_a_remote_opens_no_connection_and_imports_no_client(machine_a):
+    probe = (
+        "import sys\n"
+        "from mlcbuild.cli.main import main\n"
+        f"code = main(['--cache-dir', {str(machine_a.cache)!r}, '--remote', 's3://nowhere/x?endpoint_url=http://127.0.0.1:9',"
+        f" 'build', {str(machine_a.recipe)!r}])\n"
+        "assert code == 0, code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('s3fs', 'botocore', 'httpx', 'fsspec', 'tvm')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, **AWS_ENV})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 # --- concurrent writers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["s3", "folder"])
 def test_concurrent_writers_leave_the_remote_consistent(kind, moto_server, tmp_path):

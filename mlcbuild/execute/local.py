@@ -107,7 +107,7 @@ class LocalExecutor:
                 duration = time.perf_counter() - began
                 result = ActionResult(key, manifest, preimage, duration)
                 self.store.put_action(result)
-                self._to_remote(node, result)
+            self._to_remote(node, result)
             why = why_it_runs(self.store, node, preimage, self.force)
             self.store.record_node(slot(node), key, preimage)
             return Outcome(node, "built", key, manifest, duration, reason=why)
