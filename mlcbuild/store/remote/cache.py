@@ -15,7 +15,7 @@ import re
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -96,6 +96,8 @@ class RemoteCache:
         self._lock = threading.Lock()
         self._bad_remote: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mlcbuild-remote")
+        self._hasher = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mlcbuild-remote-hash")
+        """Hashing chunk n while chunk n is written and chunk n+1 arrives (hashlib and I/O release the GIL)."""
 
     @classmethod
     def configure(
@@ -140,6 +142,7 @@ class RemoteCache:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._hasher.shutdown(wait=True)
 
     # -- read ----------------------------------------------------------------
     def lookup(self, key: str) -> bool:
@@ -195,17 +198,23 @@ class RemoteCache:
         try:
             h = hashlib.sha256()
             size = 0
+            hashed: Future | None = None
             try:
                 with os.fdopen(fd, "wb") as f:
                     for chunk in self.backend.get_stream(entry.digest):
                         size += len(chunk)
                         if size > entry.size:
                             break
-                        h.update(chunk)
+                        if hashed is not None:
+                            hashed.result()
+                        hashed = self._hasher.submit(h.update, chunk)
                         f.write(chunk)
                         tick(len(chunk))
             except FileNotFoundError:
                 raise _Rejected(f"object {entry.digest[:12]} ({rel}) is missing from the remote") from None
+            finally:
+                if hashed is not None:
+                    hashed.result()
             problem = None
             if size != entry.size:
                 problem = f"has {'more than ' if size > entry.size else ''}{size} bytes, expected {entry.size}"

@@ -46,17 +46,24 @@ class S3Backend(FsspecBackend):
         return cls(fs, root, shown)
 
     def get_stream(self, digest: str) -> Iterator[bytes]:
-        """One GET, its body read in chunks on s3fs's event loop (what s3fs's own get does)."""
+        """One GET; its body read in whole chunks on s3fs's event loop, the next chunk arriving while
+        the caller hashes and writes this one."""
+        import asyncio
+
         from fsspec.asyn import sync
 
+        loop = self.fs.loop
         bucket, key, _ = self.fs.split_path(self._cas(digest))
-        response = self._call(lambda: sync(self.fs.loop, self.fs._call_s3, "get_object", Bucket=bucket, Key=key))
+        response = self._call(lambda: sync(loop, self.fs._call_s3, "get_object", Bucket=bucket, Key=key))
         body = response["Body"]
+        pending = asyncio.run_coroutine_threadsafe(_read_chunk(body), loop)
         try:
-            while chunk := self._call(lambda: sync(self.fs.loop, body.read, CHUNK)):
+            while chunk := self._call(lambda: pending.result(timeout=READ_TIMEOUT_S)):
+                pending = asyncio.run_coroutine_threadsafe(_read_chunk(body), loop)
                 yield chunk
         finally:
-            body.close()
+            pending.cancel()
+            loop.call_soon_threadsafe(body.close)
 
     def put_stream(self, digest: str, file: BinaryIO, size: int) -> None:
         path = self._cas(digest)
@@ -67,3 +74,16 @@ class S3Backend(FsspecBackend):
                     out.write(chunk)
 
         self._call(upload)
+
+
+async def _read_chunk(body) -> bytes:
+    """CHUNK bytes (fewer only at the end): one hop between threads per chunk, not per socket read."""
+    parts = []
+    size = 0
+    while size < CHUNK:
+        part = await body.read(CHUNK - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
