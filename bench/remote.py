@@ -87,7 +87,6 @@ def child(mode: str, port: int, digest: str, size: int, out: str) -> None:
     """Runs in its own process: one download, then prints seconds and peak RSS."""
     os.environ.update(AWS)
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
     if mode == "mlcbuild":
         from mlcbuild.store.cas import ActionResult, Store
         from mlcbuild.store.manifest import FileEntry, Manifest
@@ -98,7 +97,7 @@ def child(mode: str, port: int, digest: str, size: int, out: str) -> None:
         key = hashlib.sha256(b"bench").hexdigest()
         result = ActionResult(key, Manifest({"big.bin": FileEntry(digest, size)}), {})
         remote.backend.put_action(key, seal(result.to_json(), None))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu()
         got = remote.fetch_into(Store(out), key)
         assert got is not None and remote.stats.fetched_bytes == size
     else:
@@ -106,12 +105,19 @@ def child(mode: str, port: int, digest: str, size: int, out: str) -> None:
 
         fs = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{port}", skip_instance_cache=True)
         os.makedirs(out)
+        start, cpu_start = time.perf_counter(), _cpu()
         concurrency = {"s3fs": None, "s3fs-sequential": 1}[mode]
         fs.get(f"{BUCKET}/cache/cas/{digest}", f"{out}/big.bin", max_concurrency=concurrency)
         assert os.path.getsize(f"{out}/big.bin") == size
     seconds = time.perf_counter() - start
-    peak = _peak_rss()
-    print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_start
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": _peak_rss()}))
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss() -> int:
@@ -130,7 +136,7 @@ def download_vs_s3fs(port: int) -> dict:
     with open(path, "rb") as f:  # s3fs's concurrent put_file gets HTTP 500s from moto at this size
         open_backend(_url(port)).put_stream(digest, f, BIG_BYTES)
     runs: dict[str, list[dict]] = {"mlcbuild": [], "s3fs": [], "s3fs-sequential": []}
-    for _ in range(2):
+    for _ in range(3):
         for mode in runs:
             result = run(
                 [sys.executable, "-m", "bench.remote", "--child", mode, str(port), digest, str(BIG_BYTES),
@@ -149,6 +155,10 @@ def download_vs_s3fs(port: int) -> dict:
         "s3fs_get_one_stream_MiB_s": round(mib / best["s3fs-sequential"], 1),
         "ratio_vs_s3fs": round(best["s3fs"] / best["mlcbuild"], 2),
         "ratio_vs_s3fs_one_stream": round(best["s3fs-sequential"] / best["mlcbuild"], 2),
+        **{
+            f"{mode.replace('-', '_')}_cpu_s": round(min(r["cpu_seconds"] for r in rs), 2)
+            for mode, rs in runs.items()
+        },
         **{
             f"{mode.replace('-', '_')}_peak_rss_MiB": round(max(r["peak_rss_bytes"] for r in rs) / (1 << 20))
             for mode, rs in runs.items()
