@@ -488,6 +488,15 @@ def test_bad_signing_key_is_one_user_error_line(tmp_path):
     ]
 
 
+def test_unknown_remote_scheme_is_one_user_error_line(tmp_path):
+    result = mlcbuild("--remote", "s4://bucket/x", "build", str(fresh_project(tmp_path)), cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mlcbuild: error: --remote: unknown remote URL scheme 's4://' in s4://bucket/x (use a path, file://, s3://,"
+        " http(s)://, or another fsspec protocol)"
+    ]
+
+
 # --- secrets ------------------------------------------------------------------------------------
 def test_redact_url():
     assert redact_url("http://user:tok@host:8080/p?x=1&token=abc&X-Amz-Signature=f00") == (

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from mlcbuild.errors import UserError
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import FileEntry
 from mlcbuild.store.remote.base import Backend, RemoteUnavailable, open_backend, redact_url
@@ -72,6 +73,23 @@ def check_entry(result: ActionResult, key: str) -> None:
             raise ValueError(f"malformed manifest entry for {rel!r}")
 
 
+def _check_scheme(url: str, origin: str) -> None:
+    """A mistyped scheme is the user's mistake (one error line), not a remote that is down."""
+    if "://" not in url:
+        return
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("file", "s3", "s3a", "http", "https"):
+        return
+    import fsspec
+
+    if scheme not in fsspec.available_protocols():
+        raise UserError(
+            f"unknown remote URL scheme '{scheme}://' in {redact_url(url)} (use a path, file://, s3://, http(s)://,"
+            " or another fsspec protocol)",
+            field=origin,
+        )
+
+
 class RemoteCache:
     def __init__(
         self,
@@ -109,9 +127,11 @@ class RemoteCache:
         warn: Callable[[str], None] = _stderr_warning,
     ) -> "RemoteCache | None":
         """From flags, else MLCBUILD_REMOTE / _READ_ONLY / MLCBUILD_SIGNING_KEY / MLCBUILD_TRUSTED_KEYS."""
+        origin = "--remote" if url else ENV_REMOTE
         url = url or os.environ.get(ENV_REMOTE)
         if not url:
             return None
+        _check_scheme(url, origin)
         read_only = read_only or os.environ.get(ENV_READ_ONLY, "").lower() in ("1", "true", "yes")
         key = None
         if signing_key is not None:
