@@ -7,9 +7,9 @@ five methods and no policy.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
+
 
 CHUNK = 4 << 20
 CONNECT_TIMEOUT_S = 3.0
@@ -38,19 +38,6 @@ class Backend(Protocol):
     def get_action(self, key: str) -> bytes | None: ...
 
     def put_action(self, key: str, data: bytes) -> None: ...
-
-
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-_SECRET_QUERY = re.compile(
-    r"(?P<name>[?&](?:[^=&\s]*(?:token|secret|password|passwd|signature|credential|key)[^=&\s]*))=[^&\s#]*",
-    re.IGNORECASE,
-)
-
-
-def redact_url(text: str) -> str:
-    """Drop credentials from every URL in `text`: userinfo and secret-looking query values."""
-    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m.group('name')}=***", text)
 
 
 def open_backend(url: str) -> Backend:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mlcbuild.errors import UserError
+from mlcbuild.errors import UserError, redact
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import FileEntry
-from mlcbuild.store.remote.base import Backend, RemoteUnavailable, open_backend, redact_url
+from mlcbuild.store.remote.base import Backend, RemoteUnavailable, open_backend
 from mlcbuild.store.remote import signing
 
 ENV_REMOTE = "MLCBUILD_REMOTE"
@@ -84,7 +84,7 @@ def _check_scheme(url: str, origin: str) -> None:
 
     if scheme not in fsspec.available_protocols():
         raise UserError(
-            f"unknown remote URL scheme '{scheme}://' in {redact_url(url)} (use a path, file://, s3://, http(s)://,"
+            f"unknown remote URL scheme '{scheme}://' in {redact(url)} (use a path, file://, s3://, http(s)://,"
             " or another fsspec protocol)",
             field=origin,
         )
@@ -102,7 +102,7 @@ class RemoteCache:
         jobs: int = TRANSFER_JOBS,
         backend: Backend | None = None,
     ):
-        self.url = redact_url(url)
+        self.url = redact(url)
         self._raw_url = url
         self.read_only = read_only
         self.signing_key = signing_key
@@ -157,7 +157,7 @@ class RemoteCache:
             if self.down:
                 return
             self.down = True
-        reason = " ".join(redact_url(str(error)).split()) or type(error).__name__
+        reason = " ".join(redact(str(error)).split()) or type(error).__name__
         self.warn(f"remote cache {self.url} unavailable ({reason}); using the local cache only for the rest of this run")
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
-from mlcbuild.store.remote.base import CHUNK, RemoteUnavailable, redact_url
+from mlcbuild.errors import redact
+from mlcbuild.store.remote.base import CHUNK, RemoteUnavailable
 
 T = TypeVar("T")
 
@@ -38,8 +39,8 @@ class FsspecBackend:
         try:
             fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:
-            raise RemoteUnavailable(f"no fsspec backend for {redact_url(url)}: {e}") from None
-        return cls(fs, root.rstrip("/"), redact_url(url))
+            raise RemoteUnavailable(f"no fsspec backend for {redact(url)}: {e}") from None
+        return cls(fs, root.rstrip("/")(url))
 
     def _cas(self, digest: str) -> str:
         return f"{self.root}/cas/{digest}"
@@ -54,7 +55,7 @@ class FsspecBackend:
         except FileNotFoundError:
             raise
         except Exception as e:
-            raise RemoteUnavailable(redact_url(f"{type(e).__name__}: {e}".splitlines()[0])) from None
+            raise RemoteUnavailable(redact(f"{type(e).__name__}: {e}".splitlines()[0])) from None
 
     def has(self, digest: str) -> bool:
         try:

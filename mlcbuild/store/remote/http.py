@@ -10,7 +10,8 @@ import threading
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from mlcbuild.store.remote.base import CHUNK, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RemoteUnavailable, redact_url
+from mlcbuild.errors import redact
+from mlcbuild.store.remote.base import CHUNK, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RemoteUnavailable
 
 
 class HttpBackend:
@@ -25,7 +26,7 @@ class HttpBackend:
         if parts.port:
             netloc += f":{parts.port}"
         self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self.url = redact_url(self.base)
+        self.url = redact(self.base)
         self._httpx = httpx
         self._auth = auth
         self._local = threading.local()
@@ -48,7 +49,7 @@ class HttpBackend:
         try:
             response = self._client.request(method, f"{self.base}/{path}", **kwargs)
         except self._httpx.HTTPError as e:
-            raise RemoteUnavailable(redact_url(f"{type(e).__name__}: {e}".splitlines()[0])) from None
+            raise RemoteUnavailable(redact(f"{type(e).__name__}: {e}".splitlines()[0])) from None
         self._check(response, method, path)
         return response
 
@@ -71,7 +72,7 @@ class HttpBackend:
                 self._check(response, "GET", path)
                 yield from response.iter_bytes(CHUNK)
         except self._httpx.HTTPError as e:
-            raise RemoteUnavailable(redact_url(f"{type(e).__name__}: {e}".splitlines()[0])) from None
+            raise RemoteUnavailable(redact(f"{type(e).__name__}: {e}".splitlines()[0])) from None
 
     def put_stream(self, digest: str, file: BinaryIO, size: int) -> None:
         def body() -> Iterator[bytes]:

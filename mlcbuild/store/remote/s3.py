@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from mlcbuild.store.remote.base import CHUNK, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, redact_url
+from mlcbuild.errors import redact
+from mlcbuild.store.remote.base import CHUNK, CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 from mlcbuild.store.remote.fs import FsspecBackend
 
 ENV_ENDPOINT = "MLCBUILD_S3_ENDPOINT_URL"
@@ -42,7 +43,7 @@ class S3Backend(FsspecBackend):
         )
         fs.retries = RETRIES
         root = f"{parts.netloc}{parts.path}".rstrip("/")
-        shown = f"s3://{root}" + (f" (endpoint {redact_url(endpoint)})" if endpoint else "")
+        shown = f"s3://{root}" + (f" (endpoint {redact(endpoint)})" if endpoint else "")
         return cls(fs, root, shown)
 
     def get_stream(self, digest: str) -> Iterator[bytes]:
