@@ -104,7 +104,7 @@ def test_only_names_a_cell(tmp_path: Path) -> None:
     wrong = cli("build", str(recipe), "--only", "metal-macs", cache=tmp_path / "cache")
     assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0
     assert "--only: unknown cell 'metal-macs' — did you mean 'metal-macos'?" in wrong.stderr
-    for remote in ("/no/such/cache", "s3://bucket/cache"):
+    for remote in ("/no/such/cache", "s4://bucket/cache"):
         refused = cli("matrix", str(recipe), "--affected", "--remote", remote, cache=tmp_path / "cache")
         assert refused.returncode == 2 and refused.stderr.startswith("mlcbuild: error: --remote: "), refused.stderr
     helped = cli("build", "--help", cache=tmp_path / "cache")

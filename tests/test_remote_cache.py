@@ -242,6 +242,16 @@ def test_nginx_http_cache_push_then_fresh_build(machine_a, nginx, tmp_path):
     assert tree_bytes(recipe.parent / "dist") == tree_bytes(machine_a.dist)
 
 
+def test_matrix_affected_asks_an_s3_remote(machine_a, tmp_path):
+    recipe = fresh_project(tmp_path)
+    args = ["matrix", str(recipe), "--affected", "--format", "json"]
+    cached = mlcbuild("--remote", machine_a.remote, *args, cache=tmp_path / "cache")
+    assert cached.returncode == 0 and json.loads(cached.stdout)["cells"] == [], cached.stderr
+    (tmp_path / "empty-remote" / "cas").mkdir(parents=True)
+    empty = mlcbuild("--remote", str(tmp_path / "empty-remote"), *args, cache=tmp_path / "cache")
+    assert empty.returncode == 0 and len(json.loads(empty.stdout)["cells"]) == 2, empty.stderr + empty.stdout
+
+
 # --- bad remote objects ------------------------------------------------------------------------
 def _convert_shard(store: Store) -> str:
     convert = next(r for r in store.iter_actions() if r.preimage["kind"] == "convert")

@@ -194,25 +194,28 @@ def matrix_cmd(args: argparse.Namespace) -> int:
         found: dict[str, str] = {}
         for graph, recipe_cells_ in planned:
             found.update(affected_cells(recipe_cells_, missing_nodes(graph, shared, jobs=args.jobs)))
+        where = str(shared.root) if isinstance(shared, Store) else shared.url
         for cell in cells:
-            print(f"{cell.id}: {found.get(cell.id, 'cached in ' + str(shared.root))}", file=sys.stderr)
+            print(f"{cell.id}: {found.get(cell.id, 'cached in ' + where)}", file=sys.stderr)
         cells = [c for c in cells if c.id in found]
     sys.stdout.write(FORMATS[args.format](cells) + "\n")
     return 0
 
 
-def _shared_store(args: argparse.Namespace, local: Store) -> Store:
-    """The cache `matrix --affected` asks: --remote, $MLCBUILD_REMOTE, else the local cache."""
+def _shared_store(args: argparse.Namespace, local: Store) -> "Store | RemoteCache":
+    """The cache `matrix --affected` asks: --remote, $MLCBUILD_REMOTE, else the local cache. A folder
+    is a remote cache if it has the remote layout (cas/, ac/), else a local cache dir."""
     url = getattr(args, "remote", None) or os.environ.get("MLCBUILD_REMOTE")
     if not url:
         return local
-    if url.startswith("file://"):
-        url = url[len("file://") :]
-    elif "://" in url:
-        raise UserError(f"{url.split('://')[0]}:// caches are not supported by matrix --affected yet; give a cache folder", field="--remote")
-    if not Path(url).is_dir():
-        raise UserError(f"no cache folder at {url}", field="--remote")
-    return Store(Path(url))
+    folder = url[len("file://") :] if url.startswith("file://") else None if "://" in url else url
+    if folder is not None and not (Path(folder) / "cas").is_dir():
+        if not Path(folder).is_dir():
+            raise UserError(f"no cache folder at {folder}", field="--remote")
+        return Store(Path(folder))
+    remote = _remote(args)
+    assert remote is not None
+    return remote
 
 
 @command("explain")

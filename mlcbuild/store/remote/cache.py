@@ -165,18 +165,9 @@ class RemoteCache:
         self._hasher.shutdown(wait=True)
 
     # -- read ----------------------------------------------------------------
-    def lookup(self, key: str) -> bool:
-        """Whether the remote holds an entry for key (what `matrix --affected` asks)."""
-        if self.down:
-            return False
-        try:
-            return self.backend.get_action(key) is not None
-        except RemoteUnavailable as e:
-            self._trip(e)
-            return False
-
-    def fetch_into(self, store: Store, key: str, progress: Progress | None = None) -> ActionResult | None:
-        """On a local miss: the remote's result for key, its objects verified into `store`; else None."""
+    def get_action(self, key: str) -> ActionResult | None:
+        """The remote's entry for key, checked (well-formed, filed under key, signed by a trusted key
+        when keys are trusted), its objects not fetched: what `matrix --affected` asks."""
         if self.down:
             return None
         try:
@@ -191,6 +182,13 @@ class RemoteCache:
             check_entry(result, key)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self.warn(f"remote entry {key[:12]} ignored: {' '.join(str(e).split())}; building locally")
+            return None
+        return result
+
+    def fetch_into(self, store: Store, key: str, progress: Progress | None = None) -> ActionResult | None:
+        """On a local miss: the remote's result for key, its objects verified into `store`; else None."""
+        result = self.get_action(key)
+        if result is None:
             return None
         needed: dict[str, tuple[str, FileEntry]] = {}
         for rel, entry in result.manifest.files.items():
