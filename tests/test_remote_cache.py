@@ -224,6 +224,18 @@ def test_s3_entries_are_signed_and_big_objects_go_multipart(machine_a, moto_serv
     assert b"".join(backend.get_stream(digest)) == data
 
 
+@pytest.mark.parametrize("variable", ["MLCBUILD_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"])
+def test_s3_endpoint_from_the_environment(moto_server, monkeypatch, variable):
+    bucket = f"env-{variable.lower().replace('_', '-')}"
+    moto_server.bucket(bucket)
+    monkeypatch.setenv(variable, moto_server.endpoint)
+    backend = open_backend(f"s3://{bucket}/cache")
+    backend.put_action("a" * 64, b"entry")
+    assert backend.get_action("a" * 64) == b"entry"
+    stored = moto_server.client().get_object(Bucket=bucket, Key="cache/ac/" + "a" * 64)["Body"].read()
+    assert stored == b"entry"
+
+
 def test_nginx_http_cache_push_then_fresh_build(machine_a, nginx, tmp_path):
     url = nginx.url(f"ci:{URL_SECRET}")
     push = mlcbuild("--remote", url, "cache", "push", str(machine_a.recipe), cache=machine_a.cache)
