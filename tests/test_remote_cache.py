@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from mlcbuild.store.cas import ActionResult, Store
-from mlcbuild.store.manifest import FileEntry, Manifest
+from mlcbuild.store.manifest import Manifest, canonical_json
 from mlcbuild.store.remote import RemoteCache, open_backend
 from mlcbuild.store.remote import signing
 
@@ -443,7 +443,7 @@ def test_concurrent_writers_leave_the_remote_consistent(kind, moto_server, tmp_p
 
 
 # --- signatures ---------------------------------------------------------------------------------
-def _tamper(remote_dir: Path, key: str, how: str, machine_a, tmp_path: Path) -> None:
+def _tamper(remote_dir: Path, key: str, how: str, tmp_path: Path) -> None:
     """Poison an entry: point convert's shard at another object that exists (so digests still check)."""
     path = remote_dir / "ac" / key
     envelope = json.loads(path.read_bytes())
@@ -456,7 +456,7 @@ def _tamper(remote_dir: Path, key: str, how: str, machine_a, tmp_path: Path) -> 
     elif how == "untrusted key":
         data = signing.seal(entry, new_key(tmp_path / "attacker.pem"))
     else:
-        data = signing.canonical_json(envelope)
+        data = canonical_json(envelope)
     path.write_bytes(data)
 
 
@@ -465,7 +465,7 @@ def test_wrongly_signed_entry_is_ignored(machine_a, tmp_path, how):
     remote_dir = tmp_path / "remote"
     seed(str(remote_dir), machine_a.cache, signing_key=machine_a.key)
     key = entry_keys(Store(machine_a.cache))["convert"]
-    _tamper(remote_dir, key, how, machine_a, tmp_path)
+    _tamper(remote_dir, key, how, tmp_path)
     seen: list[str] = []
     trusted = signing.load_trusted_keys(machine_a.trusted)
     remote = RemoteCache(str(remote_dir), trusted_keys=trusted, warn=seen.append, read_only=True)
