@@ -63,14 +63,6 @@ def statuses(recipe: Path, cache: Path) -> dict[str, str]:
     return {o.node.label: o.status for o in report.outcomes.values()}
 
 
-@pytest.fixture
-def cache(shared_cache: Path, tmp_path: Path) -> Path:
-    """A private copy of the shared cache, so a test can change it freely."""
-    copy = tmp_path / "cache"
-    shutil.copytree(shared_cache, copy, ignore=shutil.ignore_patterns("tmp", "locks"))
-    return copy
-
-
 def test_build_layout_and_second_build_all_cached(tmp_path: Path, cache: Path) -> None:
     recipe = write_recipe(tmp_path / "r")
     first = mlcbuild("build", str(recipe), cache=cache)
