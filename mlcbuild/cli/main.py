@@ -111,6 +111,14 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks", **default)
 
 
+BUILD_HELP = """Build recipes, running only the nodes whose key has no cached result.
+
+A model folder is placed only when every node of its variant succeeded (convert and gen-config;
+a library also needs its compile): a failed build places nothing of that variant and leaves what
+an earlier build placed as it was. Only files mlcbuild placed are ever removed from an output
+folder; a placed file that was edited there is restored."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="mlcbuild",
@@ -140,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="build recipes (only what changed)",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=BUILD_HELP,
     )
     b.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     selection(b)
@@ -150,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--dry-run", action="store_true", help="show what would run")
     b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
-    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached (also replaces modified cache objects)")
 
     pl = subcommand("plan", help="every node: key, cached or why it will run")
     pl.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
@@ -192,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("action", choices=["ls", "du", "gc", "verify"])
     c.add_argument("--keep", nargs="*", type=Path, default=None, help="gc: drop every result these recipes do not use")
-    c.add_argument("--older-than", type=float, default=None, metavar="DAYS", help="gc: drop results built more than DAYS ago (0: all)")
+    c.add_argument("--older-than", type=non_negative_float, default=None, metavar="DAYS", help="gc: drop results built more than DAYS ago (0: all)")
     c.add_argument("--dry-run", action="store_true", help="gc: print what would be removed, remove nothing")
     c.add_argument("--repair", action="store_true", help="verify: quarantine corrupt objects, delete malformed entries")
 

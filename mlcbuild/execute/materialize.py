@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlcbuild.execute.base import BuildReport
 from mlcbuild.plan.graph import Artifact, BuildGraph
-from mlcbuild.store.cas import TMP_NAME, Store
+from mlcbuild.store.cas import PLACE_TMP_NAME, Store
 from mlcbuild.store.fs import fs_errors, pid_alive
 from mlcbuild.store.placed import Placed
 
@@ -87,13 +87,13 @@ def _remove_stale(placed: Placed, expected: set[str]) -> None:
 
 
 def _sweep_temp_files(folder: Path) -> None:
-    """Temp files a killed materialization left (`.<name>.<pid>.tmp` of a dead pid)."""
+    """Temp files a killed materialization left (`.<name>.<pid>.mlcbuild.tmp` of a dead pid)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for entry in entries:
-        m = TMP_NAME.match(entry.name)
+        m = PLACE_TMP_NAME.match(entry.name)
         if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)

@@ -51,7 +51,7 @@ def _child(kind: str, params: dict, inputs: dict, out: str, scratch: str, log: s
     except OSError as e:
         from mlcbuild.store.fs import mount_point, os_error_message
 
-        message = os_error_message(e, "file system", mount_point(e.filename or out))
+        message = os_error_message(e, "file system", mount_point(e.filename2 or e.filename or out))
         if message is None:
             import traceback
 

@@ -47,7 +47,9 @@ LINK_MIN_BYTES = 16 << 20
 smaller ones (configs, tokenizers, libraries) are copied, so an edit in the output folder never
 reaches the cache. An edit through a hard link is caught by the object's stat signature."""
 TMP_NAME = re.compile(r"^\..+?\.(\d+)(?:\.\d+)?\.tmp$")
-"""Temp files this store leaves while writing: `.<name>.<pid>[.<ns>].tmp`."""
+"""Temp files this store leaves while writing into the cache: `.<name>.<pid>[.<ns>].tmp`."""
+PLACE_TMP_NAME = re.compile(r"^\..+\.(\d+)\.mlcbuild\.tmp$")
+"""Temp files of placing an output (`.<name>.<pid>.mlcbuild.tmp`): distinct from anything a user names."""
 
 
 def default_cache_dir() -> Path:
@@ -474,7 +476,7 @@ class Store:
     def _place(self, source: Path, target: Path, link: bool, executable: bool) -> bool:
         """Put source's bytes at target via a temp file + rename; True if hard-linked. The temp
         file is removed on every error path; disk full or read-only become one line."""
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.mlcbuild.tmp")
         with fs_errors("output folder", target.parent):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -562,7 +564,11 @@ class Store:
         missing objects. Catches what the cheap stat check cannot (see signatures.py)."""
         problems = []
         for digest, path in self.iter_objects():
-            actual = hashing.sha256_file(path)
+            try:
+                actual = hashing.sha256_file(path)
+            except OSError as e:
+                problems.append(f"unreadable object {digest[:12]} ({e.strerror}): {path}")
+                continue
             if actual != digest:
                 problems.append(f"corrupt object {digest[:12]} (content hashes to {actual[:12]}): {path}")
             else:
@@ -582,7 +588,11 @@ class Store:
         fixed = 0
         with self._writing():
             for digest, path in self.iter_objects():
-                if hashing.sha256_file(path) != digest:
+                try:
+                    intact = hashing.sha256_file(path) == digest
+                except OSError:
+                    intact = False
+                if not intact:
                     self.quarantine(digest)
                     fixed += 1
             for path, result in list(self.iter_action_files()):
@@ -606,8 +616,8 @@ class Store:
         result names, quarantined objects and what killed builds left. Waits for running builds
         (they hold the gc lock shared), so nothing a build is using or has just written goes."""
         report = GcReport()
-        now = time.time()
         with self.exclusive(on_wait), self._writing():
+            now = time.time()
             live: set[str] = set()
             for path, result in list(self.iter_action_files()):
                 if not isinstance(result, ActionResult):
