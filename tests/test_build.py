@@ -181,6 +181,11 @@ def test_sigkill_mid_step_leaves_no_result(tmp_path: Path, shared_cache: Path) -
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    leftover = list((cache / "tmp").glob("compile-*"))
+    assert leftover and "leftovers of killed builds 0 " not in mlcbuild("cache", "du", cache=cache).stdout
+    collected = mlcbuild("cache", "gc", cache=cache)
+    assert collected.returncode == 0 and str(leftover[0]) in collected.stdout
+    assert not any(p.exists() for p in leftover)
     got = statuses(recipe, cache)
     assert got["compile tiny q4f16_1 llvm"] == "pending"
     assert got["convert tiny q4f16_1"] == "cached"
