@@ -149,6 +149,7 @@ _LEASES: dict[Path, list[int]] = {}
 class Store:
     def __init__(self, root: Path | str):
         self.root = Path(root).absolute()
+        self._objects = str(self.root / "objects")
         self._index: StatIndex | None = None
         self._signatures: ObjectSignatures | None = None
         self._leased = False
@@ -157,7 +158,11 @@ class Store:
 
     # -- paths ---------------------------------------------------------------
     def object_path(self, digest: str) -> Path:
-        return self.root / "objects" / digest[:2] / digest
+        return Path(self._object_str(digest))
+
+    def _object_str(self, digest: str) -> str:
+        """object_path as a str: the no-op path stats every object, and pathlib joins cost more than the stat."""
+        return f"{self._objects}/{digest[:2]}/{digest}"
 
     def action_path(self, key: str) -> Path:
         return self.root / "ac" / key[:2] / f"{key}.json"
@@ -281,7 +286,7 @@ class Store:
     def check_object(self, digest: str) -> os.stat_result | None:
         """The object's stat if it is present and intact, else None. Trusted by its recorded stat
         signature; re-hashed when the stat moved; quarantined when the bytes are not its digest."""
-        path = self.object_path(digest)
+        path = self._object_str(digest)
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -449,18 +454,19 @@ class Store:
         self.hold_lease()
         changed: list[Path] = []
         staged = self._work_dir_of(dest)
+        base = str(dest)
         for rel, entry in manifest.files.items():
             name = (rename or {}).get(rel, rel)
-            target = dest / name
             obj = self.check_object(entry.digest)
             if obj is None:
-                raise StoreError(f"cache object {entry.digest[:12]} for {target} is missing or corrupt; run the build again to rebuild it")
+                raise StoreError(f"cache object {entry.digest[:12]} for {dest / name} is missing or corrupt; run the build again to rebuild it")
             with contextlib.suppress(OSError):
-                now = os.lstat(target)
+                now = os.lstat(f"{base}/{name}")
                 if (now.st_ino, now.st_dev) == (obj.st_ino, obj.st_dev) or (placed is not None and placed.intact(name, entry.digest, now)):
                     if placed is not None and name not in placed.entries:
                         placed.note(name, entry.digest, now)
                     continue
+            target = dest / name
             link = entry.size >= LINK_MIN_BYTES or staged is not None
             linked = self._place(self.object_path(entry.digest), target, link, entry.executable)
             if linked:
