@@ -222,6 +222,8 @@ def test_a_failed_variant_places_nothing(tmp_path: Path) -> None:
     report.outcomes[gen] = Outcome(graph.nodes[gen], "failed", reason="boom")
     assert materialize(graph, report, store) == []
     assert not dest.exists() and not (dest.parent / "libs").exists()
+    del report.outcomes[graph.artifacts[0].node_id], report.outcomes[gen]  # a compile-only cell: not run, not failed
+    assert materialize(graph, report, store) == [dest.parent / "libs" / "tiny-llvm.so"] and not dest.exists()
 
 
 # -- 7. disk full: one line, no temp file left -------------------------------------------------

@@ -113,10 +113,10 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 BUILD_HELP = """Build recipes, running only the nodes whose key has no cached result.
 
-A model folder is placed only when every node of its variant succeeded (convert and gen-config;
-a library also needs its compile): a failed build places nothing of that variant and leaves what
-an earlier build placed as it was. Only files mlcbuild placed are ever removed from an output
-folder; a placed file that was edited there is restored."""
+A model folder is placed only when its convert and gen-config both succeeded (never without
+tensor-cache.json); a library when its compile succeeded and no node of its model folder failed.
+A failed variant places nothing and leaves what an earlier build placed as it was. Only files
+mlcbuild placed are ever removed from an output folder; a placed file edited there is restored."""
 
 
 def _parser() -> argparse.ArgumentParser:

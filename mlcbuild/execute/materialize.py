@@ -2,7 +2,8 @@
 
 What a failed build places: nothing of a variant whose nodes did not all succeed. A model folder
 (`<name>-<quant>-MLC/`) is written only when both its convert and gen-config succeeded, so it never
-lacks tensor-cache.json; a library only when its compile and its model folder's nodes succeeded.
+lacks tensor-cache.json; a library when its compile succeeded and no node of its model folder failed
+(a compile-only CI cell, which does not run convert, still places its library).
 What an earlier successful build placed there stays as it was.
 
 What is removed: only files mlcbuild placed (listed in the folder's `.mlcbuild-placed.json`),
@@ -39,12 +40,16 @@ def materialize(graph: BuildGraph, report: BuildReport, store: Store) -> list[Pa
     complete = {dest: all(ok(a.node_id) for a in folders[dest]) for dest in whole}
     folder_of = {a.node_id: a.dest for a in graph.artifacts if a.dest in whole}
 
+    def failed(node_id: str) -> bool:
+        outcome = report.outcomes.get(node_id)
+        return outcome is not None and not outcome.ok
+
     def wanted(artifact: Artifact) -> bool:
         if artifact.dest in whole:
             return complete[artifact.dest]
         node = graph.nodes.get(artifact.node_id)
         variant = [folder_of[d] for _, d in (node.deps if node else ()) if d in folder_of]
-        return ok(artifact.node_id) and all(complete[f] for f in variant)
+        return ok(artifact.node_id) and not any(failed(a.node_id) for f in variant for a in folders[f])
 
     written: list[Path] = []
     try:
