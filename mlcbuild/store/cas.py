@@ -42,6 +42,8 @@ from mlcbuild.store.placed import Placed
 from mlcbuild.store.signatures import ObjectSignatures, signature
 
 ENV_CACHE_DIR = "MLCBUILD_CACHE_DIR"
+_atomic_write_bytes = atomic_write_bytes
+"""The name other modules imported before the helper moved to store/fs.py; import it from there."""
 LINK_MIN_BYTES = 16 << 20
 """Output files this large are hard-linked to their object (weights: no second copy on disk);
 smaller ones (configs, tokenizers, libraries) are copied, so an edit in the output folder never
@@ -622,6 +624,8 @@ class Store:
         result names, quarantined objects and what killed builds left. Waits for running builds
         (they hold the gc lock shared), so nothing a build is using or has just written goes."""
         report = GcReport()
+        if not self.root.is_dir():
+            return report
         with self.exclusive(on_wait), self._writing():
             now = time.time()
             live: set[str] = set()
