@@ -271,6 +271,7 @@ def test_leftovers_of_killed_builds_are_counted_and_collected(tmp_path: Path, ca
 # -- 9. malformed action-cache entries: a miss for build, a finding for verify ------------------
 @pytest.mark.parametrize("raw", [b'{"key": 5, "manifest": [1]}', b'{"key": "', b"[]", b"\xff\xfe",
                                  b'{"key": "KEY", "manifest": {"files": {"a": {"digest": "zz", "size": -1}}}, "preimage": {}}',
+                                 b'{"key": "KEY", "manifest": {"files": {}}, "preimage": {"kind": 5}, "created": NaN}',
                                  b'{"key": "KEY", "manifest": {"files": {"../../x": {"digest": "' + b"a" * 64 + b'", "size": 1}}}, "preimage": {}}'])
 def test_malformed_entry_is_a_miss_and_a_finding(tmp_path: Path, capsys, raw: bytes) -> None:
     store = Store(tmp_path / "cache")
@@ -403,3 +404,40 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(tmp_path: Path, cache:
     assert (model / "tensor-cache.json").is_file() and (tmp_path / "r/dist/libs/tiny-q0f32-llvm.so").is_file()
     assert mlcbuild("cache", "verify", cache=cache).returncode == 0
     assert set(statuses(recipe, cache).values()) == {"pending"}
+
+
+# -- siblings the issue did not name ---------------------------------------------------------
+def test_siblings_never_crash_and_never_touch_user_files(tmp_path: Path, capsys) -> None:
+    from mlcbuild.plan.planner import PlanOptions, plan
+    from mlcbuild.recipe.load import load_recipe
+    from mlcbuild.store.hashing import StatIndex
+
+    store = Store(tmp_path / "cache")
+    (store.root / "index").mkdir(parents=True)
+    (store.root / "index" / "stat.json").write_text("[1, 2]")  # a malformed stat index is no index
+    assert StatIndex.open(store.root / "index" / "stat.json").entries == {}
+
+    folder = tmp_path / "r"
+    recipe = write_recipe(folder, output="out")
+    (folder / "out").mkdir()
+    (folder / "out" / "tiny-q0f32-MLC").symlink_to(folder / "model")  # the output folder is the source, by a link
+    with pytest.raises(UserError, match="overlaps the source folder"):
+        plan([load_recipe(recipe)], store, PlanOptions())
+
+    with pytest.raises(SystemExit):
+        main(["--cache-dir", str(store.root), "cache", "gc", "--older-than", "nan"])
+    assert "number of days ≥ 0" in capsys.readouterr().err
+
+    dest = tmp_path / "dist" / "m-MLC"
+    graph, report = _variant(store, tmp_path, dest, {"tensor-cache.json": b"{}"}, {"mlc-chat-config.json": b"{}"})
+    dest.mkdir(parents=True)
+    (dest / ".notes.123.tmp").write_text("a user's file that looks like a temp file")
+    (dest / ".tensor-cache.json.999999999.mlcbuild.tmp").write_text("left by a killed build")
+    (dest / "mlc-chat-config.json").mkdir()  # something in the way
+    with pytest.raises(StoreError, match=r"cannot write .*mlc-chat-config.json: is a directory"):
+        materialize(graph, report, store)
+    assert sorted(p.name for p in dest.iterdir()) == [".notes.123.tmp", "mlc-chat-config.json", "tensor-cache.json"]
+
+    (store.object_path("cd" * 32)).mkdir(parents=True)  # not a file where an object should be
+    assert main(["--cache-dir", str(store.root), "cache", "verify"]) == 1
+    assert f"unreadable object {'cd' * 6}" in capsys.readouterr().out

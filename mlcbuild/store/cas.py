@@ -86,8 +86,8 @@ class ActionResult:
         if not isinstance(preimage, dict):
             raise ValueError("entry's preimage is not a mapping")
         numbers = [data.get("duration_s", 0.0), data.get("created", 0.0)]
-        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
-            raise ValueError("entry's duration_s/created are not numbers")
+        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n < 1e11 for n in numbers):
+            raise ValueError("entry's duration_s/created are not plausible numbers of seconds")
         return cls(key, Manifest.from_json(data.get("manifest")), preimage, *numbers)
 
 
