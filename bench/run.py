@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
-from bench import hashing, noop, quantize
+from bench import hashing, materialize, noop, quantize
 from bench.common import WORK, write_json
 
 
 def main() -> None:
-    results = {"noop": noop.main(), "hashing": hashing.main(), "quantize": quantize.main()}
+    results = {"noop": noop.main(), "hashing": hashing.main(), "quantize": quantize.main(), "materialize": materialize.main()}
     write_json(WORK / "results.json", results)
     print(json.dumps(results, indent=2, default=str))
 
