@@ -236,7 +236,11 @@ class Store:
                 fd = os.open(path, os.O_RDONLY)
             except OSError:
                 return -1
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"mlcbuild: waiting for `cache gc` on {self.root} to finish", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 
     def close(self) -> None:
