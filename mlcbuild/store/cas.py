@@ -368,9 +368,11 @@ class Store:
         return self.object_path(digest).read_bytes()
 
     # -- action cache --------------------------------------------------------
-    def get_action(self, key: str) -> ActionResult | None:
+    def get_action(self, key: str, *, check_objects: bool = True) -> ActionResult | None:
         """A cached result, only if it is well-formed and every object it names is present and
-        intact; a malformed entry or a corrupt object (quarantined here) makes it a miss."""
+        intact; a malformed entry or a corrupt object (quarantined here) makes it a miss.
+        `check_objects=False` only asks that the objects exist (no re-hash, no lease): for callers
+        that plan, never serve (`matrix --affected` asking a shared cache folder)."""
         try:
             raw = self.action_path(key).read_bytes()
         except OSError:
@@ -381,6 +383,8 @@ class Store:
             return None
         if result.key != key:
             return None
+        if not check_objects:
+            return result if all(os.path.isfile(self._object_str(e.digest)) for e in result.manifest.files.values()) else None
         self.hold_lease()
         if not all(self.check_object(e.digest) is not None for e in result.manifest.files.values()):
             return None
