@@ -195,7 +195,9 @@ class Store:
     @property
     def signatures(self) -> ObjectSignatures:
         if self._signatures is None:
-            self._signatures = ObjectSignatures.open(self.root / "index" / "objects.json")
+            with _LEASE_LOCK:
+                if self._signatures is None:
+                    self._signatures = ObjectSignatures.open(self.root / "index" / "objects.json")
         return self._signatures
 
     def save_index(self) -> None:
