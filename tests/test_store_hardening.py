@@ -442,3 +442,26 @@ def test_siblings_never_crash_and_never_touch_user_files(tmp_path: Path, capsys)
     (store.object_path("cd" * 32)).mkdir(parents=True)  # not a file where an object should be
     assert main(["--cache-dir", str(store.root), "cache", "verify"]) == 1
     assert f"unreadable object {'cd' * 6}" in capsys.readouterr().out
+
+
+def test_staged_step_inputs_keep_their_signatures_unless_a_step_wrote_to_them(tmp_path: Path, monkeypatch) -> None:
+    store = Store(tmp_path / "cache")
+    manifest = _put(store, tmp_path, {"model.safetensors": b"S" * 5000, "config.json": b"{}"})
+    for write in (False, True):
+        work = store.make_work_dir("convert-")
+        store.materialize(manifest, work / "in" / "source")
+        if write:  # a step that writes to its (read-only by contract) input
+            with open(work / "in" / "source" / "config.json", "r+b") as f:
+                f.write(b"[]")
+        store.remove_work_dir(work)
+        store.save_index()
+        calls: list[str] = []
+        real = hashing.sha256_file
+        monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(str(p)) or real(p))
+        fresh = Store(store.root)
+        intact = [fresh.check_object(e.digest) is not None for e in manifest.files.values()]
+        monkeypatch.setattr(hashing, "sha256_file", real)
+        if write:
+            assert intact == [True, False] and len(calls) == 1, calls  # only the written one re-hashed, then quarantined
+        else:
+            assert intact == [True, True] and calls == [], calls  # a no-op reads no object

@@ -155,7 +155,9 @@ class Store:
         self._index: StatIndex | None = None
         self._signatures: ObjectSignatures | None = None
         self._leased = False
-        self._work: dict[Path, tuple[int, dict[str, tuple[int, int]]]] = {}
+        self._work: dict[Path, int] = {}
+        self._staged: dict[str, tuple[int, int]] = {}
+        """Objects hard-linked into work dirs -> their (size, mtime_ns) before any step ran."""
         self.quarantined: list[str] = []
 
     # -- paths ---------------------------------------------------------------
@@ -201,6 +203,8 @@ class Store:
         return self._signatures
 
     def save_index(self) -> None:
+        self._refresh_staged()
+        self._staged.clear()
         if self._index is not None:
             with contextlib.suppress(OSError):
                 self._index.save()
@@ -432,27 +436,25 @@ class Store:
             path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
         fd = os.open(path, os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        self._work[path] = (fd, {})
+        self._work[path] = fd
         return path
 
     def remove_work_dir(self, path: Path) -> None:
-        """Delete a work dir. Objects hard-linked into it had their ctime moved by the link and the
-        unlink: re-record their signatures, unless a step wrote to them (size or mtime moved)."""
-        fd, linked = self._work.pop(path, (None, {}))
         shutil.rmtree(path, ignore_errors=True)
+        fd = self._work.pop(path, None)
         if fd is not None:
             os.close(fd)
-        for digest, before in linked.items():
+        self._refresh_staged()
+
+    def _refresh_staged(self) -> None:
+        """Objects hard-linked into a work dir had their ctime moved by the link and the unlink:
+        re-record their signatures, unless a step wrote to them (size or mtime moved), which
+        leaves them to be re-hashed (and quarantined) on their next use."""
+        for digest, before in list(self._staged.items()):
             with contextlib.suppress(FileNotFoundError):
-                st = os.stat(self.object_path(digest))
+                st = os.stat(self._object_str(digest))
                 if (st.st_size, st.st_mtime_ns) == before:
                     self.signatures.record(digest, st)
-
-    def _work_dir_of(self, dest: Path) -> dict[str, tuple[int, int]] | None:
-        for root, (_, linked) in list(self._work.items()):
-            if dest == root or root in dest.parents:
-                return linked
-        return None
 
     # -- materialization -----------------------------------------------------
     def materialize(
@@ -465,7 +467,7 @@ class Store:
         them, and a file someone edited is replaced. Every object is checked before it is placed."""
         self.hold_lease()
         changed: list[Path] = []
-        staged = self._work_dir_of(dest)
+        staged = str(dest).startswith(str(self.root / "tmp") + os.sep)
         base = str(dest)
         for rel, entry in manifest.files.items():
             name = (rename or {}).get(rel, rel)
@@ -479,13 +481,13 @@ class Store:
                         placed.note(name, entry.digest, now)
                     continue
             target = dest / name
-            link = entry.size >= LINK_MIN_BYTES or staged is not None
+            link = entry.size >= LINK_MIN_BYTES or staged
             linked = self._place(self.object_path(entry.digest), target, link, entry.executable)
             if linked:
                 after = os.stat(self.object_path(entry.digest))
                 self.signatures.record(entry.digest, after)
-                if staged is not None:
-                    staged[entry.digest] = (after.st_size, after.st_mtime_ns)
+                if staged:
+                    self._staged.setdefault(entry.digest, (after.st_size, after.st_mtime_ns))
             if placed is not None:
                 placed.note(name, entry.digest, os.lstat(target))
             changed.append(target)
