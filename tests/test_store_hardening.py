@@ -459,9 +459,9 @@ def test_staged_step_inputs_keep_their_signatures_unless_a_step_wrote_to_them(tm
         real = hashing.sha256_file
         monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(str(p)) or real(p))
         fresh = Store(store.root)
-        intact = [fresh.check_object(e.digest) is not None for e in manifest.files.values()]
+        intact = {rel: fresh.check_object(e.digest) is not None for rel, e in manifest.files.items()}
         monkeypatch.setattr(hashing, "sha256_file", real)
         if write:
-            assert intact == [True, False] and len(calls) == 1, calls  # only the written one re-hashed, then quarantined
+            assert intact == {"model.safetensors": True, "config.json": False} and len(calls) == 1, calls  # only the written one re-hashed, then quarantined
         else:
-            assert intact == [True, True] and calls == [], calls  # a no-op reads no object
+            assert intact == {"model.safetensors": True, "config.json": True} and calls == [], calls  # a no-op reads no object
