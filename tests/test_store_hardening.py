@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import yaml
 
 from mlcbuild.cli.main import main
 from mlcbuild.errors import UserError
@@ -27,7 +25,7 @@ from mlcbuild.store.fs import StoreError
 from mlcbuild.store.hashing import sha256_file
 from mlcbuild.store.manifest import Manifest
 from mlcbuild.store.placed import RECORD
-from test_build import DEMO_MODEL, mlcbuild, statuses, write_recipe
+from test_build import mlcbuild, statuses, write_recipe
 
 
 def _put(store: Store, tmp_path: Path, files: dict[str, bytes]) -> Manifest:
@@ -394,7 +392,7 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(tmp_path: Path, cache:
         time.sleep(0.02)
     gc = subprocess.Popen([sys.executable, "-m", "mlcbuild", "cache", "gc", "--older-than", "0"], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = build.communicate(timeout=300)
+    _, err = build.communicate(timeout=300)
     gc_out, gc_err = gc.communicate(timeout=300)
     assert build.returncode == 0, err
     assert gc.returncode == 0 and "waiting for running builds" in gc_err, gc_err
@@ -457,7 +455,7 @@ def test_staged_step_inputs_keep_their_signatures_unless_a_step_wrote_to_them(tm
         store.save_index()
         calls: list[str] = []
         real = hashing.sha256_file
-        monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(str(p)) or real(p))
+        monkeypatch.setattr(hashing, "sha256_file", lambda p, real=real: calls.append(str(p)) or real(p))
         fresh = Store(store.root)
         intact = {rel: fresh.check_object(e.digest) is not None for rel, e in manifest.files.items()}
         monkeypatch.setattr(hashing, "sha256_file", real)

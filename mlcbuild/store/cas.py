@@ -39,7 +39,7 @@ from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, os_erro
 from mlcbuild.store.hashing import StatIndex
 from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, is_digest
 from mlcbuild.store.placed import Placed
-from mlcbuild.store.signatures import ObjectSignatures, signature
+from mlcbuild.store.signatures import ObjectSignatures
 
 ENV_CACHE_DIR = "MLCBUILD_CACHE_DIR"
 _atomic_write_bytes = atomic_write_bytes
