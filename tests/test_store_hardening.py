@@ -455,7 +455,7 @@ def test_staged_step_inputs_keep_their_signatures_unless_a_step_wrote_to_them(tm
         store.save_index()
         calls: list[str] = []
         real = hashing.sha256_file
-        monkeypatch.setattr(hashing, "sha256_file", lambda p, real=real: calls.append(str(p)) or real(p))
+        monkeypatch.setattr(hashing, "sha256_file", lambda p, real=real, calls=calls: calls.append(str(p)) or real(p))
         fresh = Store(store.root)
         intact = {rel: fresh.check_object(e.digest) is not None for rel, e in manifest.files.items()}
         monkeypatch.setattr(hashing, "sha256_file", real)
