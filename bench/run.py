@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import json
 
-from bench import hashing, noop, quantize, remote
+from bench import hashing, materialize, noop, quantize, remote
 from bench.common import WORK, write_json
 
 
 def main() -> None:
-    results = {"noop": noop.main(), "hashing": hashing.main(), "quantize": quantize.main(), "remote": remote.main()}
+    results = {
+        "noop": noop.main(),
+        "hashing": hashing.main(),
+        "quantize": quantize.main(),
+        "materialize": materialize.main(),
+        "remote": remote.main(),
+    }
     write_json(WORK / "results.json", results)
     print(json.dumps(results, indent=2, default=str))
 

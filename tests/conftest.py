@@ -126,7 +126,7 @@ def compiled_model(tmp_path_factory):
     return _CompiledModels(tmp_path_factory.mktemp("compiled"))
 
 
-# --- a cache with the tiny demo model built for llvm (owned by tests/test_build.py; reused by test_matrix.py)
+# --- a cache with the tiny demo model built for llvm (owned by tests/test_build.py; reused by test_matrix.py, test_store_hardening.py)
 @_pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """A cache where `test_build.write_recipe()`'s q0f32 llvm build is done once for the whole session."""
@@ -140,3 +140,13 @@ def shared_cache(tmp_path_factory):
     result = mlcbuild("build", str(recipe), cache=cache)
     assert result.returncode == 0, result.stderr + result.stdout
     return cache
+
+
+@_pytest.fixture
+def cache(shared_cache, tmp_path):
+    """A private copy of the shared cache, so a test can change it freely."""
+    import shutil as _shutil
+
+    copy = tmp_path / "cache"
+    _shutil.copytree(shared_cache, copy, ignore=_shutil.ignore_patterns("tmp", "locks"))
+    return copy

@@ -63,14 +63,6 @@ def statuses(recipe: Path, cache: Path) -> dict[str, str]:
     return {o.node.label: o.status for o in report.outcomes.values()}
 
 
-@pytest.fixture
-def cache(shared_cache: Path, tmp_path: Path) -> Path:
-    """A private copy of the shared cache, so a test can change it freely."""
-    copy = tmp_path / "cache"
-    shutil.copytree(shared_cache, copy, ignore=shutil.ignore_patterns("tmp", "locks"))
-    return copy
-
-
 def test_build_layout_and_second_build_all_cached(tmp_path: Path, cache: Path) -> None:
     recipe = write_recipe(tmp_path / "r")
     first = mlcbuild("build", str(recipe), cache=cache)
@@ -189,6 +181,11 @@ def test_sigkill_mid_step_leaves_no_result(tmp_path: Path, shared_cache: Path) -
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    leftover = list((cache / "tmp").glob("compile-*"))
+    assert leftover and "leftovers of killed builds 0 " not in mlcbuild("cache", "du", cache=cache).stdout
+    collected = mlcbuild("cache", "gc", cache=cache)
+    assert collected.returncode == 0 and str(leftover[0]) in collected.stdout
+    assert not any(p.exists() for p in leftover)
     got = statuses(recipe, cache)
     assert got["compile tiny q4f16_1 llvm"] == "pending"
     assert got["convert tiny q4f16_1"] == "cached"

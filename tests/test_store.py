@@ -29,7 +29,7 @@ def test_put_and_get_roundtrip(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     store.materialize(manifest, dest)
     assert (dest / "sub/b.bin").read_bytes() == b"\x00" * 10
-    assert os.path.samefile(dest / "a.txt", store.object_path(manifest.files["a.txt"].digest))
+    assert not os.path.samefile(dest / "a.txt", store.object_path(manifest.files["a.txt"].digest))  # small: a copy
 
 
 def test_result_with_missing_object_is_not_served(tmp_path: Path) -> None:
@@ -62,8 +62,9 @@ def test_gc_keeps_only_live_results(tmp_path: Path) -> None:
     drop = _put(store, tmp_path, {"drop": b"2"})
     store.put_action(ActionResult("c" * 64, keep, {}))
     store.put_action(ActionResult("d" * 64, drop, {}))
-    removed, freed = store.gc({"c" * 64})
-    assert (removed, freed) == (1, 1)
+    report = store.gc({"c" * 64})
+    assert (report.objects, report.object_bytes) == (1, 1)
+    assert [r.key for r in report.results] == ["d" * 64]
     assert store.get_action("c" * 64) is not None and store.get_action("d" * 64) is None
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from mlcbuild.store.remote import RemoteCache
+    from mlcbuild.store.cas import ActionResult
 
 
 
@@ -275,52 +276,91 @@ def graph_cmd(args: argparse.Namespace) -> int:
 
 @command("cache")
 def cache_cmd(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     if args.action in ("push", "pull"):
         return _cache_transfer(args)
     store = _store()
     if args.action == "ls":
-        table = Table(title=f"cache {store.root}")
-        for col in ("key", "kind", "what", "size", "built", "took"):
-            table.add_column(col)
-        for result in store.iter_actions():
-            params = result.preimage.get("params", {})
-            what = " ".join(
-                str(v)
-                for k, v in params.items()
-                if k in ("repo", "path", "quantization", "conv_template") and v
-            )
-            if "target" in params:
-                what += f" {params['target'].get('name')}:{params['target'].get('variant') or ''}".rstrip(":")
-            table.add_row(
-                result.key[:12],
-                result.preimage.get("kind", "?"),
-                what,
-                _human(result.manifest.size),
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(result.created)),
-                f"{result.duration_s:.1f}s",
-            )
-        console().print(table)
-    elif args.action == "du":
-        usage = store.usage()
-        console().print(f"{usage['results']} results, {usage['objects']} objects, {_human(usage['object_bytes'])} in {store.root}")
-    elif args.action == "gc":
-        keep = None
-        if args.keep is not None:
-            keep = _live_keys(args, args.keep)
-        older = args.older_than * 86400 if args.older_than is not None else None
-        removed, freed = store.gc(keep, older)
-        console().print(f"removed {removed} objects, freed {_human(freed)}")
-    else:
-        problems = store.verify()
-        for problem in problems:
-            console().print(f"[red]{problem}[/]")
-        if problems and args.repair:
-            console().print(f"removed {store.remove_corrupt()} corrupt objects")
-        if problems:
-            return 1
-        console().print(f"[green]ok[/]: {store.usage()['objects']} objects verified")
+        return _cache_ls(store)
+    if args.action == "du":
+        u = store.usage()
+        console().print(
+            f"{u['results']} results, {u['objects']} objects, {_human(u['object_bytes'])} in {store.root}; "
+            f"quarantined {u['quarantined']} ({_human(u['quarantined_bytes'])}), "
+            f"leftovers of killed builds {u['leftovers']} ({_human(u['leftover_bytes'])}), logs {_human(u['log_bytes'])}"
+            + (f"; {u['malformed']} malformed result entries" if u["malformed"] else "")
+        )
+        return 0
+    if args.action == "gc":
+        return _cache_gc(args, store)
+    problems = store.verify()
+    for problem in problems:
+        console().print(f"[red]{problem}[/]", soft_wrap=True)
+    if problems and args.repair:
+        console().print(f"repaired {store.repair()} (corrupt objects quarantined, malformed entries deleted)")
+    if problems:
+        return 1
+    console().print(f"[green]ok[/]: {store.usage()['objects']} objects verified")
+    return 0
+
+
+def _describe(result: "ActionResult") -> str:
+    params = result.preimage.get("params", {})
+    params = params if isinstance(params, dict) else {}
+    what = " ".join(str(v) for k, v in params.items() if k in ("repo", "path", "quantization", "conv_template") and v)
+    target = params.get("target")
+    if isinstance(target, dict):
+        what += f" {target.get('name')}:{target.get('variant') or ''}".rstrip(":")
+    return what
+
+
+def _cache_ls(store: Store) -> int:
+    from rich.table import Table
+
+    table = Table(title=f"cache {store.root}")
+    for col in ("key", "kind", "what", "size", "built", "took"):
+        table.add_column(col)
+    malformed = 0
+    for _, result in store.iter_action_files():
+        if isinstance(result, str):
+            malformed += 1
+            continue
+        table.add_row(
+            result.key[:12],
+            str(result.preimage.get("kind", "?")),
+            _describe(result),
+            _human(result.manifest.size),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(result.created)),
+            f"{result.duration_s:.1f}s",
+        )
+    console().print(table)
+    if malformed:
+        console().print(f"{malformed} malformed result entries (a miss for builds; `cache verify` lists them, `cache gc` removes them)")
+    return 0
+
+
+def _cache_gc(args: argparse.Namespace, store: Store) -> int:
+    keep = _live_keys(args, args.keep) if args.keep is not None else None
+    older = args.older_than * 86400 if args.older_than is not None else None
+    report = store.gc(
+        keep,
+        older,
+        dry_run=args.dry_run,
+        on_wait=lambda: print("mlcbuild: waiting for running builds to finish before gc", file=sys.stderr, flush=True),
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    why = "not used by the kept recipes" if keep is not None else "older than the cutoff"
+    for result in report.results:
+        console().print(f"{verb} result {result.key[:12]} {result.preimage.get('kind', '?')} {_describe(result)} ({why})", soft_wrap=True)
+    for path in report.malformed:
+        console().print(f"{verb} malformed result entry {path}", soft_wrap=True)
+    for path in report.leftovers:
+        console().print(f"{verb} leftover of a killed build {path}", soft_wrap=True)
+    console().print(
+        f"{verb} {len(report.results)} results, {report.objects} unreferenced objects ({_human(report.object_bytes)}), "
+        f"{report.quarantined} quarantined objects, {len(report.leftovers)} leftovers; "
+        f"{'would free' if args.dry_run else 'freed'} {_human(report.freed)}",
+        soft_wrap=True,
+    )
     return 0
 
 

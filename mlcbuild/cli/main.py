@@ -13,6 +13,18 @@ from mlcbuild.errors import MlcbuildError, redact
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
+CACHE_HELP = """\
+ls      every cached result: key, kind, what, size, when built
+du      disk use: results, objects, quarantined objects, leftovers of killed builds, logs
+verify  re-hash every object (finds what the cheap stat check cannot); exit 1 on findings
+gc      remove what is not needed. Plain `gc` keeps every well-formed result and the objects
+        it names, and removes: objects no result names, malformed result entries,
+        quarantined objects, and what killed builds left (work dirs no build holds,
+        temp files). `--keep RECIPE...` also drops every result those recipes do not use;
+        `--older-than DAYS` drops results built more than DAYS ago (0 drops them all).
+        gc waits for running builds (they hold a lease on the cache) and lists what goes;
+        `--dry-run` lists it and removes nothing."""
+
 
 def command(name: str):
     def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -119,6 +131,14 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+BUILD_HELP = """Build recipes, running only the nodes whose key has no cached result.
+
+A model folder is placed only when its convert and gen-config both succeeded (never without
+tensor-cache.json); a library when its compile succeeded and no node of its model folder failed.
+A failed variant places nothing and leaves what an earlier build placed as it was. Only files
+mlcbuild placed are ever removed from an output folder; a placed file edited there is restored."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="mlcbuild",
@@ -148,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         help="build recipes (only what changed)",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=BUILD_HELP,
     )
     b.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     selection(b)
@@ -158,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--dry-run", action="store_true", help="show what would run")
     b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
-    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached (also replaces modified cache objects)")
 
     pl = subcommand("plan", help="every node: key, cached or why it will run")
     pl.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
@@ -187,12 +208,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=["mermaid", "dot", "json"], default="mermaid")
     selection(g)
 
-    c = subcommand("cache", help="inspect and maintain the cache")
+    c = subcommand(
+        "cache",
+        help="inspect and maintain the cache",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=CACHE_HELP,
+    )
     c.add_argument("action", choices=["ls", "du", "gc", "verify", "push", "pull"])
     c.add_argument("recipes", nargs="*", type=Path, help="push/pull: what these recipes need, to/from --remote")
-    c.add_argument("--keep", nargs="*", type=Path, default=None, help="gc: keep only results these recipes use")
-    c.add_argument("--older-than", type=float, default=None, help="gc: drop results older than N days")
-    c.add_argument("--repair", action="store_true", help="verify: delete corrupt objects")
+    c.add_argument("--keep", nargs="*", type=Path, default=None, help="gc: drop every result these recipes do not use")
+    c.add_argument("--older-than", type=non_negative_float, default=None, metavar="DAYS", help="gc: drop results built more than DAYS ago (0: all)")
+    c.add_argument("--dry-run", action="store_true", help="gc: print what would be removed, remove nothing")
+    c.add_argument("--repair", action="store_true", help="verify: quarantine corrupt objects, delete malformed entries")
 
     lk = subcommand("lock", help="pin each HF revision to its commit sha")
     lk.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")

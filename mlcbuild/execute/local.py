@@ -3,8 +3,6 @@
 (constructive traces, early cutoff)."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -128,7 +126,7 @@ class LocalExecutor:
 
     def _execute(self, node: Node, inputs: dict[str, Manifest]) -> Manifest:
         """Run the step in a child process; its log is kept in the cache only if it fails."""
-        work = Path(tempfile.mkdtemp(prefix=f"{node.kind}-", dir=self.store.tmp_dir))
+        work = self.store.make_work_dir(f"{node.kind}-")
         log = self.store.log_path(node.id)
         log.unlink(missing_ok=True)
         try:
@@ -153,7 +151,7 @@ class LocalExecutor:
             log.unlink(missing_ok=True)
             return manifest
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            self.store.remove_work_dir(work)
 
 
 def dry_run(graph: BuildGraph, wanted: set[str], store: Store, force: bool = False) -> BuildReport:

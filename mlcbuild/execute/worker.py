@@ -48,6 +48,15 @@ def _child(kind: str, params: dict, inputs: dict, out: str, scratch: str, log: s
         conn.send(("user", str(e)))
     except MlcbuildError as e:
         conn.send(("step", str(e)))
+    except OSError as e:
+        from mlcbuild.store.fs import mount_point, os_error_message
+
+        message = os_error_message(e, "file system", mount_point(e.filename2 or e.filename or out))
+        if message is None:
+            import traceback
+
+            traceback.print_exc()
+        conn.send(("step", message or f"{type(e).__name__}: {e}"))
     except BaseException as e:
         import traceback
 

@@ -64,9 +64,39 @@ def _selected(values: Iterable[Any], wanted: tuple[str, ...], what: str) -> list
     return chosen
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_location(recipe: Recipe, store: Store, folders: list[Path]) -> None:
+    """Refuse output folders that would overwrite or delete what a build reads (the source folder,
+    the cache) or that cannot be folders, before anything runs."""
+    written = "output" in recipe.locations
+    where, what = (recipe.where("output"), "output") if written else (recipe.where("source.path"), "source.path")
+    out = recipe.output.resolve()
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{probe} is a file, not a folder; choose another output folder", recipe.where("output"), "output")
+    source = recipe.source.path.resolve() if recipe.source.path is not None else None
+    for folder in (f.resolve() for f in folders):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file, not a folder; move it or choose another output folder", recipe.where("output"), "output")
+        if source is not None and _overlaps(folder, source):
+            raise UserError(
+                f"output {folder} overlaps the source folder {source}; a build would overwrite or delete its files",
+                where,
+                what,
+            )
+        if _overlaps(folder, store.root.resolve()):
+            raise UserError(f"output {folder} overlaps the cache {store.root}; choose another output folder", recipe.where("output"), "output")
+
+
 def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Callable[[Node], None] | None = None) -> BuildGraph:
     graph = BuildGraph()
     for recipe in recipes:
+        first_artifact = len(graph.artifacts)
         full, meta = source_nodes(recipe, store, options.revisions.get(str(recipe.path)))
         download, download_meta = graph.add(full), graph.add(meta)
         for quant in _selected(recipe.quantizations, options.quantizations, "quantization"):
@@ -108,6 +138,7 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                 )
                 lib = lib_path(recipe, quant, resolved)
                 graph.artifacts.append(Artifact(compile_node.id, lib.parent, rename={f"lib.{resolved.suffix}": lib.name}))
+        check_output_location(recipe, store, sorted({a.dest for a in graph.artifacts[first_artifact:]}))
     for node in graph.topological():
         if check is not None:
             check(node)

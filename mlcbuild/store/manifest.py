@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,14 @@ def canonical_json(value: Any) -> bytes:
 
 def sha256_json(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(value: Any) -> bool:
+    """A lowercase hex sha256, as object names and action keys are."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -35,13 +44,22 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Manifest":
-        return cls(
-            {
-                p: FileEntry(e["digest"], e["size"], bool(e.get("executable", False)))
-                for p, e in data["files"].items()
-            }
-        )
+    def from_json(cls, data: Any) -> "Manifest":
+        """Parse a stored manifest; anything malformed is a ValueError (the entry is then a miss)."""
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            raise ValueError("manifest has no 'files' mapping")
+        out: dict[str, FileEntry] = {}
+        for p, e in files.items():
+            if not isinstance(e, dict) or not is_digest(e.get("digest")):
+                raise ValueError(f"manifest entry {p!r} has no sha256 digest")
+            size = e.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError(f"manifest entry {p!r} has no valid size")
+            if not p or p.startswith("/") or ".." in p.split("/"):
+                raise ValueError(f"manifest path {p!r} leaves its folder")
+            out[p] = FileEntry(e["digest"], size, e.get("executable") is True)
+        return cls(out)
 
     @property
     def digest(self) -> str:

@@ -1,0 +1,81 @@
+"""File-system helpers shared by the store and the output folders: atomic writes, and OS errors
+that a user can act on (disk full, read-only) turned into one line instead of a traceback."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from mlcbuild.errors import MlcbuildError
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class StoreError(MlcbuildError):
+    """The cache or an output folder cannot be written (disk full, read-only) or holds a corrupt
+    object: one line, exit code 1."""
+
+
+def os_error_message(e: OSError, what: str, path: Path | str) -> str | None:
+    """The one line for an OSError the user can fix, or None for anything else (a bug)."""
+    if e.errno in NO_SPACE:
+        return f"no space left on {path}"
+    if e.errno in NOT_WRITABLE:
+        return f"{what} {path} is not writable"
+    if isinstance(e, (IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return f"cannot write {e.filename2 or e.filename or path}: {(e.strerror or 'in the way').lower()}"
+    return None
+
+
+@contextlib.contextmanager
+def fs_errors(what: str, path: Path | str) -> Iterator[None]:
+    """Raise StoreError("no space left on PATH" / "WHAT PATH is not writable") for those OSErrors."""
+    try:
+        yield
+    except OSError as e:
+        message = os_error_message(e, what, path)
+        if message is None:
+            raise
+        raise StoreError(message) from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file + rename in the same folder: readers see the old or the new file,
+    never a partial one, and the temp file is gone on every error path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def mount_point(path: Path | str) -> Path:
+    """The mount point holding path: what "no space left on ..." should name for a temp file."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    dev = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == dev:
+        path = path.parent
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
