@@ -122,6 +122,7 @@ def build_pipeline(
 
     @tvm.transform.module_pass(opt_level=0, name="MlcbuildPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from mlcbuild.compiler.determinism import canonical_store_order
         from mlcbuild.compiler.fusion import fuse_dequantize_matmul, rewrite_transpose_matmul
 
         fuse = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []
@@ -157,6 +158,7 @@ def build_pipeline(
                     relax.transform.ComputePrimValue(),
                     relax.transform.VMShapeLower(),
                     relax.transform.AttachGlobalSymbol(),
+                    canonical_store_order(),
                 ]
             )
             return seq(mod)
