@@ -84,12 +84,16 @@ def _all(graph: BuildGraph) -> set[str]:
 
 
 def _wanted(args: argparse.Namespace, graph: BuildGraph) -> set[str]:
-    """Every node, or one matrix cell's (`--only CELL`)."""
-    if getattr(args, "only", None):
-        from mlcbuild.ci.matrix import cell_nodes
+    """Every node, one matrix cell's (`--only CELL`), or the nodes `--only NODE` names (id prefix or
+    part of a label, as `explain` takes them); an unknown name is a UserError naming the cells."""
+    only = getattr(args, "only", None)
+    if not only:
+        return _all(graph)
+    from mlcbuild.ci.matrix import cell_nodes, cell_of
 
-        return cell_nodes(graph, args.only)
-    return _all(graph)
+    if any(cell_of(n) == only for n in graph.nodes.values()):
+        return cell_nodes(graph, only)
+    return {n.id for n in graph.find(only)} or cell_nodes(graph, only)
 
 
 def _elsewhere_reason(graph: BuildGraph, node_id: str) -> str:
@@ -114,6 +118,14 @@ def _report_elsewhere(args: argparse.Namespace, graph: BuildGraph, elsewhere: se
     print(f"  every cell and the runner it needs: mlcbuild matrix {recipes}", file=sys.stderr)
 
 
+def _find(graph: BuildGraph, query: str) -> list[Node]:
+    matches = graph.find(query)
+    if not matches:
+        labels = ", ".join(sorted(n.label for n in graph.nodes.values()))
+        raise UserError(f"no node matches '{query}' (nodes: {labels})")
+    return matches
+
+
 @command("build")
 def build(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import RichReporter, summary_table
@@ -124,6 +136,13 @@ def build(args: argparse.Namespace) -> int:
     wanted = _wanted(args, graph)
     elsewhere = graph.elsewhere(wanted)
     wanted -= elsewhere
+    if args.check:
+        from mlcbuild.execute.check import run_check
+
+        code = run_check(graph, wanted, store)
+        if elsewhere:
+            _report_elsewhere(args, graph, elsewhere)
+        return code or (EXIT_ELSEWHERE if elsewhere else 0)
     if args.dry_run:
         report = dry_run(graph, wanted, store, force=args.force)
         console().print(summary_table(report, title="dry run"))
@@ -225,10 +244,7 @@ def explain(args: argparse.Namespace) -> int:
     from mlcbuild.plan.keys import diff_preimages, key_preimage
 
     _, store, graph = _prepare(args, [args.recipe])
-    matches = graph.find(args.node)
-    if not matches:
-        labels = ", ".join(sorted(n.label for n in graph.nodes.values()))
-        raise UserError(f"no node matches '{args.node}' (nodes: {labels})")
+    matches = _find(graph, args.node)
     report = dry_run(graph, _all(graph), store)
     for node in matches:
         outcome = report.outcomes[node.id]

@@ -156,7 +156,11 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
 
     def only(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--only", metavar="CELL", help="only one matrix cell: 'weights' or a target variant such as 'cuda-sm_90a'")
+        sp.add_argument(
+            "--only",
+            metavar="CELL",
+            help="only one matrix cell: 'weights' or a target variant such as 'cuda-sm_90a'; or nodes: an id prefix or part of a label",
+        )
 
     def selection(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-t", "--target", action="append", default=[], help="only this target (repeatable)")
@@ -180,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true", help="show what would run")
     b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
     b.add_argument("--force", action="store_true", help="rebuild even when cached (also replaces modified cache objects)")
+    b.add_argument("--check", action="store_true", help="rebuild cached nodes in scratch space and compare bytes")
 
     pl = subcommand("plan", help="every node: key, cached or why it will run")
     pl.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")

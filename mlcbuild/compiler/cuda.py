@@ -235,32 +235,11 @@ def make_fpack_imports(arch: str, *, embed_ptx: bool = False, report: Callable[[
     return fpack_imports
 
 
-def _elf_symbol_bytes(image: bytes, symbol: str) -> bytes:
-    """The bytes at an exported ELF64 symbol's address, `st_size` long (little-endian files)."""
-    if image[:4] != b"\x7fELF" or image[4] != 2:
-        raise ValueError("not an ELF64 file")
-    shoff, = struct.unpack_from("<Q", image, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", image, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", image, shoff + i * shentsize) for i in range(shnum)]
-    for sh in sections:
-        if sh[1] not in (2, 11):  # SHT_SYMTAB, SHT_DYNSYM
-            continue
-        strtab = sections[sh[6]]
-        for off in range(sh[4], sh[4] + sh[5], sh[9]):
-            name_off, _info, _other, _shndx, value, size = struct.unpack_from("<IBBHQQ", image, off)
-            start = strtab[4] + name_off
-            if image[start : image.index(b"\0", start)].decode() != symbol:
-                continue
-            for sec in sections:
-                addr, offset, sec_size = sec[3], sec[4], sec[5]
-                if sec[1] != 8 and addr <= value < addr + sec_size:  # not SHT_NOBITS
-                    return image[offset + value - addr : offset + value - addr + size]
-    raise ValueError(f"symbol {symbol} not found")
-
-
 def library_blob_of(so_path: Path) -> bytes:
     """The packed import tree of an exported shared library (`__tvm_ffi__library_bin`)."""
-    data = _elf_symbol_bytes(Path(so_path).read_bytes(), LIBRARY_BIN_SYMBOL)
+    from mlcbuild.compiler.elf import symbol_bytes
+
+    data = symbol_bytes(Path(so_path).read_bytes(), LIBRARY_BIN_SYMBOL)
     (nbytes,) = struct.unpack_from("<Q", data, 0)
     return data[: 8 + nbytes] if len(data) >= 8 + nbytes else data
 
