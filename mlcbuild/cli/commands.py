@@ -131,8 +131,9 @@ def build(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import RichReporter, summary_table
     from mlcbuild.execute.local import LocalExecutor, dry_run
     from mlcbuild.execute.materialize import materialize
+    from mlcbuild.provenance import write_provenance
 
-    _, store, graph = _prepare(args, args.recipes, offline=args.dry_run)
+    recipes, store, graph = _prepare(args, args.recipes, offline=args.dry_run)
     wanted = _wanted(args, graph)
     elsewhere = graph.elsewhere(wanted)
     wanted -= elsewhere
@@ -160,6 +161,7 @@ def build(args: argparse.Namespace) -> int:
         if remote.stats.hits or remote.stats.uploaded_entries:
             print(remote.summary(), file=sys.stderr)
     written = materialize(graph, report, store)
+    write_provenance(recipes, graph, report, store)
     if report.count("built") or not report.ok:
         console().print(summary_table(report))
         for artifact in sorted({_shown(p if p.parent.name == "libs" else p.parent) for p in written}):
@@ -410,6 +412,22 @@ def _live_keys(args: argparse.Namespace, recipes: list[Path]) -> set[str]:
     _, store, graph = _prepare(args, recipes)
     report = dry_run(graph, _all(graph), store)
     return {o.key for o in report.outcomes.values() if o.key}
+
+
+@command("verify")
+def verify_cmd(args: argparse.Namespace) -> int:
+    from mlcbuild.provenance import verify_artifact
+
+    failed = 0
+    for artifact in args.artifacts:
+        problems = verify_artifact(artifact)
+        for problem in problems:
+            print(f"{artifact}: {problem}")
+        if problems:
+            failed += 1
+        else:
+            print(f"ok: {artifact} matches its provenance")
+    return 1 if failed else 0
 
 
 @command("lock")

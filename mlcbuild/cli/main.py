@@ -230,6 +230,9 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
     lk.add_argument("--check", action="store_true", help="fail if the lock file would change")
 
+    v = subcommand("verify", help="check artifacts on disk against their provenance (sha256 of each file)")
+    v.add_argument("artifacts", nargs="+", type=Path, help="a model folder, a library, or a .provenance.json")
+
     subcommand("targets", help="which targets this machine can build, and why not")
 
     r = subcommand("run", help="load a built artifact and generate text")
