@@ -44,28 +44,10 @@ if __name__ == "__main__":
 '''
 
 
-def write_recipe(folder: Path, quantizations: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "model").exists():
-        shutil.copytree(DEMO_MODEL, folder / "model")
-    data = {
-        "name": "tiny",
-        "source": {"path": "model"},
-        "quantizations": quantizations,
-        "targets": ["llvm"],
-        "conv_template": "redpajama_chat",
-        "overrides": {"context_window_size": 512, "prefill_chunk_size": 128, "max_batch_size": 1},
-        "output": "dist",
-    }
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def run(cache: Path, *args: str, driver: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLCBUILD_CACHE_DIR": str(cache), "COLUMNS": "200", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "MLCBUILD_CACHE_DIR": str(cache), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(driver)] if driver else [sys.executable, "-m", "mlcbuild"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -80,27 +62,34 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_check_passes_on_the_tiny_recipe_and_touches_nothing(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    recipe = write_recipe(tmp_path / "r", ["q4f16_1"])
-    built = run(cache, "build", str(recipe))
-    assert built.returncode == 0, built.stderr + built.stdout
-    before_cache, before_dist = snapshot(cache), snapshot(tmp_path / "r" / "dist")
-    checked = run(cache, "build", str(recipe), "--check")
+def test_check_passes_on_the_tiny_recipe_and_touches_nothing(built_tiny_recipe) -> None:
+    built = built_tiny_recipe
+    before_cache, before_dist = snapshot(built.cache), snapshot(built.dist)
+    checked = built.run("build", str(built.recipe), "--check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = checked.stdout.splitlines()
     assert sum(line.startswith("same: ") for line in lines) == 4, checked.stdout
     assert "same: compile tiny q4f16_1 llvm (1 files identical" in checked.stdout
     assert "check: 4 identical, 0 differ, 0 not cached, 0 failed" in checked.stdout
-    assert snapshot(cache) == before_cache
-    assert snapshot(tmp_path / "r" / "dist") == before_dist
+    assert snapshot(built.cache) == before_cache
+    assert snapshot(built.dist) == before_dist
 
 
 def test_check_fails_naming_the_file_of_a_nondeterministic_step(tmp_path: Path) -> None:
     driver = tmp_path / "stamping_mlcbuild.py"
     driver.write_text(NONDETERMINISTIC_DRIVER)
     cache = tmp_path / "cache"
-    recipe = write_recipe(tmp_path / "r", ["q0f32", "q4f16_1"])
+    recipe = tmp_path / "r" / "recipe.yaml"
+    recipe.parent.mkdir()
+    shutil.copytree(DEMO_MODEL, recipe.parent / "model")
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "source": {"path": "model"},
+        "quantizations": ["q0f32", "q4f16_1"],
+        "targets": ["llvm"],
+        "conv_template": "redpajama_chat",
+        "output": "dist",
+    }))
 
     never_built = run(cache, "build", str(recipe), "--check", "--only", "gen-config", driver=driver)
     assert never_built.returncode == 1
