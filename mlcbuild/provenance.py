@@ -11,6 +11,7 @@ and no absolute paths: the same build gives the same statement, so it can be com
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -127,6 +128,11 @@ def _node_record(node: Node, report: BuildReport, store: Store) -> dict[str, Any
     }
 
 
+def _recipe_digest(path: Path) -> str:
+    """A recipe is a few hundred bytes the loader just read: hashed whole, not via the store's file hasher."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def statement(product: _Product, graph: BuildGraph, report: BuildReport, store: Store) -> dict[str, Any]:
     """The in-toto statement for one artifact (deterministic: no times, no absolute paths)."""
     from mlcbuild import __version__
@@ -140,7 +146,7 @@ def statement(product: _Product, graph: BuildGraph, report: BuildReport, store: 
         if isinstance(record["toolchain"], dict) and record["toolchain"].get("nvcc"):
             toolchain["nvcc"] = record["toolchain"]["nvcc"]
     external: dict[str, Any] = {
-        "recipe": {"path": _relpath(product.recipe.path, here), "digest": {"sha256": sha256_file(product.recipe.path)}},
+        "recipe": {"path": _relpath(product.recipe.path, here), "digest": {"sha256": _recipe_digest(product.recipe.path)}},
         "name": product.recipe.name,
         "quantization": product.quantization,
     }
