@@ -16,6 +16,10 @@ from mlcbuild.targets import ResolvedTarget, tvm_version
 
 Progress = Callable[[float, str], None]
 
+REPRODUCIBLE_LINK_OPTIONS = ("-Wl,--build-id=sha1",)
+"""The GNU build-id as a hash of the linked content, whatever the toolchain's default (none, uuid...):
+the same library then has the same bytes."""
+
 
 @dataclass
 class BuildResult:
@@ -120,6 +124,7 @@ def export_library(executable: Any, path: Path, target: ResolvedTarget, options:
             raise StepError("cuda target needs an `arch` attribute (e.g. sm_90a)")
         kwargs["fpack_imports"] = make_fpack_imports(arch, embed_ptx=options.embed_ptx, report=lambda n: compiled.__setitem__(0, n))
     if suffix == "so":
+        kwargs["options"] = list(REPRODUCIBLE_LINK_OPTIONS)
         cross = [t for t in target.toolchain if t.endswith("-gcc") or t.endswith("-clang")]
         if cross:
             from tvm.support import cc

@@ -40,7 +40,7 @@ def resolve_options(options: Mapping[str, JSON], kind: str) -> dict[str, JSON]:
 
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes)
     resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
 
     def check(self, params: Mapping[str, JSON]) -> None:
