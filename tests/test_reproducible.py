@@ -1,6 +1,6 @@
 """Same key ⇒ same bytes: a compile node gives a byte-identical library in a fresh process with a
-different PYTHONHASHSEED (llvm and cuda, q0f32 and q4f16_1), and the TIR store-order pass that
-makes it so keeps every dependency.
+different PYTHONHASHSEED (llvm and cuda, q0f32 and q4f16_1, and a static .tar library), and the
+TIR store-order pass that makes it so keeps every dependency.
 
 The first build is the session fixture's (in the pytest process); the second runs the compile step
 as the executor does (`run_step_in_child`, a spawned process) with PYTHONHASHSEED pinned to another
@@ -53,6 +53,7 @@ def compile_in_child(model_dir: Path, quantization: str, target: str, work: Path
         ("llama", "q4f16_1", "llvm"),
         pytest.param("llama", "q4f16_1", "cuda:sm_90a", marks=needs_nvcc),
         pytest.param("llama", "q0f32", "cuda:sm_80", marks=needs_nvcc),
+        ("llama", "q4f16_1", "opencl:android"),
     ],
 )
 def test_compile_is_byte_identical_in_a_fresh_process(compiled_model, tmp_path: Path, family: str, quantization: str, target: str) -> None:
@@ -114,3 +115,25 @@ def test_stores_with_symbolic_index_or_calls_are_not_moved() -> None:
     assert canonicalize_stmt(symbolic.body).same_as(symbolic.body)
     call = _body('H[T.int64(3)] = T.call_extern("int64", "tick")', "H[T.int64(2)] = T.int64(0)")
     assert canonicalize_stmt(call.body).same_as(call.body)
+
+
+def test_static_library_tar_depends_only_on_its_members(tmp_path: Path) -> None:
+    import tarfile
+
+    from mlcbuild.compiler.determinism import reproducible_tar
+
+    outputs = []
+    for i, stamp in enumerate((1_000_000_000, 2_000_000_000)):
+        folder = tmp_path / f"w{i}"
+        folder.mkdir()
+        names = ["lib0.o", "devc.o"] if i == 0 else ["devc.o", "lib0.o"]
+        for name in names:
+            (folder / name).write_bytes(name.encode() * 100)
+            os.utime(folder / name, (stamp, stamp))
+        out = tmp_path / f"lib{i}.tar"
+        reproducible_tar(str(out), [str(folder / n) for n in names])
+        outputs.append(out)
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    with tarfile.open(outputs[0]) as tar:
+        assert tar.getnames() == ["devc.o", "lib0.o"]
+        assert tar.extractfile("lib0.o").read() == b"lib0.o" * 100

@@ -131,9 +131,9 @@ def export_library(executable: Any, path: Path, target: ResolvedTarget, options:
 
             kwargs["fcompile"] = cc.cross_compiler(cross[0])
     elif suffix == "tar":
-        from tvm.support import tar
+        from mlcbuild.compiler.determinism import reproducible_tar
 
-        kwargs["fcompile"] = tar.tar
+        kwargs["fcompile"] = reproducible_tar
     elif suffix == "wasm":
         from tvm.contrib import tvmjs
 

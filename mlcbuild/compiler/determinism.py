@@ -146,3 +146,32 @@ def canonical_store_order():
         return out
 
     return canonical
+
+
+def reproducible_tar(output: str, files: list[str], **_options: object) -> None:
+    """A drop-in for `tvm.support.tar.tar` (static libraries) whose bytes depend only on the members.
+
+    TVM's runs `tar -czf`: member mtimes (the copy's time), owner names, directory listing order and
+    the gzip header time change from one build to the next though every member is identical. Here:
+    members sorted by name, mtime 0, uid/gid 0, no owner names, mode 0644, gzip header time 0.
+    """
+    import gzip
+    import os
+    import tarfile
+
+    members: dict[str, str] = {}
+    for path in files:
+        base = os.path.basename(path)
+        if base in members:
+            raise ValueError(f"duplicate file name {base}")
+        members[base] = path
+    with open(output, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in sorted(members):
+                info = tar.gettarinfo(members[name], arcname=name)
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                with open(members[name], "rb") as f:
+                    tar.addfile(info, f)
+
+
+reproducible_tar.output_format = "tar"  # type: ignore[attr-defined]  (what export_library reads off tar.tar)
