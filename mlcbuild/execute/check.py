@@ -156,6 +156,7 @@ def check_graph(
     wanted: Iterable[str],
     store: Store,
     on_result: Callable[[NodeCheck], None] = lambda result: None,
+    on_start: Callable[[Node], None] = lambda node: None,
 ) -> list[NodeCheck]:
     """Check every wanted node (not their inputs: each node is rebuilt from its cached inputs)."""
     wanted = set(wanted)
@@ -169,6 +170,7 @@ def check_graph(
             result = NodeCheck(node, "not-cached", outcome.key, reason="not in the cache: build it first")
         else:
             inputs = {role: report.outcomes[dep].manifest for role, dep in node.deps}
+            on_start(node)
             result = check_node(node, outcome.key or "", outcome.manifest, inputs, store)  # type: ignore[arg-type]
         results.append(result)
         on_result(result)
@@ -188,7 +190,12 @@ def format_result(result: NodeCheck) -> list[str]:
 
 def run_check(graph: BuildGraph, wanted: Iterable[str], store: Store, echo: Callable[[str], None] = print) -> int:
     """The `build --check` command: print each node's verdict; exit 1 unless every node matched."""
-    results = check_graph(graph, wanted, store, on_result=lambda r: [echo(line) for line in format_result(r)])
+    import sys
+
+    def started(node: Node) -> None:
+        print(f"rebuilding {node.label} in scratch space...", file=sys.stderr, flush=True)
+
+    results = check_graph(graph, wanted, store, on_result=lambda r: [echo(line) for line in format_result(r)], on_start=started)
     counts = {s: sum(1 for r in results if r.status == s) for s in ("same", "differs", "not-cached", "failed")}
     echo(
         f"check: {counts['same']} identical, {counts['differs']} differ, "
