@@ -69,7 +69,7 @@ def test_check_passes_on_the_tiny_recipe_and_touches_nothing(built_tiny_recipe) 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = checked.stdout.splitlines()
     assert sum(line.startswith("same: ") for line in lines) == 4, checked.stdout
-    assert "same: compile tiny q4f16_1 llvm (1 files identical" in checked.stdout
+    assert "same: compile tiny q4f16_1 llvm (1 file identical" in checked.stdout
     assert "check: 4 identical, 0 differ, 0 not cached, 0 failed" in checked.stdout
     assert snapshot(built.cache) == before_cache
     assert snapshot(built.dist) == before_dist

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -118,8 +120,6 @@ def compare_outputs(store: Store, manifest: Manifest, rebuilt: Path) -> list[Fil
 
 def check_node(node: Node, key: str, cached: Manifest, inputs: dict[str, Manifest], store: Store) -> NodeCheck:
     """Run one node again in scratch space and compare with its cached output."""
-    import time
-
     from mlcbuild.execute.worker import run_step_in_child
 
     work = Path(tempfile.mkdtemp(prefix=f"mlcbuild-check-{node.kind}-"))
@@ -181,7 +181,8 @@ def format_result(result: NodeCheck) -> list[str]:
     """One line per node, then one per differing file."""
     label = result.node.label
     if result.status == "same":
-        return [f"same: {label} ({result.files} files identical, rebuilt in {result.duration_s:.1f}s)"]
+        files = f"{result.files} file{'' if result.files == 1 else 's'}"
+        return [f"same: {label} ({files} identical, rebuilt in {result.duration_s:.1f}s)"]
     if result.status == "differs":
         lines = [f"DIFFERS: {label} (key {(result.key or '')[:12]})"]
         return lines + [f"  {d.describe()}" for d in result.differences]
@@ -190,7 +191,6 @@ def format_result(result: NodeCheck) -> list[str]:
 
 def run_check(graph: BuildGraph, wanted: Iterable[str], store: Store, echo: Callable[[str], None] = print) -> int:
     """The `build --check` command: print each node's verdict; exit 1 unless every node matched."""
-    import sys
 
     def started(node: Node) -> None:
         print(f"rebuilding {node.label} in scratch space...", file=sys.stderr, flush=True)
