@@ -96,17 +96,23 @@ def _relpath(path: Path, start: Path) -> str:
 
 
 def _source(recipe: Recipe, download: Node, here: Path) -> dict[str, Any]:
+    """A download node as an SLSA resource: the HF repo at its commit, or the local folder's files."""
     params = download.params
     if params.get("repo"):
         return {
-            "name": "source",
+            "name": download.label,
             "uri": f"https://huggingface.co/{params['repo']}",
             "digest": {"gitCommit": params.get("revision")},
-            "annotations": {"repo": params["repo"], "revision": params.get("revision"), "requested": recipe.source.revision},
+            "annotations": {
+                "repo": params["repo"],
+                "revision": params.get("revision"),
+                "requested": recipe.source.revision,
+                "allow_patterns": params.get("allow_patterns"),
+            },
         }
     where = _relpath(Path(download.hints.get("path") or recipe.source.path or "."), here)
     return {
-        "name": "source",
+        "name": download.label,
         "uri": f"file:{where}",
         "digest": {"sha256": params.get("content")},
         "annotations": {"files": params.get("files")},
@@ -153,7 +159,6 @@ def statement(product: _Product, graph: BuildGraph, report: BuildReport, store: 
     if product.target is not None:
         compile_node = next(n for n in nodes if n.kind == "compile")
         external["target"] = {"id": product.target, **compile_node.params["target"]}
-    download = next(n for n in nodes if n.kind == "download")
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": e.digest}} for name, e in sorted(product.files.items())],
@@ -165,7 +170,7 @@ def statement(product: _Product, graph: BuildGraph, report: BuildReport, store: 
                 "internalParameters": {"toolchain": toolchain, "nodes": records},
                 "resolvedDependencies": [
                     {"name": "recipe", "uri": f"file:{external['recipe']['path']}", "digest": external["recipe"]["digest"]},
-                    _source(product.recipe, download, here),
+                    *(_source(product.recipe, n, here) for n in nodes if n.kind == "download"),
                 ],
             },
             "runDetails": {"builder": {"id": f"https://mlcbuild.dev/builder/mlcbuild@{__version__}"}},

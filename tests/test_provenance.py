@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
+try:
+    from test_check import built_from_shared_cache
+except ImportError:
+    from tests.test_check import built_from_shared_cache
+
 pytestmark = pytest.mark.slow
 
-MODEL = "tiny-q4f16_1-MLC"
-LIB = "libs/tiny-q4f16_1-llvm.so"
+MODEL = "tiny-q0f32-MLC"
+LIB = "libs/tiny-q0f32-llvm.so"
+
+
+@pytest.fixture
+def built_tiny_recipe(shared_cache: Path, tmp_path: Path):
+    return built_from_shared_cache(shared_cache, tmp_path / "built")
 
 
 def sha256(path: Path) -> str:
@@ -30,14 +40,20 @@ def test_statements_beside_the_folder_and_the_library(built_tiny_recipe) -> None
         recipe = build["externalParameters"]["recipe"]
         assert recipe["digest"]["sha256"] == sha256(built_tiny_recipe.recipe)
         assert build["internalParameters"]["toolchain"]["apache-tvm"].startswith("0.27")
-        source = next(d for d in build["resolvedDependencies"] if d["name"] == "source")
-        assert "model.safetensors" in source["annotations"]["files"] and len(source["digest"]["sha256"]) == 64
+        sources = [d for d in build["resolvedDependencies"] if d["name"].startswith("download ")]
+        assert sources and all(len(d["digest"]["sha256"]) == 64 and d["uri"].startswith("file:") for d in sources)
         for node in build["internalParameters"]["nodes"]:
             assert len(node["key"]) == 64 and len(node["output"]["sha256"]) == 64
     names = {s["name"]: s["digest"]["sha256"] for s in folder["subject"]}
     assert {f"{MODEL}/tensor-cache.json", f"{MODEL}/mlc-chat-config.json", f"{MODEL}/tokenizer.json"} <= set(names)
     assert all(sha256(dist / name) == digest for name, digest in names.items())
     assert {n["kind"] for n in folder["predicate"]["buildDefinition"]["internalParameters"]["nodes"]} == {"download", "convert", "gen-config"}
+    def source_files(statement: dict) -> set[str]:
+        deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        return {f for d in deps if d["name"].startswith("download ") for f in d["annotations"]["files"]}
+
+    assert "model.safetensors" in source_files(folder)
+    assert "config.json" in source_files(lib) and "model.safetensors" not in source_files(lib)  # compile reads no weights
     assert lib["subject"] == [{"name": Path(LIB).name, "digest": {"sha256": sha256(dist / LIB)}}]
     lib_build = lib["predicate"]["buildDefinition"]
     assert lib_build["externalParameters"]["target"]["id"] == "llvm"
@@ -74,7 +90,7 @@ def test_verify_passes_then_names_each_mismatch(built_tiny_recipe, tmp_path: Pat
     lines = bad.stdout.splitlines()
     assert f"{copy / MODEL}: {MODEL}/stray.bin: not in the provenance" in lines
     assert f"{copy / MODEL}: {MODEL}/tokenizer.json: missing" in lines
-    assert any(line.startswith(f"{copy / LIB}.provenance.json: tiny-q4f16_1-llvm.so: sha256 ") for line in lines), lines
+    assert any(line.startswith(f"{copy / LIB}.provenance.json: tiny-q0f32-llvm.so: sha256 ") for line in lines), lines
 
     missing = run("verify", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no provenance beside it" in missing.stderr
