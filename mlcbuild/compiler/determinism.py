@@ -20,12 +20,15 @@ WHOLE = None
 
 @dataclass(frozen=True)
 class _Access:
-    buffer: Any  # the buffer Var; two different ones may still share storage (see `overlaps`)
+    buffer: Any  # the buffer Var
     index: tuple[int, ...] | None
 
-    def overlaps(self, other: "_Access", noalias: bool) -> bool:
+    def overlaps(self, other: "_Access") -> bool:
+        """Two different buffer Vars may share storage (declared over one data pointer, match_buffer
+        views; `tirx.noalias` speaks of parameters only), so only distinct constant elements of one
+        buffer are known apart."""
         if not self.buffer.same_as(other.buffer):
-            return not noalias
+            return True
         return self.index is WHOLE or other.index is WHOLE or self.index == other.index
 
 
@@ -66,21 +69,21 @@ def _effects(store: Any) -> _StoreEffects | None:
     return _StoreEffects(_access(store.buffer, store.indices), tuple(reads))
 
 
-def _conflict(a: _StoreEffects, b: _StoreEffects, noalias: bool) -> bool:
+def _conflict(a: _StoreEffects, b: _StoreEffects) -> bool:
     """Whether a and b must keep their relative order (write/write, write/read, read/write)."""
-    if a.writes.overlaps(b.writes, noalias):
+    if a.writes.overlaps(b.writes):
         return True
-    return any(a.writes.overlaps(r, noalias) for r in b.reads) or any(b.writes.overlaps(r, noalias) for r in a.reads)
+    return any(a.writes.overlaps(r) for r in b.reads) or any(b.writes.overlaps(r) for r in a.reads)
 
 
-def canonical_order(stores: list[Any], effects: list[_StoreEffects], noalias: bool) -> list[int]:
+def canonical_order(stores: list[Any], effects: list[_StoreEffects]) -> list[int]:
     """Indices of `stores` in the smallest topological order (by script text) of their dependencies."""
     n = len(stores)
     succ: list[list[int]] = [[] for _ in range(n)]
     indegree = [0] * n
     for i in range(n):
         for j in range(i + 1, n):
-            if _conflict(effects[i], effects[j], noalias):
+            if _conflict(effects[i], effects[j]):
                 succ[i].append(j)
                 indegree[j] += 1
     keys = [str(s) for s in stores]
@@ -97,7 +100,7 @@ def canonical_order(stores: list[Any], effects: list[_StoreEffects], noalias: bo
     return order
 
 
-def canonicalize_stmt(body: Any, noalias: bool = False) -> Any:
+def canonicalize_stmt(body: Any) -> Any:
     """`body` with every run of consecutive, side-effect-free BufferStores in canonical order."""
     import tvm_ffi
     from tvm import tirx
@@ -115,7 +118,7 @@ def canonicalize_stmt(body: Any, noalias: bool = False) -> Any:
                 effects.append(e)
                 i += 1
             if len(run) > 1:
-                order = canonical_order(run, effects, noalias)
+                order = canonical_order(run, effects)
                 changed |= order != sorted(order)
                 out.extend(run[k] for k in order)
             elif run:
@@ -139,8 +142,7 @@ def canonical_store_order():
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc):
                 continue
-            noalias = bool(int(func.attrs.get("tirx.noalias", 0))) if func.attrs else False
-            body = canonicalize_stmt(func.body, noalias)
+            body = canonicalize_stmt(func.body)
             if not body.same_as(func.body):
                 out.update_func(gv, func.with_body(body))
         return out
