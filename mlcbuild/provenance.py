@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from mlcbuild.execute.base import BuildReport
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
-from mlcbuild.plan.layout import lib_name, model_dir
+from mlcbuild.artifact.layout import lib_path, model_dir
 from mlcbuild.recipe.model import Recipe
 from mlcbuild.store.cas import Store, _atomic_write_bytes
 from mlcbuild.store.hashing import sha256_file
@@ -52,16 +52,18 @@ class _Product:
 
 def _owner(recipes: Iterable[Recipe], artifact: Artifact, graph: BuildGraph) -> tuple[Recipe, str, str | None] | None:
     """(recipe, quantization, target id) an artifact belongs to, from where the planner put it."""
+    from mlcbuild.targets import ResolvedTarget
+
+    node = graph.node(artifact.node_id)
+    quant = str(node.params.get("quantization"))
     for recipe in recipes:
-        for quant in recipe.quantizations:
-            if not artifact.rename and Path(artifact.dest) == model_dir(recipe, quant):
+        if not artifact.rename:
+            if Path(artifact.dest) == model_dir(recipe, quant):
                 return recipe, quant, None
-            if artifact.rename:
-                lib = next(iter(artifact.rename.values()))
-                suffix = lib.rsplit(".", 1)[-1]
-                for ref in recipe.targets:
-                    if Path(artifact.dest) == Path(recipe.output) / "libs" and lib == lib_name(recipe, quant, ref, suffix):
-                        return recipe, quant, ref.id
+            continue
+        target = ResolvedTarget.from_params(node.params["target"])
+        if Path(artifact.dest) / next(iter(artifact.rename.values())) == lib_path(recipe, quant, target):
+            return recipe, quant, target.id
     return None
 
 

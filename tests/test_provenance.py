@@ -16,7 +16,7 @@ except ImportError:
 pytestmark = pytest.mark.slow
 
 MODEL = "tiny-q0f32-MLC"
-LIB = "libs/tiny-q0f32-llvm.so"
+LIB = "libs/tiny-q0f32-llvm-x86_64.so"
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_statements_beside_the_folder_and_the_library(built_tiny_recipe) -> None
     assert "config.json" in source_files(lib) and "model.safetensors" not in source_files(lib)  # compile reads no weights
     assert lib["subject"] == [{"name": Path(LIB).name, "digest": {"sha256": sha256(dist / LIB)}}]
     lib_build = lib["predicate"]["buildDefinition"]
-    assert lib_build["externalParameters"]["target"]["id"] == "llvm"
+    assert lib_build["externalParameters"]["target"]["id"] == "llvm-x86_64"
     compile_node = next(n for n in lib_build["internalParameters"]["nodes"] if n["kind"] == "compile")
     assert set(compile_node["inputs"]) == {"config"}
     assert "time" not in json.dumps(lib).lower() and "/tmp/" not in json.dumps(lib)
@@ -90,7 +90,7 @@ def test_verify_passes_then_names_each_mismatch(built_tiny_recipe, tmp_path: Pat
     lines = bad.stdout.splitlines()
     assert f"{copy / MODEL}: {MODEL}/stray.bin: not in the provenance" in lines
     assert f"{copy / MODEL}: {MODEL}/tokenizer.json: missing" in lines
-    assert any(line.startswith(f"{copy / LIB}.provenance.json: tiny-q0f32-llvm.so: sha256 ") for line in lines), lines
+    assert any(line.startswith(f"{copy / LIB}.provenance.json: tiny-q0f32-llvm-x86_64.so: sha256 ") for line in lines), lines
 
     missing = run("verify", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no provenance beside it" in missing.stderr
