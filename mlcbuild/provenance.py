@@ -22,7 +22,8 @@ from mlcbuild.execute.base import BuildReport
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
 from mlcbuild.artifact.layout import lib_path, model_dir
 from mlcbuild.recipe.model import Recipe
-from mlcbuild.store.cas import Store, _atomic_write_bytes
+from mlcbuild.store.cas import Store
+from mlcbuild.store.fs import atomic_write_bytes, fs_errors
 from mlcbuild.store.hashing import sha256_file
 from mlcbuild.store.manifest import FileEntry, sha256_json
 
@@ -195,7 +196,8 @@ def write_provenance(recipes: list[Recipe], graph: BuildGraph, report: BuildRepo
                 continue
         except FileNotFoundError:
             pass
-        _atomic_write_bytes(path, data)
+        with fs_errors("output folder", path.parent):
+            atomic_write_bytes(path, data)
         written.append(path)
     return written
 

@@ -108,12 +108,13 @@ def compare_outputs(store: Store, manifest: Manifest, rebuilt: Path) -> list[Fil
         new = rebuilt / rel
         if new.stat().st_size == entry.size and sha256_file(new) == entry.digest:
             continue
-        cached = store.object_path(entry.digest)
-        offset = first_difference(cached, new)
-        if offset is None:  # same bytes, yet the digest differs: the cached object is corrupt
-            note = "the cached object no longer matches its digest (run `mlcbuild cache verify`)"
+        if store.check_object(entry.digest) is None:
+            note = "the cached object is missing or corrupt (set aside by the store): rebuild with `mlcbuild build`"
             out.append(FileDifference(rel, entry.size, new.stat().st_size, note=note))
             continue
+        offset = first_difference(store.object_path(entry.digest), new)
+        if offset is None:
+            offset = 0
         out.append(FileDifference(rel, entry.size, new.stat().st_size, offset, _region(new, offset)))
     return out
 
