@@ -50,11 +50,9 @@ if __name__ == "__main__":
 '''
 
 
-def built_from_shared_cache(shared_cache: Path, tmp_path: Path) -> SimpleNamespace:
-    """A private copy of conftest's shared cache (the tiny q0f32 llvm recipe, built once per session)
-    and the same recipe materialized from it into a fresh dist: no step runs."""
-    cache = tmp_path / "cache"
-    shutil.copytree(shared_cache, cache, ignore=shutil.ignore_patterns("tmp", "locks"))
+def built_from_shared_cache(cache: Path, tmp_path: Path) -> SimpleNamespace:
+    """conftest's `cache` (a private copy of the shared cache: the tiny q0f32 llvm recipe, built once
+    per session) and the same recipe materialized from it into a fresh dist: no step runs."""
     recipe = write_recipe(tmp_path / "r")
     done = mlcbuild("build", str(recipe), cache=cache)
     assert done.returncode == 0 and "up to date" in done.stdout, done.stdout + done.stderr
@@ -79,8 +77,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_check_passes_on_the_tiny_recipe_and_touches_nothing(shared_cache: Path, tmp_path: Path) -> None:
-    built = built_from_shared_cache(shared_cache, tmp_path)
+def test_check_passes_on_the_tiny_recipe_and_touches_nothing(cache: Path, tmp_path: Path) -> None:
+    built = built_from_shared_cache(cache, tmp_path)
     before_cache, before_dist = snapshot(built.cache), snapshot(built.dist)
     checked = built.run("build", str(built.recipe), "--check")
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -20,8 +20,8 @@ LIB = "libs/tiny-q0f32-llvm-x86_64.so"
 
 
 @pytest.fixture
-def built_tiny_recipe(shared_cache: Path, tmp_path: Path):
-    return built_from_shared_cache(shared_cache, tmp_path / "built")
+def built_tiny_recipe(cache: Path, tmp_path: Path):
+    return built_from_shared_cache(cache, tmp_path / "built")
 
 
 def sha256(path: Path) -> str:
