@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -396,7 +397,8 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(tmp_path: Path, cache:
     gc_out, gc_err = gc.communicate(timeout=300)
     assert build.returncode == 0, err
     assert gc.returncode == 0 and "waiting for running builds" in gc_err, gc_err
-    assert f"removed {before + 1} results" in gc_out, gc_out  # all, including the one the build just made
+    removed = re.search(r"^removed (\d+) results", gc_out, re.M)
+    assert removed and int(removed.group(1)) >= before + 1, gc_out  # all, including what the build just made
     assert not list(Store(cache).iter_action_files())
     model = tmp_path / "r/dist/tiny-q0f32-MLC"
     assert json.loads((model / "mlc-chat-config.json").read_text())["conv_template"]["name"] == "chatml"
