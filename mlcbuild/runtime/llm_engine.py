@@ -150,12 +150,14 @@ class LLMEngine:
 
     @classmethod
     def from_recipe(
-        cls, recipe: "Recipe", quantization: str | None = None, target: str = "llvm", device: str | None = None
+        cls, recipe: "Recipe", quantization: str | None = None, target: str | None = None, device: str | None = None
     ) -> "LLMEngine":
-        from mlcbuild.runtime import artifact_paths
+        """A recipe's built outputs; target default: llvm if the recipe builds it, else its first."""
+        from mlcbuild.runtime import artifact_paths, default_device, recipe_target
 
         model_dir, lib = artifact_paths(recipe, quantization, target)
-        return cls.load(model_dir, lib, device, model=model_dir.name)
+        device = device or default_device(recipe_target(recipe, target).name)
+        return cls(Engine.load(model_dir, lib, device=device), model_dir.name)
 
     def close(self) -> None:
         self._closed = True
