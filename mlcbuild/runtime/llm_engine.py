@@ -97,6 +97,7 @@ class EngineStats:
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     reused_tokens: int = 0
+    max_decode_batch: int = 0
     last: CompletionUsage | None = None
 
     @property
@@ -293,6 +294,13 @@ class LLMEngine:
         finally:
             req.cancelled = True
 
+    def stats_dict(self) -> dict[str, Any]:
+        stats = self.stats()
+        out = {k: v for k, v in vars(stats).items() if k != "last"}
+        out["prefill_tokens_per_s"] = round(stats.prefill_tokens_per_s, 2)
+        out["decode_tokens_per_s"] = round(stats.decode_tokens_per_s, 2)
+        return out
+
     def stats(self) -> EngineStats:
         with self._lock:
             return EngineStats(**vars(self._stats))
@@ -418,6 +426,7 @@ class LLMEngine:
         with self._lock:
             self._stats.decode_tokens += len(live)
             self._stats.decode_seconds += elapsed
+            self._stats.max_decode_batch = max(self._stats.max_decode_batch, len(live))
         self._sample(live, list(logits))
 
     def _sample(self, reqs: list[_Request], rows: list[Any]) -> None:

@@ -81,8 +81,8 @@ def create_app(engine: "LLMEngine") -> "FastAPI":
         return out
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.model, "stats": engine.stats_dict()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
