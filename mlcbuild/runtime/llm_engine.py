@@ -413,7 +413,7 @@ class LLMEngine:
                 self._drop(req, retain=False)
             else:
                 live.append(req)
-        self._running = live
+        self._running = list(live)
         if not live:
             return
         self._make_room(len(live))

@@ -1,4 +1,4 @@
-"""FastAPI app: /v1/chat/completions, /v1/completions (SSE or JSON), /v1/models, /health.
+"""FastAPI app (fastapi is the `serve` extra; only `mlcbuild serve` imports this module): /v1/chat/completions, /v1/completions (SSE or JSON), /v1/models, /health.
 
 Every client mistake is a 4xx with OpenAI's error body `{"error": {"message", "type", "param",
 "code"}}`; the engine stays up. Engine calls block, so they run in the thread pool; the engine's
@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Iterator
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
 from mlcbuild.errors import UserError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from mlcbuild.runtime.llm_engine import LLMEngine
 
 CHAT_FIELDS = {
@@ -29,11 +31,7 @@ def error_body(message: str, param: str | None = None, kind: str = "invalid_requ
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine: "LLMEngine") -> "FastAPI":
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-
+def create_app(engine: "LLMEngine") -> FastAPI:
     from mlcbuild.runtime.llm_engine import UnknownModelError
     from mlcbuild.runtime.protocol import Model
 
