@@ -1,0 +1,106 @@
+"""smoke: load a compiled library with its weights and generate a few tokens greedily.
+
+A library that compiles can still fail to load (a lib/weights mismatch) or produce NaNs; this
+node catches that at build time, on a device that can run the library (llvm: the CPU, always).
+It is keyed like any other node — by the library, the weights and the config it ran — so it
+re-runs exactly when one of them changes. Importing this module must not import TVM.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from mlcbuild.errors import StepError, UserError
+from mlcbuild.steps.base import JSON, RunContext, Step
+from mlcbuild.targets import ResolvedTarget, tvm_version
+
+RESULT = "smoke.json"
+PROMPT = "Hello"
+
+
+def device_kind(target: Mapping[str, JSON]) -> str:
+    """The runtime device a target's library runs on (llvm libraries run on the CPU)."""
+    kind = str(target["tvm_target"]["kind"])
+    return "cpu" if kind in ("llvm", "c") else kind
+
+
+def device_present(kind: str) -> bool:
+    """Cheap (no TVM import): a GPU device needs its driver loaded."""
+    probes = {
+        "cpu": [],
+        "cuda": ["/proc/driver/nvidia/version", "/dev/nvidiactl"],
+        "rocm": ["/dev/kfd"],
+    }
+    if kind not in probes:
+        return False
+    return all(Path(p).exists() for p in probes[kind])
+
+
+class SmokeStep(Step):
+    kind: ClassVar[str] = "smoke"
+    version: ClassVar[str] = "1"
+    resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
+
+    def check(self, params: Mapping[str, JSON]) -> None:
+        target = ResolvedTarget.from_params(params["target"])
+        if target.suffix not in ("so", "dylib", "dll"):
+            raise UserError(f"smoke: {target.name} builds a {target.suffix} library that this machine cannot load", field="smoke")
+        cross = [t for t in target.toolchain if t.endswith(("-gcc", "-clang"))]
+        if cross:
+            raise UserError(f"smoke: {target.name} is cross-compiled ({cross[0]}); its library cannot run here", field="smoke")
+        kind = device_kind(params["target"])
+        if not device_present(kind):
+            raise UserError(f"smoke: target {target.name} runs on {kind}, and this machine has no {kind} device", field="smoke")
+
+    def toolchain(self, params: Mapping[str, JSON]) -> JSON:
+        return {"apache-tvm": tvm_version()}
+
+    def run(self, ctx: RunContext) -> None:
+        from mlcbuild.runtime.engine import Engine
+        from mlcbuild.templates.conversation import Conversation
+
+        libs = sorted(p for p in ctx.inputs["lib"].iterdir() if p.name.startswith("lib."))
+        if not libs:
+            raise StepError("smoke: the compile output holds no library")
+        start = time.perf_counter()
+        engine = Engine.load(ctx.inputs["config"], libs[0], device=device_kind(ctx.params["target"]), weights_dir=ctx.inputs["weights"])
+        prompt_ids: list[int]
+        if engine.tokenizer is not None:
+            conv = Conversation.from_json(engine.chat_config.get("conv_template") or {"name": "LM"})
+            conv.messages = [("user", PROMPT), ("assistant", None)]
+            prompt_ids = list(conv.system_prefix_token_ids or []) + engine.tokenizer.encode(conv.as_prompt(), add_special_tokens=False).ids
+        else:
+            prompt_ids = [int(engine.chat_config.get("bos_token_id") or 1)]
+        n = int(ctx.params.get("tokens", 8))
+        if engine.context_window_size > 0:
+            prompt_ids = prompt_ids[: max(engine.context_window_size - n, 1)]
+        tokens = list(engine.generate_tokens(prompt_ids, n, _greedy(), stop=False))
+        logits = engine.logits_for(prompt_ids, tokens[:-1])
+        if not _finite(logits):
+            raise StepError(f"smoke: the library produced non-finite logits on {device_kind(ctx.params['target'])}")
+        replay = [int(t) for t in logits.argmax(-1)]
+        if len(tokens) != n or replay != tokens:
+            raise StepError(f"smoke: greedy decode {tokens} disagrees with prefill+decode replay {replay}")
+        text = engine.tokenizer.decode(tokens) if engine.tokenizer is not None else None
+        result: dict[str, Any] = {
+            "device": device_kind(ctx.params["target"]),
+            "prompt_tokens": len(prompt_ids),
+            "tokens": tokens,
+            "text": text,
+        }
+        (ctx.out / RESULT).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        ctx.progress(1.0, f"{len(tokens)} tokens in {time.perf_counter() - start:.1f}s: {text!r}")
+
+
+def _greedy() -> Any:
+    from mlcbuild.runtime.sampling import SamplingParams
+
+    return SamplingParams(temperature=0.0)
+
+
+def _finite(array: Any) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(array).all())
