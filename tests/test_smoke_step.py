@@ -109,3 +109,16 @@ def test_smoke_fails_on_a_library_that_does_not_fit_the_weights(demo_artifacts, 
     with pytest.raises(UserError, match="q4f16_1") as info:
         SmokeStep().run(RunContext(params, inputs, bad))
     assert "\n" not in str(info.value) and not (bad / "smoke.json").exists()
+
+
+def test_smoke_refuses_a_cpu_without_the_library_features() -> None:
+    from mlcbuild.steps.smoke import missing_cpu_features
+    from mlcbuild.targets import target_params
+
+    flags = Path("/proc/cpuinfo").read_text()
+    params = target_params("llvm", "x86_64")
+    assert params["attrs"]["mattr"] == ["+avx2", "+fma", "+f16c"]
+    assert missing_cpu_features(params) == [f for f in ("avx2", "fma", "f16c") if f" {f}" not in flags]
+    params["attrs"]["mattr"] = ["+no_such_feature"]
+    assert missing_cpu_features(params) == ["no_such_feature"]
+    assert missing_cpu_features(target_params("llvm", "aarch64")) == []

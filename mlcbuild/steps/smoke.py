@@ -38,6 +38,21 @@ def device_present(kind: str) -> bool:
     return all(Path(p).exists() for p in probes[kind])
 
 
+def missing_cpu_features(target: Mapping[str, JSON]) -> list[str]:
+    """`mattr` features of an x86 llvm target that /proc/cpuinfo does not list (running it would SIGILL)."""
+    tvm_target = ResolvedTarget.from_params(target).tvm_target_config()
+    cpuinfo = Path("/proc/cpuinfo")
+    if tvm_target.get("kind") != "llvm" or not str(tvm_target.get("mtriple", "")).startswith("x86_64") or not cpuinfo.exists():
+        return []
+    flags: set[str] = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    wanted = [str(f).lstrip("+") for f in tvm_target.get("mattr") or [] if str(f).startswith("+")]
+    return [f for f in wanted if f not in flags]
+
+
 class SmokeStep(Step):
     kind: ClassVar[str] = "smoke"
     version: ClassVar[str] = "1"
@@ -50,6 +65,9 @@ class SmokeStep(Step):
         cross = [t for t in target.toolchain if t.endswith(("-gcc", "-clang"))]
         if cross:
             raise UserError(f"smoke: {target.name} is cross-compiled ({cross[0]}); its library cannot run here", field="smoke")
+        missing = missing_cpu_features(params["target"])
+        if missing:
+            raise UserError(f"smoke: the {target.name} library needs CPU features this machine lacks: {', '.join(missing)}", field="smoke")
         kind = device_kind(params["target"])
         if not device_present(kind):
             raise UserError(f"smoke: target {target.name} runs on {kind}, and this machine has no {kind} device", field="smoke")
