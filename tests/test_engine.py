@@ -125,7 +125,7 @@ def test_trained_demo_recites_its_training_text(demo_artifacts, quant: str) -> N
 
     with open_engine(demo_artifacts.recipe, quant) as engine:
         raw = engine.completions.create("Twinkle, twinkle, little star,", max_tokens=16, temperature=0)
-        chat = engine.chat.completions.create([{"role": "user", "content": "What is mlcbuild?"}], temperature=0, max_tokens=12)
+        chat = engine.chat.completions.create([{"role": "user", "content": "What is mlcbuild?"}], temperature=0, max_tokens=20)
     assert raw.choices[0].text.startswith(TWINKLE[:30]), raw.choices[0].text
     assert chat.choices[0].message.content.startswith(MLCBUILD_ANSWER), chat.choices[0].message.content
 
