@@ -66,3 +66,15 @@ def test_chat_in_a_terminal(demo_artifacts) -> None:
             time.sleep(0.2)
     finally:
         tmux("kill-server")
+
+
+@pytest.mark.slow
+def test_run_uses_the_template_unless_raw_and_rejects_negative_temperature(demo_artifacts) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-m", "mlcbuild", "run", str(demo_artifacts.recipe), "-q", "q0f32", "--temperature", "0"]
+    chat = subprocess.run([*base, "--prompt", "What is quantization?", "--max-tokens", "12"], capture_output=True, text=True, env=env)
+    assert chat.returncode == 0 and chat.stdout.startswith(" Quantization stores each weight"), chat.stderr
+    raw = subprocess.run([*base, "--raw", "--prompt", "What is quantization?", "--max-tokens", "12"], capture_output=True, text=True, env=env)
+    assert raw.returncode == 0 and not raw.stdout.startswith(" Quantization stores"), raw.stdout
+    bad = subprocess.run([*base[:-2], "--temperature", "-0.5"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--temperature: must be ≥ 0" in bad.stderr and "Traceback" not in bad.stderr

@@ -316,6 +316,7 @@ class LLMEngine:
                 item = ...
             while item is not ...:
                 if item is None:
+                    self._fail_all(UserError("the engine was closed"))
                     return
                 self._waiting.append(item)
                 try:
@@ -333,6 +334,12 @@ class LLMEngine:
                     req.out.put(exc)
                     self._drop(req, retain=False)
                 self._prefilling, self._running = [], []
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for req in [*self._waiting, *self._prefilling, *self._running]:
+            req.out.put(exc)
+        self._waiting.clear()
+        self._prefilling, self._running = [], []
 
     def _admit(self) -> None:
         while self._waiting and len(self._prefilling) + len(self._running) < self.max_batch_size:
