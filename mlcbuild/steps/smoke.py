@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from mlcbuild.errors import StepError, UserError
+from mlcbuild.errors import StepError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.targets import ResolvedTarget, tvm_version
 
@@ -58,19 +58,21 @@ class SmokeStep(Step):
     version: ClassVar[str] = "1"
     resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
 
-    def check(self, params: Mapping[str, JSON]) -> None:
+    def unavailable(self, params: Mapping[str, JSON]) -> str | None:
+        """A library runs only where its device (and CPU features) are: elsewhere the node waits for such a machine."""
         target = ResolvedTarget.from_params(params["target"])
         if target.suffix not in ("so", "dylib", "dll"):
-            raise UserError(f"smoke: {target.name} builds a {target.suffix} library that this machine cannot load", field="smoke")
+            return f"a {target.suffix} library runs in an app, not here: smoke-test it where it is deployed"
         cross = [t for t in target.toolchain if t.endswith(("-gcc", "-clang"))]
         if cross:
-            raise UserError(f"smoke: {target.name} is cross-compiled ({cross[0]}); its library cannot run here", field="smoke")
+            return f"cross-compiled ({cross[0]}): smoke-test it on a {target.name}:{target.variant} machine"
         missing = missing_cpu_features(params["target"])
         if missing:
-            raise UserError(f"smoke: the {target.name} library needs CPU features this machine lacks: {', '.join(missing)}", field="smoke")
+            return f"this CPU lacks {', '.join(missing)}: smoke-test it on a CPU that has them"
         kind = device_kind(params["target"])
         if not device_present(kind):
-            raise UserError(f"smoke: target {target.name} runs on {kind}, and this machine has no {kind} device", field="smoke")
+            return f"runs on {kind}, and this machine has no {kind} device: smoke-test it where there is one"
+        return None
 
     def toolchain(self, params: Mapping[str, JSON]) -> JSON:
         return {"apache-tvm": tvm_version()}
