@@ -122,3 +122,11 @@ def test_smoke_refuses_a_cpu_without_the_library_features() -> None:
     params["attrs"]["mattr"] = ["+no_such_feature"]
     assert missing_cpu_features(params) == ["no_such_feature"]
     assert missing_cpu_features(target_params("llvm", "aarch64")) == []
+
+
+def test_smoke_survives_the_recipe_cache(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, smoke=["llvm"])
+    first = load_recipe(path, tmp_path / "cache")
+    again = load_recipe(path, tmp_path / "cache")
+    assert first.smoke == again.smoke == ("llvm",)
+    assert any((tmp_path / "cache").rglob("*.json"))
