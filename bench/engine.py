@@ -4,7 +4,8 @@
    the memory-bandwidth roofline measured here (parameter bytes read per decode token / numpy copy
    bandwidth) and against transformers on the CPU for the same shape (bfloat16, its KV cache).
 2. `mlcbuild serve` on the demo model: total generated tokens/s with 1, 4 and 8 concurrent
-   streaming clients (continuous batching must beat one stream).
+   streaming clients (continuous batching must beat one stream); and the same load on an
+   in-process engine (no HTTP, no client parsing on the same cores).
 
     python -m bench.engine [--layers 32] [--skip-hf] [--skip-3b]
 """
@@ -141,6 +142,33 @@ def server_throughput(streams: tuple[int, ...] = (1, 4, 8), tokens: int = 128) -
         server.wait(timeout=30)
 
 
+def engine_throughput(quantization: str = "q4f16_1", streams: tuple[int, ...] = (1, 4, 8), tokens: int = 128) -> dict[str, Any]:
+    """The same load without HTTP: N threads on one in-process LLMEngine (what batching alone buys)."""
+    from mlcbuild.runtime import open_engine
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(WORK / "engine" / "cache"), "build",
+                    str(REPO / "recipes" / "demo.yaml"), "-q", quantization], check=True, env=env, capture_output=True)
+    out: dict[str, Any] = {}
+    with open_engine(REPO / "recipes" / "demo.yaml", quantization) as engine:
+        def one(i: int, counts: list[int]) -> None:
+            reply = engine.completions.create(["The lighthouse keeper", "Once upon a time"][i % 2], max_tokens=tokens,
+                                              temperature=0, ignore_eos=True)
+            counts[i] = reply.usage.completion_tokens
+
+        one(0, [0])
+        for n in streams:
+            counts = [0] * n
+            threads = [threading.Thread(target=one, args=(i, counts)) for i in range(n)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            out[f"{n}_streams_tok_s"] = round(sum(counts) / (time.perf_counter() - t0), 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2, help="RedPajama-3B has 32; 2 keeps the CPU run in minutes (per-layer speed is what differs)")
@@ -149,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-3b", action="store_true")
     args = ap.parse_args(argv)
-    results: dict[str, Any] = {"server_demo_q0f32": server_throughput()}
+    results: dict[str, Any] = {"server_demo_q0f32": server_throughput(), "engine_demo_q4f16_1": engine_throughput()}
     if not args.skip_3b:
         results["redpajama_3b_q4f16_1_llvm"] = mlcbuild_3b(args.layers, args.prompt, args.decode)
         if not args.skip_hf:

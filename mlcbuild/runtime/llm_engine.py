@@ -442,7 +442,8 @@ class LLMEngine:
         if not reqs:
             return
         rows = [
-            apply_penalties(row, r.params, r.counts, set(r.prompt) | set(r.counts)) for r, row in zip(reqs, rows)
+            apply_penalties(row, r.params, r.counts, set(r.prompt) | set(r.counts)) if r.params.penalized else row
+            for r, row in zip(reqs, rows)
         ]
         hot = [i for i, r in enumerate(reqs) if r.params.temperature > 0]
         probs = self.engine.probs(np.stack([rows[i] for i in hot]), [reqs[i].params.temperature for i in hot]) if hot else []
