@@ -69,6 +69,25 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "max_tokens": args.max_tokens}
 
 
+class _Printer:
+    """Writes streamed text as it comes, except trailing whitespace (templates end replies with a newline)."""
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def write(self, piece: str) -> None:
+        text = self.held + piece
+        body = text.rstrip()
+        self.held = text[len(body) :]
+        sys.stdout.write(body)
+        sys.stdout.flush()
+
+    def end(self) -> None:
+        self.held = ""
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
 def _speed(usage: Any) -> str:
     return (
         f"prefill: {usage.prefill_tokens} tok at {usage.prefill_tokens_per_s:.1f} tok/s, "
@@ -86,10 +105,10 @@ def run_cmd(args: argparse.Namespace) -> int:
             messages = [{"role": "user", "content": args.prompt}]
             chunks = engine.chat.completions.create(messages, stream=True, **_sampling(args))
             pieces = (c.choices[0].delta.content or "" for c in chunks if c.choices)
+        out = _Printer()
         for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+            out.write(piece)
+        out.end()
         if args.stats and engine.stats().last:
             print(_speed(engine.stats().last), file=sys.stderr)
     return 0
@@ -127,18 +146,17 @@ def chat_cmd(args: argparse.Namespace) -> int:
                 print(f"unknown command {text.split()[0]}; {CHAT_HELP}", flush=True)
                 continue
             history.append({"role": "user", "content": text})
-            reply = []
+            reply, out = [], _Printer()
             try:
                 for chunk in engine.chat.completions.create(history, stream=True, **_sampling(args)):
                     piece = chunk.choices[0].delta.content or "" if chunk.choices else ""
                     reply.append(piece)
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
+                    out.write(piece)
             except UserError as exc:
                 history.pop()
                 print(f"mlcbuild: error: {exc} (try /reset)", flush=True)
                 continue
-            print(flush=True)
+            out.end()
             history.append({"role": "assistant", "content": "".join(reply)})
 
 
