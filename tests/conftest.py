@@ -180,5 +180,5 @@ def demo_artifacts(tmp_path_factory):
         recipe=path,
         out=root / "dist",
         model_dir=lambda q: root / "dist" / f"{name}-{q}-MLC",
-        lib=lambda q: root / "dist" / "libs" / f"{name}-{q}-llvm.so",
+        lib=lambda q: next((root / "dist" / "libs").glob(f"{name}-{q}-llvm*.so")),
     )

@@ -4,56 +4,42 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from mlcbuild.cli.main import command
+from mlcbuild.cli.main import command, non_negative_float, positive_int, probability
 from mlcbuild.errors import UserError
 
 CHAT_HELP = "commands: /reset (forget the conversation), /stats (speed of the last reply), /exit"
 
 
-def _temperature(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0 (got {text})")
-    return value
-
-
-def _top_p(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (got {text})")
-    return value
-
-
-def add_parsers(sub: Any) -> None:
-    """The runtime subcommands' arguments (called by mlcbuild.cli.main)."""
+def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
+    """The runtime subcommands' arguments; `subcommand(name, help=...)` is mlcbuild.cli.main's parser factory."""
 
     def model(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("model", type=Path, metavar="RECIPE|ARTIFACT", help="a recipe file, or a built artifact folder")
         sp.add_argument("-q", "--quant", default=None, help="quantization (recipe; default: its first)")
-        sp.add_argument("-t", "--target", default=None, help="target whose library to load (default: llvm)")
+        sp.add_argument("-t", "--target", default=None, help="target whose library to load (default: llvm if built, else the first)")
         sp.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the library's kind)")
         sp.add_argument("--model-lib", type=Path, default=None, help="library for an artifact folder")
 
     def sampling(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--temperature", type=_temperature, default=None, help="0 = greedy (default: the config's)")
-        sp.add_argument("--top-p", type=_top_p, default=None)
-        sp.add_argument("--seed", type=int, default=None)
-        sp.add_argument("--max-tokens", type=int, default=None)
+        sp.add_argument("--temperature", type=non_negative_float, default=None, help="0 = greedy (default: the config's)")
+        sp.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1] (default: the config's)")
+        sp.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
+        sp.add_argument("--max-tokens", type=positive_int, default=None, metavar="N", help="at most N new tokens (default: until the context is full)")
 
-    r = sub.add_parser("run", help="load a built artifact and answer one prompt")
+    r = subcommand("run", help="load a built artifact and answer one prompt")
     model(r)
     sampling(r)
     r.add_argument("--prompt", default="Hello")
     r.add_argument("--raw", action="store_true", help="continue the text as is (no conversation template)")
     r.add_argument("--stats", action="store_true", help="print prefill/decode speed to stderr")
 
-    c = sub.add_parser("chat", help="chat with a built artifact in the terminal")
+    c = subcommand("chat", help="chat with a built artifact in the terminal")
     model(c)
     sampling(c)
 
-    s = sub.add_parser("serve", help="serve a built artifact over the OpenAI HTTP API")
+    s = subcommand("serve", help="serve a built artifact over the OpenAI HTTP API")
     model(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
