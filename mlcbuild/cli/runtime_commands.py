@@ -20,7 +20,7 @@ def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
         sp.add_argument("-q", "--quant", default=None, help="quantization (recipe; default: its first)")
         sp.add_argument("-t", "--target", default=None, help="target whose library to load (default: llvm if built, else the first)")
         sp.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the library's kind)")
-        sp.add_argument("--model-lib", type=Path, default=None, help="library for an artifact folder")
+        sp.add_argument("--model-lib", type=Path, default=None, help="the library to load with an artifact folder (default: ../libs/<name>-<target>*)")
 
     def sampling(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--temperature", type=non_negative_float, default=None, help="0 = greedy (default: the config's)")
@@ -31,7 +31,7 @@ def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
     r = subcommand("run", help="load a built artifact and answer one prompt")
     model(r)
     sampling(r)
-    r.add_argument("--prompt", default="Hello")
+    r.add_argument("--prompt", default="Hello", help="the user's message, or with --raw the text to continue (default: %(default)r)")
     r.add_argument("--raw", action="store_true", help="continue the text as is (no conversation template)")
     r.add_argument("--stats", action="store_true", help="print prefill/decode speed to stderr")
 
@@ -42,7 +42,7 @@ def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
     s = subcommand("serve", help="serve a built artifact over the OpenAI HTTP API")
     model(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
 
 
 def _engine(args: argparse.Namespace) -> Any:
