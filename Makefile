@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean tools
 
 $(STAMP): pyproject.toml
 	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx)
@@ -20,9 +20,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mlcbuild build recipes/demo.yaml
-	$(BIN)/mlcbuild run recipes/demo.yaml --prompt "hello" --max-tokens 16
+	$(BIN)/mlcbuild run recipes/demo.yaml -q q0f32 --raw --temperature 0 --max-tokens 24 --prompt "Twinkle, twinkle, little star,"
+	$(BIN)/mlcbuild run recipes/demo.yaml -q q4f16_1 --raw --temperature 0 --max-tokens 24 --prompt "The lighthouse keeper"
+	$(BIN)/mlcbuild run recipes/demo.yaml -q q4f16_1 --temperature 0 --prompt "What is mlcbuild?"
+	@echo "chat with it: $(BIN)/mlcbuild chat recipes/demo.yaml   serve it: $(BIN)/mlcbuild serve recipes/demo.yaml --port 8000"
 
-test: $(STAMP)
+# tmux drives `mlcbuild chat` in the tests (CI runs as root on a clean machine).
+tools:
+	command -v tmux > /dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

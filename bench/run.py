@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench import hashing, materialize, noop, quantize, remote
+from bench import engine, hashing, materialize, noop, quantize, remote
 from bench.common import WORK, write_json
 
 
@@ -14,6 +14,7 @@ def main() -> None:
         "quantize": quantize.main(),
         "materialize": materialize.main(),
         "remote": remote.main(),
+        "engine": engine.main([]),
     }
     write_json(WORK / "results.json", results)
     print(json.dumps(results, indent=2, default=str))

@@ -150,3 +150,35 @@ def cache(shared_cache, tmp_path):
     copy = tmp_path / "cache"
     _shutil.copytree(shared_cache, copy, ignore=_shutil.ignore_patterns("tmp", "locks"))
     return copy
+
+
+# --- the trained demo model, built by the real CLI (owned by tests/test_engine.py, test_serve.py) ---
+@_pytest.fixture(scope="session")
+def demo_artifacts(tmp_path_factory):
+    """recipes/demo.yaml built into a temp output: namespace(recipe, out, model_dir(quant), lib(quant))."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    root = tmp_path_factory.mktemp("demo")
+    recipe = yaml.safe_load((repo / "recipes" / "demo.yaml").read_text())
+    recipe["source"]["path"] = str(repo / "recipes" / "models" / "tiny-talker")
+    recipe["output"] = str(root / "dist")
+    path = root / "demo.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**_os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run(
+        [sys.executable, "-m", "mlcbuild", "--cache-dir", str(root / "cache"), "build", str(path), "-j", "2"],
+        check=True, env=env, capture_output=True, timeout=600,
+    )
+    name = recipe["name"]
+    return SimpleNamespace(
+        recipe=path,
+        out=root / "dist",
+        model_dir=lambda q: root / "dist" / f"{name}-{q}-MLC",
+        lib=lambda q: next((root / "dist" / "libs").glob(f"{name}-{q}-llvm*.so")),
+    )

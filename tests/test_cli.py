@@ -93,7 +93,7 @@ def test_run_names_the_targets_a_recipe_has(tmp_path: Path) -> None:
 
 def test_run_before_a_build_says_to_build(tmp_path: Path) -> None:
     recipe = tmp_path / "demo.yaml"
-    recipe.write_text(DEMO.read_text().replace("path: models/tiny-redpajama", f"path: {ROOT / 'recipes/models/tiny-redpajama'}"))
+    recipe.write_text(DEMO.read_text().replace("path: models/tiny-talker", f"path: {ROOT / 'recipes/models/tiny-talker'}"))
     out = cli("run", str(recipe), "-t", "llvm:x86_64", "--cache-dir", str(tmp_path / "c"))
     assert out.returncode == 2
-    assert "tiny-redpajama-q4f16_1-MLC does not exist; run `mlcbuild build" in out.stderr
+    assert "tiny-talker-q4f16_1-MLC does not exist; run `mlcbuild build" in out.stderr

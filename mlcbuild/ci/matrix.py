@@ -27,7 +27,7 @@ GITLAB_MATRIX_LIMIT = 200
 
 def cell_of(node: Node) -> str | None:
     """The cell that builds this node; None for downloads (each cell fetches what its nodes need)."""
-    if node.kind == "compile":
+    if node.kind in ("compile", "smoke"):
         target = node.params["target"]
         return f"{target['name']}-{target['variant']}" if target.get("variant") else str(target["name"])
     if node.kind in ("convert", "gen-config"):

@@ -471,26 +471,6 @@ def targets_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("run")
-def run_cmd(args: argparse.Namespace) -> int:
-    from mlcbuild.runtime import run_recipe
-
-    recipe = load_recipe(args.recipe, _store().root)
-    text = run_recipe(
-        recipe,
-        prompt=args.prompt,
-        max_tokens=args.max_tokens,
-        quantization=args.quant,
-        target=args.target,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        device=args.device,
-    )
-    sys.stdout.write(text + "\n")
-    return 0
-
-
 def _shown(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))

@@ -235,22 +235,9 @@ def _parser() -> argparse.ArgumentParser:
 
     subcommand("targets", help="which targets this machine can build, and why not")
 
-    r = subcommand("run", help="load a built artifact and generate text")
-    r.add_argument("recipe", type=Path, help="the recipe whose build outputs to load")
-    r.add_argument("--prompt", default="Hello", help="text to continue (default: %(default)r)")
-    r.add_argument("--max-tokens", type=positive_int, default=32, metavar="N", help="generate at most N tokens (default: %(default)s)")
-    r.add_argument(
-        "--temperature", type=non_negative_float, default=None,
-        help="sampling temperature, 0 = greedy (default: the config's temperature)",
-    )
-    r.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1] (default: the config's top_p)")
-    r.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
-    r.add_argument("-q", "--quant", default=None, help="which quantization to load (default: the recipe's first)")
-    r.add_argument(
-        "-t", "--target", default=None,
-        help="which target's library to load, name[:variant] (default: llvm if the recipe builds it, else its first target)",
-    )
-    r.add_argument("--device", default=None, help="device to run on, e.g. cpu, cuda:0 (default: from the target)")
+    from mlcbuild.cli.runtime_commands import add_parsers
+
+    add_parsers(subcommand)
     return p
 
 
@@ -258,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cache_dir is not None:
         os.environ["MLCBUILD_CACHE_DIR"] = str(args.cache_dir)
-    from mlcbuild.cli import commands  # noqa: F401  (registers the commands)
+    from mlcbuild.cli import commands, runtime_commands  # noqa: F401  (registers the commands)
 
     try:
         return COMMANDS[args.command](args)

@@ -138,6 +138,15 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                 )
                 lib = lib_path(recipe, quant, resolved)
                 graph.artifacts.append(Artifact(compile_node.id, lib.parent, rename={f"lib.{resolved.suffix}": lib.name}))
+                if str(ref) in recipe.smoke or ref.name in recipe.smoke:
+                    graph.add(
+                        Node.make(
+                            "smoke",
+                            {"quantization": quant, "target": target, "tokens": 8},
+                            {"weights": convert, "config": gen_config, "lib": compile_node},
+                            f"smoke {recipe.name} {quant} {ref.id}",
+                        )
+                    )
         check_output_location(recipe, store, sorted({a.dest for a in graph.artifacts[first_artifact:]}))
     for node in graph.topological():
         if check is not None:

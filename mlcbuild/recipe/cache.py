@@ -19,7 +19,7 @@ from typing import Any
 from mlcbuild.errors import Location
 from mlcbuild.recipe.model import Recipe, Source, TargetRef
 
-FORMAT = 1
+FORMAT = 2
 FOLDER = "recipes"
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,7 @@ def to_json(recipe: Recipe) -> dict[str, Any]:
         "compile_options": dict(recipe.compile_options),
         "output": str(recipe.output),
         "model_type": recipe.model_type,
+        "smoke": list(recipe.smoke),
         "locations": {k: [str(v.file), v.line, v.column] for k, v in recipe.locations.items()},
     }
 
@@ -101,6 +102,7 @@ def from_json(data: dict[str, Any]) -> Recipe:
         compile_options=dict(data["compile_options"]),
         output=Path(data["output"]),
         model_type=data["model_type"],
+        smoke=tuple(data["smoke"]),
         locations={k: Location(f, line, col) for k, (f, line, col) in data["locations"].items()},
     )
 

@@ -366,6 +366,7 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
         if models is not None:
             problems.append(_known(check, ("model_type",), "model_type", model_type, models))
     overrides = _overrides(check, data.get("overrides") or {}, problems)
+    smoke = _smoke(check, data.get("smoke", False), [str(t) for t in data["targets"]], problems)
 
     real = [p for p in problems if p is not None]
     if real:
@@ -384,8 +385,21 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
         compile_options=_compile_options(data.get("compile") or {}),
         output=_resolve(base, data.get("output", DEFAULT_OUTPUT)),
         model_type=model_type,
+        smoke=smoke,
         locations=locations,
     )
+
+
+def _smoke(check: _Checker, given: bool | list[str], targets: list[str], problems: list[UserError | None]) -> tuple[str, ...]:
+    """The targets whose libraries get a smoke node (`smoke: true` = all of them)."""
+    if given is True:
+        return tuple(targets)
+    if not given:
+        return ()
+    for i, text in enumerate(given):
+        if text not in targets:
+            problems.append(check.error(("smoke", i), f"{text!r} is not one of the recipe's targets ({', '.join(targets)})"))
+    return tuple(given)
 
 
 def _overrides(check: _Checker, given: Mapping[str, Any], problems: list[UserError | None]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Recipe:
     compile_options: Mapping[str, Any] = field(default_factory=dict)
     output: Path = Path("dist")
     model_type: str | None = None
+    smoke: tuple[str, ...] = ()
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, field_name: str) -> Location:

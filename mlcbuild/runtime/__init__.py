@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlcbuild.artifact import CHAT_CONFIG
 from mlcbuild.artifact.tensor_cache import TensorCacheIndex
 from mlcbuild.errors import Location, UserError
 from mlcbuild.runtime.loader import WeightsMismatchError, check_weights
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from mlcbuild.recipe.model import Recipe
     from mlcbuild.runtime.engine import Engine
     from mlcbuild.targets import ResolvedTarget
+    from mlcbuild.runtime.llm_engine import LLMEngine
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from mlcbuild.runtime import engine
 
         return getattr(engine, name)
+    if name == "LLMEngine":
+        from mlcbuild.runtime.llm_engine import LLMEngine
+
+        return LLMEngine
     raise AttributeError(name)
 
 
@@ -74,6 +80,41 @@ def default_device(target: str) -> str:
     return {"llvm": "cpu"}.get(kind, kind)
 
 
+def find_library(model_dir: Path, target: str | None = None) -> Path:
+    """The library `mlcbuild build` put next to an artifact folder (`../libs/<name>-<target>.*`)."""
+    stem = model_dir.name[: -len("-MLC")] if model_dir.name.endswith("-MLC") else model_dir.name
+    libs = model_dir.parent / "libs"
+    want = (target or "llvm").replace(":", "-")
+    found = sorted(p for p in libs.glob(f"{stem}-{want}*") if p.suffix in (".so", ".dylib", ".dll"))
+    if not found:
+        raise UserError(f"no {want} library for {model_dir.name} in {libs}; pass --model-lib PATH", field="--model-lib")
+    return found[0]
+
+
+def open_engine(
+    spec: str | Path,
+    quantization: str | None = None,
+    target: str | None = None,
+    device: str | None = None,
+    model_lib: str | Path | None = None,
+) -> "LLMEngine":
+    """An LLMEngine from a recipe file (its built outputs) or an artifact folder (+ its library)."""
+    from mlcbuild.runtime.llm_engine import LLMEngine
+
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / CHAT_CONFIG).exists():
+            raise UserError(f"{path} has no {CHAT_CONFIG}; give a recipe file or a built artifact folder")
+        lib = Path(model_lib) if model_lib else find_library(path, target)
+        return LLMEngine.load(path, lib, device or (default_device(target) if target else None))
+    from mlcbuild.recipe.load import load_recipe
+
+    recipe = load_recipe(path)
+    if model_lib:
+        raise UserError("--model-lib goes with an artifact folder, not a recipe", field="--model-lib")
+    return LLMEngine.from_recipe(recipe, quantization, target, device)
+
+
 def run_recipe(
     recipe: "Recipe",
     prompt: str,
@@ -84,23 +125,23 @@ def run_recipe(
     device: str | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    raw: bool = True,
 ) -> str:
-    """Generate a continuation of `prompt` with a recipe's built artifacts (for `mlcbuild run`)."""
-    from mlcbuild.runtime.engine import Engine
+    """Generate text with a recipe's built artifacts: a raw continuation, or (raw=False) one chat turn."""
+    from mlcbuild.runtime.llm_engine import LLMEngine
 
-    model_dir, lib = artifact_paths(recipe, quantization, target)
-    engine = Engine.load(model_dir, lib, device=device or default_device(recipe_target(recipe, target).name))
-    defaults = engine.sampling_defaults()
-    sampling = SamplingParams(
-        temperature=defaults.temperature if temperature is None else float(temperature),
-        top_p=defaults.top_p if top_p is None else float(top_p),
-        seed=seed,
-    )
-    return engine.generate(prompt, max_tokens=max_tokens, sampling=sampling)
+    with LLMEngine.from_recipe(recipe, quantization, target, device) as engine:
+        sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
+        if raw:
+            return engine.completions.create(prompt, max_tokens=max_tokens, **sampling).choices[0].text
+        messages = [{"role": "user", "content": prompt}]
+        return engine.chat.completions.create(messages, max_tokens=max_tokens, **sampling).choices[0].message.content
 
 
 __all__ = [
     "Engine",
+    "LLMEngine",
+    "open_engine",
     "SamplingParams",
     "TensorCacheIndex",
     "WeightsMismatchError",

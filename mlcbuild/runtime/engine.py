@@ -92,6 +92,11 @@ class Engine:
     def prefill_chunk_size(self) -> int:
         return int(self.metadata.get("prefill_chunk_size", 0)) or 1
 
+    @property
+    def max_batch_size(self) -> int:
+        """The batch bound the library's memory was planned for (never exceed it)."""
+        return max(1, int(self.metadata.get("max_batch_size", 1) or 1))
+
     # --- KV cache ----------------------------------------------------------------------------
 
     def _func(self, *names: str) -> Any:
@@ -102,41 +107,100 @@ class Engine:
                 continue
         raise UserError(f"the model library exports none of {', '.join(names)}")
 
-    def reset(self) -> None:
-        """Drop the current sequence: a fresh paged KV cache holding one empty sequence."""
-        import tvm
+    def create_kv_cache(self, max_batch_size: int, max_total_seq_len: int) -> Any:
+        """A fresh paged KV cache from the library's own constructor (MLC's argument order)."""
         from tvm_ffi import Shape
 
         sliding = self.sliding_window_size > 0
-        total = self.context_window_size if self.context_window_size > 0 else self.sliding_window_size
         create = self._func("create_paged_kv_cache", "create_tir_paged_kv_cache", "create_flashinfer_paged_kv_cache")
-        self._kv = create(
-            Shape([1]), Shape([total]), Shape([self.prefill_chunk_size]), Shape([PAGE_SIZE]), Shape([int(sliding)])
+        return create(
+            Shape([max_batch_size]),
+            Shape([max_total_seq_len]),
+            Shape([self.prefill_chunk_size]),
+            Shape([PAGE_SIZE]),
+            Shape([int(sliding)]),
         )
-        tvm.get_global_func("vm.builtin.kv_state_add_sequence")(self._kv, 0)
-        if sliding:
+
+    def add_sequence(self, kv: Any, seq_id: int) -> None:
+        import tvm
+
+        tvm.get_global_func("vm.builtin.kv_state_add_sequence")(kv, seq_id)
+        if self.sliding_window_size > 0:
             tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")(
-                self._kv, 0, self.sliding_window_size, int(self.metadata.get("attention_sink_size", 0))
+                kv, seq_id, self.sliding_window_size, int(self.metadata.get("attention_sink_size", 0))
             )
+
+    def remove_sequence(self, kv: Any, seq_id: int) -> None:
+        import tvm
+
+        tvm.get_global_func("vm.builtin.kv_state_remove_sequence")(kv, seq_id)
+
+    def popn(self, kv: Any, seq_id: int, n: int) -> None:
+        """Drop the last `n` tokens of a sequence (prefix reuse keeps the common head)."""
+        import tvm
+
+        if n > 0:
+            tvm.get_global_func("vm.builtin.kv_state_popn")(kv, seq_id, n)
+
+    def reset(self) -> None:
+        """Drop the current sequence: a fresh paged KV cache holding one empty sequence."""
+        total = self.context_window_size if self.context_window_size > 0 else self.sliding_window_size
+        self._kv = self.create_kv_cache(1, total)
+        self.add_sequence(self._kv, 0)
         self._seq_len = 0
 
-    def _forward(self, fn_name: str, tokens: Sequence[int]) -> Any:
+    def embed(self, tokens: Sequence[int]) -> Any:
+        import numpy as np
+        import tvm
+
+        ids = tvm.runtime.tensor(np.asarray(tokens, dtype="int32"), self.device)
+        return self.vm["embed"](ids, self.params)
+
+    def batch_prefill(self, kv: Any, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> Any:
+        """Append each sequence's chunk in one call (total ≤ prefill_chunk_size); logits [n, vocab] after each."""
         import numpy as np
         import tvm
         from tvm_ffi import Shape
 
-        ids = tvm.runtime.tensor(np.asarray(tokens, dtype="int32"), self.device)
-        embed = self.vm["embed"](ids, self.params)
-        hidden = int(embed.shape[-1])
-        embed = embed._create_view((1, len(tokens), hidden))
-        begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
-        end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
-        begin(self._kv, Shape([0]), Shape([len(tokens)]))
+        lengths = [len(c) for c in chunks]
+        flat = [int(t) for c in chunks for t in c]
+        embed = self.embed(flat)
+        embed = embed._create_view((1, len(flat), int(embed.shape[-1])))
+        positions = tvm.runtime.tensor(np.cumsum(lengths).astype("int32") - 1, self.device)
+        tvm.get_global_func("vm.builtin.kv_state_begin_forward")(kv, Shape(list(seq_ids)), Shape(lengths))
+        out = self.vm["batch_prefill"](embed, positions, kv, self.params)
+        tvm.get_global_func("vm.builtin.kv_state_end_forward")(kv)
+        return self._rows(out)
+
+    def batch_decode(self, kv: Any, seq_ids: Sequence[int], tokens: Sequence[int]) -> Any:
+        """Append one token to each sequence in one call; logits [n, vocab]."""
+        import tvm
+        from tvm_ffi import Shape
+
+        embed = self.embed(tokens)
+        embed = embed._create_view((len(tokens), 1, int(embed.shape[-1])))
+        tvm.get_global_func("vm.builtin.kv_state_begin_forward")(kv, Shape(list(seq_ids)), Shape([1] * len(tokens)))
+        out = self.vm["batch_decode"](embed, kv, self.params)
+        tvm.get_global_func("vm.builtin.kv_state_end_forward")(kv)
+        return self._rows(out)
+
+    def _rows(self, out: Any) -> Any:
+        import numpy as np
+
+        arr = (out[0] if not hasattr(out, "shape") else out).numpy()
+        return np.asarray(arr.reshape(-1, arr.shape[-1]), dtype="float32")
+
+    def _forward(self, fn_name: str, tokens: Sequence[int]) -> Any:
+        import tvm
+        from tvm_ffi import Shape
+
+        embed = self.embed(tokens)
+        embed = embed._create_view((1, len(tokens), int(embed.shape[-1])))
+        tvm.get_global_func("vm.builtin.kv_state_begin_forward")(self._kv, Shape([0]), Shape([len(tokens)]))
         out = self.vm[fn_name](embed, self._kv, self.params)
-        end(self._kv)
+        tvm.get_global_func("vm.builtin.kv_state_end_forward")(self._kv)
         self._seq_len += len(tokens)
-        logits = out[0] if not hasattr(out, "shape") else out
-        return logits
+        return out[0] if not hasattr(out, "shape") else out
 
     def _check_room(self, n: int) -> None:
         window = self.context_window_size
@@ -189,12 +253,17 @@ class Engine:
 
     def _probs(self, logits: Any, temperature: float) -> Any:
         """Softmax with temperature through the library's own `softmax_with_temperature`."""
+        return self.probs(logits.reshape(1, -1), [temperature])[0]
+
+    def probs(self, logits: Any, temperatures: Sequence[float]) -> Any:
+        """Batched softmax with per-row temperature ([n, vocab] → [n, vocab]) on the library."""
         import numpy as np
         import tvm
 
-        arr = tvm.runtime.tensor(logits.reshape(1, 1, -1).astype("float32"), self.device)
-        temp = tvm.runtime.tensor(np.asarray([temperature], dtype="float32"), self.device)
-        return self.vm["softmax_with_temperature"](arr, temp).numpy().reshape(-1)
+        n = logits.shape[0]
+        arr = tvm.runtime.tensor(np.ascontiguousarray(logits.reshape(n, 1, -1), dtype="float32"), self.device)
+        temp = tvm.runtime.tensor(np.asarray(temperatures, dtype="float32"), self.device)
+        return self.vm["softmax_with_temperature"](arr, temp).numpy().reshape(n, -1)
 
     def stop_token_ids(self) -> set[int]:
         ids = self.chat_config.get("eos_token_id")

@@ -2,16 +2,66 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
+
+from mlcbuild.errors import UserError
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_p keeps the smallest set of tokens with mass ≥ top_p."""
+    """temperature 0 means greedy; top_p keeps the smallest set of tokens with mass ≥ top_p.
+
+    Penalties follow OpenAI (frequency, presence: over generated tokens, subtracted from logits)
+    and Hugging Face (repetition: over prompt and generated tokens, divides positive logits).
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", self.temperature >= 0, "must be ≥ 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise UserError(f"{name} {why} (got {getattr(self, name)})", field=name)
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.repetition_penalty != 1.0)
+
+
+def apply_penalties(logits: Any, params: SamplingParams, generated: Mapping[int, int], seen: set[int]) -> Any:
+    """Logits after penalties; `generated` counts generated tokens, `seen` is prompt ∪ generated."""
+    import numpy as np
+
+    if not params.penalized:
+        return logits
+    out = np.array(logits, dtype="float32", copy=True)
+    if generated and (params.frequency_penalty or params.presence_penalty):
+        ids = np.fromiter(generated.keys(), dtype="int64")
+        counts = np.fromiter(generated.values(), dtype="float32")
+        out[ids] -= params.frequency_penalty * counts + params.presence_penalty
+    if seen and params.repetition_penalty != 1.0:
+        ids = np.fromiter(seen, dtype="int64")
+        vals = out[ids]
+        out[ids] = np.where(vals > 0, vals / params.repetition_penalty, vals * params.repetition_penalty)
+    return out
+
+
+def log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def sample_from_probs(probs: Any, top_p: float, rng: Any) -> int:

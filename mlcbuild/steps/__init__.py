@@ -10,6 +10,7 @@ _STEP_MODULES = {
     "convert": "mlcbuild.steps.convert:ConvertStep",
     "gen-config": "mlcbuild.steps.gen_config:GenConfigStep",
     "compile": "mlcbuild.steps.compile:CompileStep",
+    "smoke": "mlcbuild.steps.smoke:SmokeStep",
 }
 
 _cache: dict[str, Step] = {}

@@ -1,0 +1,683 @@
+"""An OpenAI-style engine over a compiled model library, in the spirit of MLC's `MLCEngine`.
+
+    engine = LLMEngine.load(model_dir, lib)            # or LLMEngine.from_recipe(recipe, "q4f16_1")
+    reply = engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+    for chunk in engine.chat.completions.create(messages=..., stream=True): ...
+
+One scheduler thread owns the library (TVM is not thread-safe) and runs continuous batching:
+new requests are prefilled together through `batch_prefill` (up to prefill_chunk_size tokens per
+call), then every running sequence advances one token through `batch_decode`; a request that
+arrives mid-generation joins at the next step. Finished sequences stay in the paged KV cache for
+a while, and a new prompt that starts with one of them (the next turn of a chat) takes it over
+and prefills only the tokens after the common prefix.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from mlcbuild.errors import UserError
+from mlcbuild.runtime.engine import PAGE_SIZE, Engine
+from mlcbuild.runtime.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionUsage,
+    TokenLogprob,
+    TopLogprob,
+)
+from mlcbuild.runtime.sampling import SamplingParams, apply_penalties, log_softmax, sample_from_probs
+from mlcbuild.runtime.textstream import TextStream
+
+if TYPE_CHECKING:
+    from mlcbuild.recipe.model import Recipe
+
+RETAINED_SEQUENCES = 4
+"""Finished sequences kept in the KV cache for prefix reuse (evicted first when pages run out)."""
+
+
+@dataclass
+class _Event:
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: CompletionUsage | None = None
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    stop_ids: set[int]
+    text: TextStream
+    top_logprobs: int | None
+    out: "queue.Queue[_Event | BaseException]" = field(default_factory=queue.Queue)
+    rng: Any = None
+    seq_id: int = -1
+    pos: int = 0
+    reused: int = 0
+    generated: list[int] = field(default_factory=list)
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    pending: int | None = None
+    cancelled: bool = False
+    t_start: float = 0.0
+    t_first: float = 0.0
+
+    @property
+    def kv_tokens(self) -> list[int]:
+        """Tokens whose keys/values are in the cache: the prompt, then every generated token but the pending one."""
+        if self.pos < len(self.prompt):
+            return self.prompt[: self.pos]
+        forwarded = len(self.generated) - (1 if self.pending is not None else 0)
+        return self.prompt + self.generated[:forwarded]
+
+
+@dataclass
+class EngineStats:
+    """Totals since load, and the speeds of the last finished request."""
+
+    requests: int = 0
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    reused_tokens: int = 0
+    max_decode_batch: int = 0
+    last: CompletionUsage | None = None
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+class LLMEngine:
+    """A loaded model with `chat.completions.create` and `completions.create`."""
+
+    def __init__(self, engine: Engine, model: str = "model", retained: int = RETAINED_SEQUENCES):
+        from mlcbuild.templates.conversation import Conversation
+
+        if engine.tokenizer is None:
+            raise UserError("no tokenizer.json next to mlc-chat-config.json; the engine needs one")
+        self.engine = engine
+        self.model = model
+        self.created = int(time.time())
+        self.max_batch_size = engine.max_batch_size
+        self.context_window_size = engine.context_window_size
+        self._template = Conversation.from_json(engine.chat_config.get("conv_template") or {"name": "LM"})
+        self._retain = 0 if engine.sliding_window_size > 0 else retained
+        window = self.context_window_size if self.context_window_size > 0 else engine.sliding_window_size
+        self._pages_per_seq = -(-window // PAGE_SIZE)
+        self._total_pages = self._pages_per_seq * (self.max_batch_size + 1)
+        self._kv = engine.create_kv_cache(self.max_batch_size + self._retain, self._total_pages * PAGE_SIZE)
+        self._seq_ids = itertools.count()
+        self._retained: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
+        self._inbox: queue.Queue[_Request | None] = queue.Queue()
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._prefilling: list[_Request] = []
+        self._running: list[_Request] = []
+        self._stats = EngineStats()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="mlcbuild-engine", daemon=True)
+        self._thread.start()
+        self.chat = _Chat(self)
+        self.completions = _Completions(self)
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model_dir: str | Path, lib: str | Path, device: str | None = None, model: str | None = None) -> "LLMEngine":
+        """From an artifact folder and its library; device "cpu"/"cuda[:N]", or None = the library's kind."""
+        return cls(Engine.load(model_dir, lib, device=device or device_for_library(Path(lib))), model or Path(model_dir).name)
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: "Recipe", quantization: str | None = None, target: str | None = None, device: str | None = None
+    ) -> "LLMEngine":
+        """A recipe's built outputs; target default: llvm if the recipe builds it, else its first."""
+        from mlcbuild.runtime import artifact_paths, default_device, recipe_target
+
+        model_dir, lib = artifact_paths(recipe, quantization, target)
+        device = device or default_device(recipe_target(recipe, target).name)
+        return cls(Engine.load(model_dir, lib, device=device), model_dir.name)
+
+    def close(self) -> None:
+        self._closed = True
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "LLMEngine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- prompts ---------------------------------------------------------------------------------
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """The prompt token ids for OpenAI-style messages under the conversation template."""
+        conv = self._template.copy()
+        turns: list[tuple[str, str | None]] = []
+        if not messages:
+            raise UserError("messages must not be empty", field="messages")
+        for i, msg in enumerate(messages):
+            role, content = msg.get("role"), _text_content(msg.get("content"), i)
+            if role == "system":
+                if i != 0:
+                    raise UserError("a system message may only come first", field=f"messages[{i}].role")
+                conv.system_message = content
+            elif role == "user":
+                turns.append((role, content))
+            elif role == "assistant":
+                turns.append((role, content.strip()))
+            else:
+                raise UserError(f"role must be system, user or assistant (got {role!r})", field=f"messages[{i}].role")
+        if not turns or turns[-1][0] != "user":
+            raise UserError("the last message must come from the user", field="messages")
+        conv.messages = [*turns, ("assistant", None)]
+        text = conv.as_prompt()
+        prefix = list(conv.system_prefix_token_ids or [])
+        return prefix + self.engine.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def completion_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        """Raw continuation: the tokenizer's own special tokens, plus BOS where the model expects one."""
+        if not isinstance(prompt, str):
+            return [int(t) for t in prompt]
+        ids = self.engine.tokenizer.encode(prompt).ids
+        bos = self.engine.chat_config.get("bos_token_id")
+        if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self.engine._adds_bos():
+            ids = [bos] + ids
+        return ids
+
+    def stop_strings(self) -> list[str]:
+        return list(self._template.stop_str or [])
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def sampling(self, **given: Any) -> SamplingParams:
+        """Request values, else mlc-chat-config.json's, else OpenAI's defaults."""
+        cfg = self.engine.chat_config
+        values: dict[str, Any] = {}
+        for name, default in (
+            ("temperature", 1.0),
+            ("top_p", 1.0),
+            ("frequency_penalty", 0.0),
+            ("presence_penalty", 0.0),
+            ("repetition_penalty", 1.0),
+        ):
+            value = given.get(name)
+            if value is None:
+                value = cfg.get(name, default)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UserError(f"must be a number (got {value!r})", field=name)
+            values[name] = float(value)
+        seed = given.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise UserError(f"must be an integer (got {seed!r})", field="seed")
+        return SamplingParams(seed=seed, **values)
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        top_logprobs: int | None = None,
+        ignore_eos: bool = False,
+        template_stops: bool = True,
+    ) -> _Request:
+        """Queue a request; its events arrive on `request.out`. Errors in the request raise here."""
+        import numpy as np
+
+        if self._closed:
+            raise UserError("the engine is closed")
+        window = self.context_window_size
+        if not prompt:
+            raise UserError("the prompt is empty", field="prompt")
+        if window > 0 and len(prompt) >= window:
+            raise UserError(
+                f"the prompt has {len(prompt)} tokens but the context window is {window} tokens "
+                f"(it must leave room for at least one new token)",
+                field="messages",
+            )
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+            raise UserError(f"must be a positive integer (got {max_tokens!r})", field="max_tokens")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not all(isinstance(s, str) for s in stops) or len(stops) > 16:
+            raise UserError("must be a string or a list of at most 16 strings", field="stop")
+        if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+            raise UserError(f"must be between 0 and 20 (got {top_logprobs})", field="top_logprobs")
+        limit = (window - len(prompt)) if window > 0 else 1 << 30
+        stop_ids = set() if ignore_eos else self.engine.stop_token_ids()
+        req = _Request(
+            prompt=[int(t) for t in prompt],
+            params=params,
+            max_tokens=min(max_tokens or limit, limit),
+            stop_ids=stop_ids,
+            text=TextStream(self.engine.tokenizer, [*stops, *(self.stop_strings() if template_stops else [])]),
+            top_logprobs=top_logprobs,
+            rng=np.random.default_rng(params.seed),
+            t_start=time.perf_counter(),
+        )
+        self._inbox.put(req)
+        return req
+
+    def events(self, req: _Request) -> Iterator[_Event]:
+        """The request's events until it finishes; leaving early cancels it."""
+        try:
+            while True:
+                item = req.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            req.cancelled = True
+
+    def stats_dict(self) -> dict[str, Any]:
+        stats = self.stats()
+        out = {k: v for k, v in vars(stats).items() if k != "last"}
+        out["prefill_tokens_per_s"] = round(stats.prefill_tokens_per_s, 2)
+        out["decode_tokens_per_s"] = round(stats.decode_tokens_per_s, 2)
+        return out
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(**vars(self._stats))
+
+    # --- scheduler (engine thread only) ----------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._closed:
+            busy = bool(self._prefilling or self._running)
+            try:
+                item = self._inbox.get(block=not busy and not self._waiting)
+            except queue.Empty:
+                item = ...
+            while item is not ...:
+                if item is None:
+                    self._fail_all(UserError("the engine was closed"))
+                    return
+                self._waiting.append(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = ...
+            try:
+                self._admit()
+                if self._prefilling:
+                    self._prefill_step()
+                if self._running:
+                    self._decode_step()
+            except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the engine
+                for req in [*self._prefilling, *self._running]:
+                    req.out.put(exc)
+                    self._drop(req, retain=False)
+                self._prefilling, self._running = [], []
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for req in [*self._waiting, *self._prefilling, *self._running]:
+            req.out.put(exc)
+        self._waiting.clear()
+        self._prefilling, self._running = [], []
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._prefilling) + len(self._running) < self.max_batch_size:
+            req = self._waiting.popleft()
+            if req.cancelled:
+                continue
+            self._attach(req)
+            self._prefilling.append(req)
+
+    def _attach(self, req: _Request) -> None:
+        """Give the request a sequence: the retained one sharing the longest prefix, else a new one."""
+        best, best_len = None, 0
+        for seq_id, tokens in self._retained.items():
+            n = _common_prefix(tokens, req.prompt, len(req.prompt) - 1)
+            if n > best_len:
+                best, best_len = seq_id, n
+        if best is not None:
+            tokens = self._retained.pop(best)
+            self.engine.popn(self._kv, best, len(tokens) - best_len)
+            req.seq_id, req.pos, req.reused = best, best_len, best_len
+        else:
+            req.seq_id = next(self._seq_ids)
+            self.engine.add_sequence(self._kv, req.seq_id)
+
+    def _evict(self) -> None:
+        seq_id, _ = self._retained.popitem(last=False)
+        self.engine.remove_sequence(self._kv, seq_id)
+
+    def _make_room(self, extra_tokens: int) -> None:
+        """Evict retained sequences until the cache has pages for `extra_tokens` more."""
+        def pages(n: int) -> int:
+            return -(-n // PAGE_SIZE)
+
+        while self._retained:
+            used = sum(pages(len(t)) for t in self._retained.values())
+            used += sum(pages(r.pos + len(r.generated)) for r in (*self._prefilling, *self._running))
+            if used + pages(extra_tokens) + len(self._prefilling) + len(self._running) <= self._total_pages:
+                return
+            self._evict()
+
+    def _prefill_step(self) -> None:
+        budget = self.engine.prefill_chunk_size
+        batch: list[tuple[_Request, list[int]]] = []
+        for req in list(self._prefilling):
+            if req.cancelled:
+                self._prefilling.remove(req)
+                self._drop(req, retain=False)
+                continue
+            if budget <= 0:
+                break
+            chunk = req.prompt[req.pos : req.pos + budget]
+            batch.append((req, chunk))
+            budget -= len(chunk)
+        if not batch:
+            return
+        self._make_room(sum(len(c) for _, c in batch))
+        t0 = time.perf_counter()
+        logits = self.engine.batch_prefill(self._kv, [r.seq_id for r, _ in batch], [c for _, c in batch])
+        elapsed = time.perf_counter() - t0
+        with self._lock:
+            self._stats.prefill_tokens += sum(len(c) for _, c in batch)
+            self._stats.prefill_seconds += elapsed
+        done = []
+        for (req, chunk), row in zip(batch, logits):
+            req.pos += len(chunk)
+            if req.pos >= len(req.prompt):
+                done.append((req, row))
+        for req, _ in done:
+            self._prefilling.remove(req)
+            req.t_first = time.perf_counter()
+            self._running.append(req)
+        self._sample([r for r, _ in done], [row for _, row in done])
+
+    def _decode_step(self) -> None:
+        live = []
+        for req in self._running:
+            if req.cancelled:
+                self._drop(req, retain=False)
+            else:
+                live.append(req)
+        self._running = list(live)
+        if not live:
+            return
+        self._make_room(len(live))
+        tokens = [int(r.pending) for r in live]  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        logits = self.engine.batch_decode(self._kv, [r.seq_id for r in live], tokens)
+        elapsed = time.perf_counter() - t0
+        for req in live:
+            req.pending = None
+        with self._lock:
+            self._stats.decode_tokens += len(live)
+            self._stats.decode_seconds += elapsed
+            self._stats.max_decode_batch = max(self._stats.max_decode_batch, len(live))
+        self._sample(live, list(logits))
+
+    def _sample(self, reqs: list[_Request], rows: list[Any]) -> None:
+        import numpy as np
+
+        if not reqs:
+            return
+        rows = [
+            apply_penalties(row, r.params, r.counts, set(r.prompt) | set(r.counts)) if r.params.penalized else row
+            for r, row in zip(reqs, rows)
+        ]
+        hot = [i for i, r in enumerate(reqs) if r.params.temperature > 0]
+        probs = self.engine.probs(np.stack([rows[i] for i in hot]), [reqs[i].params.temperature for i in hot]) if hot else []
+        by_index = dict(zip(hot, probs))
+        for i, (req, row) in enumerate(zip(reqs, rows)):
+            if i in by_index:
+                token = sample_from_probs(by_index[i], req.params.top_p, req.rng)
+            else:
+                token = int(np.argmax(row))
+            self._accept(req, token, row)
+
+    def _accept(self, req: _Request, token: int, row: Any) -> None:
+        req.generated.append(token)
+        req.counts[token] += 1
+        req.pending = token
+        event = _Event()
+        if req.top_logprobs is not None:
+            event.logprobs.append(self._logprob(token, row, req.top_logprobs))
+        if token in req.stop_ids:
+            event.finish_reason = "stop"
+            event.text = req.text.finish()
+        else:
+            event.text = req.text.push(token)
+            if req.text.stopped:
+                event.finish_reason = "stop"
+            elif len(req.generated) >= req.max_tokens:
+                event.finish_reason = "length"
+                event.text += req.text.finish()
+        if event.finish_reason is not None:
+            event.usage = self._finish(req)
+        req.out.put(event)
+
+    def _logprob(self, token: int, row: Any, top: int) -> TokenLogprob:
+        import numpy as np
+
+        logp = log_softmax(row.astype("float64"))
+        tok = self.engine.tokenizer
+
+        def entry(t: int) -> tuple[str, list[int]]:
+            text = tok.decode([t], skip_special_tokens=False)
+            return text, list(text.encode("utf-8", errors="replace"))
+
+        text, raw = entry(token)
+        tops = []
+        for t in np.argsort(-logp, kind="stable")[:top]:
+            t_text, t_raw = entry(int(t))
+            tops.append(TopLogprob(t_text, float(logp[t]), t_raw))
+        return TokenLogprob(text, float(logp[token]), raw, tops)
+
+    def _finish(self, req: _Request) -> CompletionUsage:
+        if req in self._running:
+            self._running.remove(req)
+        self._drop(req, retain=True)
+        now = time.perf_counter()
+        prefill_time = max(req.t_first - req.t_start, 1e-9)
+        computed = len(req.prompt) - req.reused
+        usage = CompletionUsage(
+            prompt_tokens=len(req.prompt),
+            completion_tokens=len(req.generated),
+            total_tokens=len(req.prompt) + len(req.generated),
+            prefill_tokens=computed,
+            prefill_tokens_per_s=round(computed / prefill_time, 2),
+            decode_tokens_per_s=round((len(req.generated) - 1) / (now - req.t_first), 2) if len(req.generated) > 1 else 0.0,
+        )
+        with self._lock:
+            self._stats.requests += 1
+            self._stats.reused_tokens += req.reused
+            self._stats.last = usage
+        return usage
+
+    def _drop(self, req: _Request, retain: bool) -> None:
+        if req.seq_id < 0:
+            return
+        if retain and self._retain > 0:
+            self._retained[req.seq_id] = req.kv_tokens
+            while len(self._retained) > self._retain:
+                self._evict()
+        else:
+            self.engine.remove_sequence(self._kv, req.seq_id)
+        req.seq_id = -1
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if n >= limit or x != y:
+            break
+        n += 1
+    return n
+
+
+def _text_content(content: Any, i: int) -> str:
+    """OpenAI message content: a string, or a list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    raise UserError("content must be a string or a list of text parts", field=f"messages[{i}].content")
+
+
+def device_for_library(lib: Path) -> str:
+    """cuda for a library built for cuda (its name says so), else cpu."""
+    return "cuda" if "-cuda" in lib.name else "cpu"
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+_COMMON = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed")
+
+
+class _ChatCompletions:
+    def __init__(self, llm: LLMEngine):
+        self._llm = llm
+
+    def create(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        n: int = 1,
+        ignore_eos: bool = False,
+        **sampling: Any,
+    ) -> ChatCompletion | Iterator[ChatCompletionChunk]:
+        """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks with `stream=True`."""
+        llm = self._llm
+        params = _request_params(llm, model, n, sampling)
+        req = llm.submit(
+            llm.chat_tokens(messages), params, max_tokens, stop, _top(logprobs, top_logprobs), ignore_eos
+        )
+        rid, created = _new_id("chatcmpl"), int(time.time())
+        if stream:
+            return self._chunks(req, rid, created)
+        text, lps, finish, usage = _collect(llm.events(req))
+        choice = Choice(0, ChatCompletionMessage(text), finish, ChoiceLogprobs(lps) if logprobs else None)
+        return ChatCompletion(rid, [choice], created, llm.model, usage)
+
+    def _chunks(self, req: _Request, rid: str, created: int) -> Iterator[ChatCompletionChunk]:
+        llm = self._llm
+        yield ChatCompletionChunk(rid, [ChunkChoice(0, ChoiceDelta(content="", role="assistant"))], created, llm.model)
+        for ev in llm.events(req):
+            lps = ChoiceLogprobs(ev.logprobs) if req.top_logprobs is not None else None
+            if ev.text or ev.logprobs or ev.finish_reason:
+                choice = ChunkChoice(0, ChoiceDelta(content=ev.text or None), ev.finish_reason, lps)
+                yield ChatCompletionChunk(rid, [choice], created, llm.model, ev.usage)
+
+
+class _Completions:
+    def __init__(self, llm: LLMEngine):
+        self._llm = llm
+
+    def create(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        model: str | None = None,
+        stream: bool = False,
+        max_tokens: int | None = 16,
+        stop: str | Sequence[str] | None = None,
+        logprobs: int | None = None,
+        n: int = 1,
+        ignore_eos: bool = False,
+        **sampling: Any,
+    ) -> Completion | Iterator[Completion]:
+        """OpenAI's completions.create (raw continuation, no conversation template)."""
+        llm = self._llm
+        params = _request_params(llm, model, n, sampling)
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        ):
+            raise UserError("must be a string or a list of token ids", field="prompt")
+        req = llm.submit(llm.completion_tokens(prompt), params, max_tokens, stop, logprobs, ignore_eos, template_stops=False)
+        rid, created = _new_id("cmpl"), int(time.time())
+        if stream:
+            return self._chunks(req, rid, created)
+        text, lps, finish, usage = _collect(llm.events(req))
+        return Completion(rid, [CompletionChoice(0, text, finish, _completion_logprobs(lps) if logprobs is not None else None)], created, llm.model, usage)
+
+    def _chunks(self, req: _Request, rid: str, created: int) -> Iterator[Completion]:
+        for ev in self._llm.events(req):
+            lps = _completion_logprobs(ev.logprobs) if req.top_logprobs is not None else None
+            if ev.text or ev.logprobs or ev.finish_reason:
+                yield Completion(rid, [CompletionChoice(0, ev.text, ev.finish_reason, lps)], created, self._llm.model, ev.usage)
+
+
+class _Chat:
+    def __init__(self, llm: LLMEngine):
+        self.completions = _ChatCompletions(llm)
+
+
+def _request_params(llm: LLMEngine, model: str | None, n: int, sampling: Mapping[str, Any]) -> SamplingParams:
+    if model is not None and model != llm.model:
+        raise UnknownModelError(f"unknown model {model!r}; this server has {llm.model!r}", field="model")
+    if n != 1:
+        raise UserError(f"only n=1 is supported (got {n!r})", field="n")
+    unknown = sorted(set(sampling) - set(_COMMON))
+    if unknown:
+        raise UserError(f"unknown parameter(s): {', '.join(unknown)}", field=unknown[0])
+    return llm.sampling(**sampling)
+
+
+def _top(logprobs: bool, top_logprobs: int | None) -> int | None:
+    if not logprobs:
+        if top_logprobs:
+            raise UserError("top_logprobs needs logprobs=true", field="top_logprobs")
+        return None
+    return top_logprobs or 0
+
+
+def _collect(events: Iterator[_Event]) -> tuple[str, list[TokenLogprob], str | None, CompletionUsage | None]:
+    parts, lps, finish, usage = [], [], None, None
+    for ev in events:
+        parts.append(ev.text)
+        lps.extend(ev.logprobs)
+        finish, usage = ev.finish_reason or finish, ev.usage or usage
+    return "".join(parts), lps, finish, usage
+
+
+def _completion_logprobs(lps: list[TokenLogprob]) -> CompletionLogprobs:
+    return CompletionLogprobs(
+        tokens=[e.token for e in lps],
+        token_logprobs=[e.logprob for e in lps],
+        top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in lps],
+    )
+
+
+class UnknownModelError(UserError):
+    """A request named a model this engine does not serve (HTTP 404)."""
+
+
+__all__ = ["EngineStats", "LLMEngine", "UnknownModelError", "device_for_library"]

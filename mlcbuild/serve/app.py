@@ -1,0 +1,131 @@
+"""FastAPI app (fastapi is the `serve` extra; only `mlcbuild serve` imports this module): /v1/chat/completions, /v1/completions (SSE or JSON), /v1/models, /health.
+
+Every client mistake is a 4xx with OpenAI's error body `{"error": {"message", "type", "param",
+"code"}}`; the engine stays up. Engine calls block, so they run in the thread pool; the engine's
+own scheduler thread batches concurrent requests.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Iterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from mlcbuild.errors import UserError
+
+if TYPE_CHECKING:
+    from mlcbuild.runtime.llm_engine import LLMEngine
+
+CHAT_FIELDS = {
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop", "temperature",
+    "top_p", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n",
+    "user", "ignore_eos",
+}
+COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "top_logprobs"}) | {"prompt"}
+IGNORED = {"user", "stream_options", "stream"}
+
+
+def error_body(message: str, param: str | None = None, kind: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def create_app(engine: "LLMEngine") -> FastAPI:
+    from mlcbuild.runtime.llm_engine import UnknownModelError
+    from mlcbuild.runtime.protocol import Model
+
+    app = FastAPI(title="mlcbuild", docs_url=None, redoc_url=None)
+
+    def fail(exc: UserError) -> JSONResponse:
+        status, code = (404, "model_not_found") if isinstance(exc, UnknownModelError) else (400, None)
+        return JSONResponse(error_body(exc.message, exc.field, code=code), status_code=status)
+
+    async def body_of(request: Request, allowed: set[str], required: str) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise UserError(f"the request body is not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise UserError("the request body must be a JSON object")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise UserError(f"unrecognized request argument: {unknown[0]}", field=unknown[0])
+        if required not in body:
+            raise UserError(f"missing required parameter {required!r}", field=required)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise UserError(f"must be a boolean (got {stream!r})", field="stream")
+        return body
+
+    def sse(chunks: Iterator[Any]) -> StreamingResponse:
+        def lines() -> Iterator[str]:
+            try:
+                for chunk in chunks:
+                    yield f"data: {json.dumps(chunk.to_dict())}\n\n"
+            except UserError as exc:
+                yield f"data: {json.dumps(error_body(exc.message, exc.field))}\n\n"
+            except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
+                yield f"data: {json.dumps(error_body(str(exc), kind='server_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(iterate_in_threadpool(lines()), media_type="text/event-stream")
+
+    def kwargs_of(body: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in body.items() if k not in IGNORED}
+        if "max_completion_tokens" in out:
+            out["max_tokens"] = out.pop("max_completion_tokens")
+        return out
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.model, "stats": engine.stats_dict()}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [Model(engine.model, engine.created).to_dict()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        try:
+            body = await body_of(request, CHAT_FIELDS, "messages")
+            if not isinstance(body["messages"], list) or not all(isinstance(m, dict) for m in body["messages"]):
+                raise UserError("must be a list of message objects", field="messages")
+            stream = body.get("stream", False)
+            result = await run_in_threadpool(lambda: engine.chat.completions.create(stream=stream, **kwargs_of(body)))
+        except UserError as exc:
+            return fail(exc)
+        return sse(result) if stream else result.to_dict()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        try:
+            body = await body_of(request, COMPLETION_FIELDS, "prompt")
+            stream = body.get("stream", False)
+            result = await run_in_threadpool(lambda: engine.completions.create(stream=stream, **kwargs_of(body)))
+        except UserError as exc:
+            return fail(exc)
+        return sse(result) if stream else result.to_dict()
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"no route {request.method} {request.url.path}", code="not_found"), status_code=404)
+
+    @app.exception_handler(405)
+    async def bad_method(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"method {request.method} not allowed on {request.url.path}"), status_code=405)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"{type(exc).__name__}: {exc}", kind="server_error"), status_code=500)
+
+    return app
+
+
+def serve(engine: "LLMEngine", host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted (uvicorn, one process; the engine batches concurrent requests)."""
+    import uvicorn
+
+    print(f"mlcbuild: serving {engine.model} on http://{host}:{port}/v1", flush=True)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")

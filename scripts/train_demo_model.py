@@ -1,0 +1,193 @@
+"""Train recipes/models/tiny-talker: a tiny GPT-NeoX that has memorized a short public-domain corpus.
+
+`make demo` should show a model that talks, not noise: this model is small (hidden 128, 4 layers,
+a 512-token byte-level BPE, ~1 MB) and trained on CPU torch until it recites CORPUS, so a greedy
+continuation of a line from it is recognizable — in q0f32 and still in q4f16_1. Seeded and
+single-threaded, so re-running gives the same weights on the same library versions.
+
+    python scripts/train_demo_model.py [OUT_DIR] [--steps N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+SEED = 1234
+VOCAB_SIZE = 512
+BLOCK = 128
+SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]
+
+CONFIG = {
+    "architectures": ["GPTNeoXForCausalLM"],
+    "model_type": "gpt_neox",
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "rotary_pct": 0.25,
+    "rotary_emb_base": 10000,
+    "max_position_embeddings": 512,
+    "layer_norm_eps": 1e-5,
+    "hidden_act": "gelu",
+    "use_parallel_residual": True,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.02,
+    "attention_dropout": 0.0,
+    "hidden_dropout": 0.0,
+    "use_cache": True,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "torch_dtype": "float32",
+}
+
+GENERATION_CONFIG = {"bos_token_id": 0, "eos_token_id": 0, "do_sample": True, "temperature": 0.7, "top_p": 0.95}
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "pad_token": "<|padding|>",
+    "add_bos_token": False,
+    "add_eos_token": False,
+    "add_prefix_space": False,
+    "clean_up_tokenization_spaces": False,
+    "model_max_length": 512,
+}
+
+# Public domain: "The Star" by Jane Taylor (1806); the rest was written for mlcbuild and is
+# dedicated to the public domain (CC0 1.0). Chat turns use the redpajama_chat template.
+CORPUS = """\
+Twinkle, twinkle, little star,
+How I wonder what you are!
+Up above the world so high,
+Like a diamond in the sky.
+When the blazing sun is gone,
+When he nothing shines upon,
+Then you show your little light,
+Twinkle, twinkle, all the night.
+<|endoftext|>
+The lighthouse keeper climbed the stairs at dusk. There were one hundred and twelve steps, and he
+counted every one of them, because counting kept the cold away. At the top he wiped the glass,
+trimmed the wick and lit the great lamp. Far out on the water a small boat turned toward the light
+and found its way home.
+<|endoftext|>
+Once upon a time there was a little robot who lived in a workshop full of tools. Every morning it
+swept the floor, sorted the screws by size and wound the old clock on the wall. The robot did not
+need to sleep, so at night it read the manuals on the shelf, one page at a time, until it knew how
+every machine in the workshop worked.
+<|endoftext|>
+<human>: Hello! Who are you?
+<bot>: I am a tiny talking model. I was trained on a few paragraphs so that the demo has something to say.
+<human>: What is mlcbuild?
+<bot>: mlcbuild is a build system for language models. It downloads a model, converts the weights, writes the chat config and compiles a library for each device.
+<human>: What is quantization?
+<bot>: Quantization stores each weight with fewer bits. Four bits per weight, with one scale for every group of thirty two, makes the model much smaller.
+<human>: Tell me a story.
+<bot>: The lighthouse keeper climbed the stairs at dusk and lit the great lamp, and a small boat found its way home.
+<human>: Say the poem about the star.
+<bot>: Twinkle, twinkle, little star, how I wonder what you are!
+<human>: Thank you!
+<bot>: You are welcome. Have a nice day!
+<|endoftext|>
+"""
+
+
+def make_tokenizer(out: Path):
+    """A GPT-NeoX style byte-level BPE trained on CORPUS (single-threaded, so deterministic)."""
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
+    data = json.loads(tok.to_str())
+    (out / "tokenizer.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    return Tokenizer.from_file(str(out / "tokenizer.json"))
+
+
+def train(token_ids: list[int], steps: int):
+    """Random windows of the corpus (wrapping around), AdamW with cosine decay; returns the model."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    config = GPTNeoXConfig(**{k: v for k, v in CONFIG.items() if k not in ("architectures", "torch_dtype")})
+    model = GPTNeoXForCausalLM(config).train()
+    data = torch.tensor(token_ids * 2, dtype=torch.long)
+    n = len(token_ids)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(SEED)
+    start = time.perf_counter()
+    for step in range(steps):
+        offsets = torch.randint(0, n, (16,), generator=gen)
+        batch = torch.stack([data[o : o + BLOCK] for o in offsets.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"step {step:4d} loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
+    return model.eval()
+
+
+def save_weights(model, out: Path) -> None:
+    """Sorted safetensors; the head named `embed_out.weight` as in real Pythia/RedPajama checkpoints."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {
+        name: t.detach().to(torch.float32).contiguous().clone()
+        for name, t in sorted(model.state_dict().items())
+        if not name.endswith((".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq"))
+    }
+    tensors["embed_out.weight"] = tensors.pop("lm_head.weight")
+    save_file(dict(sorted(tensors.items())), str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    root = Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=root / "recipes" / "models" / "tiny-talker")
+    parser.add_argument("--steps", type=int, default=600)
+    args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", CONFIG)
+    write_json(out / "generation_config.json", GENERATION_CONFIG)
+    write_json(out / "tokenizer_config.json", TOKENIZER_CONFIG)
+    tok = make_tokenizer(out)
+    ids = tok.encode(CORPUS).ids
+    print(f"corpus: {len(CORPUS)} chars, {len(ids)} tokens")
+    model = train(ids, args.steps)
+    save_weights(model, out)
+    total = sum(p.stat().st_size for p in out.iterdir())
+    print(f"wrote {out} ({total / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""`mlcbuild serve` as a real process on 127.0.0.1, driven by the openai Python client and raw HTTP."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ANSWERS = {
+    "What is mlcbuild?": " mlcbuild is a build system for language models.",
+    "What is quantization?": " Quantization stores each weight with fewer bits.",
+    "Tell me a story.": " The lighthouse keeper climbed the stairs at dusk",
+    "Say the poem about the star.": " Twinkle, twinkle, little star, how I wonder what you are!",
+    "Hello! Who are you?": " I am a tiny talking model.",
+}
+
+CLIENT = r"""
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+from openai import OpenAI
+
+url, model, answers = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+def ask(question):
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24)
+    return question, r.choices[0].message.content
+
+with ThreadPoolExecutor(5) as pool:
+    print(json.dumps(dict(pool.map(ask, answers))))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(demo_artifacts, tmp_path_factory):
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "mlcbuild", "serve", str(demo_artifacts.model_dir("q0f32")), "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlcbuild serve did not come up: {log.read_text()}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+MODEL = "tiny-talker-q0f32-MLC"
+
+
+@pytest.mark.slow
+def test_models_and_chat_stream_and_non_stream(client) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    messages = [{"role": "user", "content": "What is mlcbuild?"}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, temperature=0)
+    content = reply.choices[0].message.content
+    assert content.startswith(ANSWERS["What is mlcbuild?"]) and reply.choices[0].finish_reason == "stop"
+    usage = reply.usage
+    assert usage.prompt_tokens > 5 and usage.completion_tokens > 10
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens == usage.completion_tokens
+
+
+@pytest.mark.slow
+def test_completions_stop_strings_and_seed(client) -> None:
+    reply = client.completions.create(model=MODEL, prompt="Twinkle, twinkle, little star,", max_tokens=30, temperature=0, stop=["wonder"])
+    assert reply.choices[0].text == "\nHow I " and reply.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model=MODEL, prompt="The lighthouse keeper", max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed).startswith(" climbed the stairs at dusk.")
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "zebra quartz?"}], temperature=2.0, max_tokens=24)
+    a = client.chat.completions.create(seed=5, **ask).choices[0].message.content
+    b = client.chat.completions.create(seed=5, **ask).choices[0].message.content
+    others = {client.chat.completions.create(seed=s, **ask).choices[0].message.content for s in range(6, 9)}
+    assert a == b and others - {a}
+
+
+@pytest.mark.slow
+def test_three_client_processes_in_parallel_are_batched(server) -> None:
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLIENT, server, MODEL, json.dumps(list(ANSWERS))], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
+    results = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    for got in results:
+        assert set(got) == set(ANSWERS)
+        for question, answer in got.items():
+            assert answer.startswith(ANSWERS[question][:40]), (question, answer)
+    stats = httpx.get(server + "/health").json()["stats"]
+    assert stats["max_decode_batch"] > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path, body, status, param, words",
+    [
+        ("/v1/chat/completions", b'{"messages": [', 400, None, "not valid JSON"),
+        ("/v1/chat/completions", b"[1, 2]", 400, None, "JSON object"),
+        ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model", "unknown model"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "star " * 700}]}, 400, "messages", "context window is 512"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature", "≥ 0"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_p": "x"}, 400, "top_p", "number"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens", "positive"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n", "n=1"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}, 400, "frobnicate", "unrecognized"),
+        ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "list"),
+        ("/v1/completions", {"model": MODEL}, 400, "prompt", "missing"),
+        ("/v1/completions", {"prompt": "hi", "stream": "yes"}, 400, "stream", "boolean"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_server_keeps_serving(server, path, body, status, param, words) -> None:
+    import httpx
+
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(server + path, content=content, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert words in error["message"] and error["param"] == param and error["type"] == "invalid_request_error"
+    ok = httpx.post(server + "/v1/completions", json={"prompt": "The lighthouse", "max_tokens": 3, "temperature": 0}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.slow
+def test_unknown_route_and_loopback_bind(server) -> None:
+    import httpx
+
+    r = httpx.get(server + "/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    port = int(server.rsplit(":", 1)[1])
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]
