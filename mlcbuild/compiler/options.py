@@ -10,18 +10,21 @@ from typing import Any, Mapping
 from mlcbuild.errors import UserError
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
+DEFAULT_OPT = "O2"
 LEVEL_DEFAULTS: dict[str, dict[str, bool]] = {
     "O0": {"cudagraph": False, "cublas": False},
     "O1": {"cudagraph": False, "cublas": False},
-    "O2": {"cudagraph": False, "cublas": True},
-    "O3": {"cudagraph": True, "cublas": True},
+    "O2": {"cudagraph": False, "cublas": False},
+    "O3": {"cudagraph": True, "cublas": False},
 }
-"""What cudagraph and cublas default to at each level; cublas only where the TVM build has it."""
+"""What cudagraph and cublas default to at each level. No level turns cuBLAS on: the pipeline has no
+cuBLAS dispatch yet (it would split the fused dequantize+matmul kernels), and an explicit
+`cublas: true` is refused by the compiler."""
 
 
 @dataclass(frozen=True)
 class CompileOptions:
-    opt: str = "O2"
+    opt: str = DEFAULT_OPT
     cudagraph: bool | None = None
     cublas: bool | None = None
     embed_ptx: bool = False

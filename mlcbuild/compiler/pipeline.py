@@ -6,7 +6,6 @@ GPU targets, CPU rules for llvm), plan memory, record memory usage for `_metadat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from mlcbuild.compiler.options import OPT_LEVELS, CompileOptions  # noqa: F401  (re-exported)

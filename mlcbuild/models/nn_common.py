@@ -27,7 +27,7 @@ def resolve_target(target: Any) -> Target:
 
 
 class CausalLMBase(nn.Module):
-    """MLC's exported function set on top of a family's `batch_forward` / `embed` / `get_logits`.
+    """MLC's exported function set on top of a family's `forward_hidden` / `embed` / `get_logits`.
 
     Subclasses set: dtype, hidden_size, vocab_size, num_hidden_layers, num_attention_heads,
     num_key_value_heads, head_dim, rope_theta, rope_scaling, rotary_dim, target.

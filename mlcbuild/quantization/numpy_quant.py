@@ -1,4 +1,4 @@
-"""Group quantization in numpy: the exact math of DESIGN.md, fast enough to convert a 7B model in minutes.
+"""Group quantization in numpy: MLC's q*f*_1 math (schemes in quantization/scheme.py), fast enough to convert a 7B model in minutes.
 
 Math (per row n of the HF [N, K] weight, per group of g along K):
     scale = model_dtype(max|w| / max_int)

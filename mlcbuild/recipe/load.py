@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-DEFAULT_OPT = "O2"
 DEFAULT_OUTPUT = "dist"
 
 
@@ -423,4 +422,6 @@ def _overrides(check: _Checker, given: Mapping[str, Any], problems: list[UserErr
 
 def _compile_options(given: Mapping[str, Any]) -> dict[str, Any]:
     """As written, plus the default level; the compile step resolves what each level implies."""
+    from mlcbuild.compiler.options import DEFAULT_OPT
+
     return {"opt": DEFAULT_OPT, **given}

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Engine", "chat_prompt"):
+    if name == "Engine":
         from mlcbuild.runtime import engine
 
         return getattr(engine, name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 from mlcbuild.errors import UserError
 from mlcbuild.runtime.loader import (
@@ -315,19 +315,4 @@ class Engine:
         return bool(info.get("add_bos", self.chat_config.get("model_type") == "llama"))
 
 
-def chat_prompt(chat_config: Mapping[str, Any], user_message: str) -> str:
-    """Format one user turn with the config's conversation template (MLC's template fields)."""
-    tpl = chat_config.get("conv_template") or {}
-    roles = tpl.get("roles") or {}
-    seps = tpl.get("seps") or ["\n"]
-    role_sep = tpl.get("role_content_sep", ": ")
-    empty_sep = tpl.get("role_empty_sep", ":")
-    system = (tpl.get("system_template") or "{system_message}").replace(
-        "{system_message}", tpl.get("system_message") or ""
-    )
-    user, assistant = roles.get("user", "user"), roles.get("assistant", "assistant")
-    prefix = system + (seps[0] if system else "")
-    return f"{prefix}{user}{role_sep}{user_message}{seps[0]}{assistant}{empty_sep}"
-
-
-__all__ = ["Engine", "WeightsMismatchError", "chat_prompt"]
+__all__ = ["Engine", "WeightsMismatchError"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,12 +123,3 @@ def _write_file(path: Path, chunks: list[memoryview], shard: dict[str, Any]) -> 
             f.write(chunk)
             md5.update(chunk)
     shard["md5sum"] = md5.hexdigest()
-
-
-def remove_tensor_cache(out_dir: Path) -> None:
-    """Delete what a failed write left behind."""
-    for p in Path(out_dir).glob(f"{SHARD_PREFIX}_*.bin"):
-        os.unlink(p)
-    cache = Path(out_dir) / TENSOR_CACHE
-    if cache.exists():
-        cache.unlink()
