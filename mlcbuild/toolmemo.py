@@ -39,10 +39,9 @@ def remember(kind: str, binary: Path | str, salt: str, compute: Callable[[], Any
     while len(known) > MAX_ENTRIES:
         known.pop(next(iter(known)))
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
+        from mlcbuild.store.fs import atomic_write_bytes
+
+        atomic_write_bytes(memo, json.dumps(known).encode())
     except OSError:
         pass
     return value

@@ -52,7 +52,7 @@ def test_verify_detects_flipped_byte(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     problems = store.verify()
     assert len(problems) == 1 and "corrupt object" in problems[0]
-    assert store.remove_corrupt() == 1
+    assert store.repair() == 1
     assert store.get_action("b" * 64) is None
 
 

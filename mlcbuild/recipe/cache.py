@@ -132,11 +132,11 @@ def get(cache_dir: Path, recipe_path: Path, key: str) -> Recipe | None:
 def put(cache_dir: Path, recipe_path: Path, key: str, recipe: Recipe) -> None:
     """Store the entry and drop the recipe's older ones (one entry per recipe file). Best effort:
     a read-only or full cache only costs the next load a validation."""
-    from mlcbuild.store.cas import _atomic_write_bytes
+    from mlcbuild.store.fs import atomic_write_bytes
 
     entry = _entry(cache_dir, recipe_path, key)
     try:
-        _atomic_write_bytes(entry, json.dumps(to_json(recipe), sort_keys=True).encode())
+        atomic_write_bytes(entry, json.dumps(to_json(recipe), sort_keys=True).encode())
         for old in entry.parent.glob(entry.name.split("-")[0] + "-*.json"):
             if old != entry:
                 old.unlink(missing_ok=True)

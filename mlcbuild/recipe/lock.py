@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -108,14 +107,9 @@ def read_lock(recipe: Recipe | Path | str) -> Lock:
 
 
 def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from mlcbuild.store.fs import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 def _resolved(resolve: Resolver, repo: str, revision: str) -> str:

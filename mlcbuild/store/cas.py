@@ -42,8 +42,6 @@ from mlcbuild.store.placed import Placed
 from mlcbuild.store.signatures import ObjectSignatures
 
 ENV_CACHE_DIR = "MLCBUILD_CACHE_DIR"
-_atomic_write_bytes = atomic_write_bytes
-"""The name other modules imported before the helper moved to store/fs.py; import it from there."""
 LINK_MIN_BYTES = 16 << 20
 """Output files this large are hard-linked to their object (weights: no second copy on disk);
 smaller ones (configs, tokenizers, libraries) are copied, so an edit in the output folder never
@@ -622,8 +620,6 @@ class Store:
                     fixed += 1
         self.save_index()
         return fixed
-
-    remove_corrupt = repair
 
     def gc(
         self,

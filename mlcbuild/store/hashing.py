@@ -145,10 +145,9 @@ class StatIndex:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        from mlcbuild.store.fs import atomic_write_bytes
+
+        atomic_write_bytes(self.path, json.dumps(self.entries, separators=(",", ":")).encode())
         self.dirty = False
 
 
