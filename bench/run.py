@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench import engine, hashing, materialize, noop, quantize, remote
+from bench import engine, hashing, ingest, materialize, noop, quantize, remote
 from bench.common import WORK, write_json
 
 
@@ -15,6 +15,7 @@ def main() -> None:
         "materialize": materialize.main(),
         "remote": remote.main(),
         "engine": engine.main([]),
+        "ingest": ingest.main(),
     }
     write_json(WORK / "results.json", results)
     print(json.dumps(results, indent=2, default=str))

@@ -167,12 +167,14 @@ def hub_errors(repo: str, revision: str, force: type[MlcbuildError] | None = Non
         raise (force or cls)(message) from None
 
 
-def model_info(repo: str, revision: str, token_: str | None = None):
-    """`HfApi.model_info` at the current endpoint; one request, no retries (fast failure offline)."""
+def model_info(repo: str, revision: str, token_: str | None = None, files_metadata: bool = False):
+    """`HfApi.model_info` at the current endpoint; one request, no retries (fast failure offline).
+    `files_metadata` asks for each file's size and LFS sha256 (`siblings[].lfs.sha256`)."""
     from huggingface_hub import HfApi
 
     with hub_errors(repo, revision):
-        return HfApi(endpoint=endpoint(), token=hf_token(token_)).model_info(repo, revision=revision)
+        api = HfApi(endpoint=endpoint(), token=hf_token(token_))
+        return api.model_info(repo, revision=revision, files_metadata=files_metadata)
 
 
 def resolve_revision(repo: str, revision: str, token: str | None = None) -> str:

@@ -22,6 +22,7 @@ _INFO_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[
 _TREE_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
 _RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _CDN_RE = re.compile(r"^/cdn/(?P<sha256>[0-9a-f]{64})/(?P<name>[^/]+)$")
+_PATHS_INFO_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.lfs_redirect = lfs_redirect
         self._lfs: dict[str, Blob] = {}
+        self.corrupted: set[str] = set()
+        """LFS sha256s whose bytes are served with the last byte flipped (same size): a bad download."""
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -206,7 +209,8 @@ class FakeHub:
                 f"Visit {self.url}/{repo.repo_id} to ask for access.",
             )
 
-    def model_info(self, repo_id: str, revision: str) -> dict:
+    def model_info(self, repo_id: str, revision: str, blobs: bool = False) -> dict:
+        """Like the Hub: `?blobs=true` adds each sibling's blobId, size and lfs {sha256, size, pointerSize}."""
         repo = self._repo(repo_id)
         sha, files = self._commit(repo, revision)
         return {
@@ -220,8 +224,22 @@ class FakeHub:
             "lastModified": "2024-01-01T00:00:00.000Z",
             "tags": [],
             "library_name": "transformers",
-            "siblings": [{"rfilename": name} for name in sorted(files)],
+            "siblings": [self._sibling(name, files[name]) if blobs else {"rfilename": name} for name in sorted(files)],
         }
+
+    @staticmethod
+    def _sibling(name: str, blob: Blob) -> dict:
+        entry: dict = {"rfilename": name, "blobId": blob.git_oid, "size": len(blob.data)}
+        if name.endswith(LFS_SUFFIXES):
+            entry["lfs"] = {"sha256": blob.sha256, "size": len(blob.data), "pointerSize": 134}
+        return entry
+
+    def paths_info(self, repo_id: str, revision: str, paths: list[str]) -> list[dict]:
+        """POST /api/models/{repo}/paths-info/{rev}: the tree entries of the named files."""
+        repo = self._repo(repo_id)
+        _, files = self._commit(repo, revision)
+        wanted = set(paths)
+        return [e for e in self.tree(repo_id, revision, "", True) if e["path"] in wanted and e["path"] in files]
 
     def tree(self, repo_id: str, revision: str, path: str, recursive: bool) -> list[dict]:
         repo = self._repo(repo_id)
@@ -272,6 +290,20 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self._dispatch(head=True)
 
+        def do_POST(self) -> None:
+            split = urlsplit(self.path)
+            self._request = Request(self.command, split.path, self.headers.get("Authorization"))
+            hub._log(self._request)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            try:
+                if m := _PATHS_INFO_RE.match(split.path):
+                    paths = parse_qs(body).get("paths", [])
+                    self._json(200, hub.paths_info(unquote(m["repo"]), unquote(m["rev"]), paths), False)
+                else:
+                    raise HubError(404, None, "Not found")
+            except HubError as e:
+                self._error(e, False)
+
         def _dispatch(self, head: bool) -> None:
             split = urlsplit(self.path)
             self._request = Request(self.command, split.path, self.headers.get("Authorization"))
@@ -282,7 +314,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     body = hub.tree(unquote(m["repo"]), unquote(m["rev"]), unquote(m["path"] or ""), recursive)
                     self._json(200, body, head)
                 elif m := _INFO_RE.match(split.path):
-                    self._json(200, hub.model_info(unquote(m["repo"]), unquote(m["rev"] or "main")), head)
+                    blobs = parse_qs(split.query).get("blobs", ["false"])[0].lower() == "true"
+                    self._json(200, hub.model_info(unquote(m["repo"]), unquote(m["rev"] or "main"), blobs), head)
                 elif m := _RESOLVE_RE.match(split.path):
                     sha, blob = hub.resolve(
                         unquote(m["repo"]), unquote(m["rev"]), unquote(m["path"]), self.headers.get("Authorization")
@@ -332,6 +365,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _file(self, sha: str | None, path: str, blob: Blob, head: bool) -> None:
             data = blob.data
+            if blob.sha256 in hub.corrupted:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
             etag = blob.sha256 if path.endswith(LFS_SUFFIXES) else blob.git_oid
             headers = {"Content-Type": "application/octet-stream", "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
             if sha is not None:

@@ -129,6 +129,14 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         help="ed25519 key signing uploaded entries ($MLCBUILD_SIGNING_KEY)",
         **default,
     )
+    p.add_argument(
+        "--link-type",
+        metavar="TYPES",
+        help="how source files (local model folders, HF cache blobs) enter the cache: the first of "
+        "reflink, hardlink, copy that works (default: $MLCBUILD_LINK_TYPE or reflink,copy; hardlink "
+        "shares the inode with your file: no second copy, but editing it invalidates the cache entry)",
+        **default,
+    )
 
 
 BUILD_HELP = """Build recipes, running only the nodes whose key has no cached result.
@@ -248,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlcbuild.cli import commands, runtime_commands  # noqa: F401  (registers the commands)
 
     try:
+        link_type = getattr(args, "link_type", None)
+        if link_type is not None or os.environ.get("MLCBUILD_LINK_TYPE"):
+            from mlcbuild.store.ingest import ENV_LINK_TYPE, parse_link_types
+
+            given, where = (link_type, "--link-type") if link_type is not None else (os.environ[ENV_LINK_TYPE], ENV_LINK_TYPE)
+            os.environ[ENV_LINK_TYPE] = ",".join(parse_link_types(given, where))
         return COMMANDS[args.command](args)
     except MlcbuildError as e:
         if args.debug:

@@ -14,6 +14,7 @@ from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.execute.worker import run_step_in_child
 from mlcbuild.plan.keys import diff_preimages, key_preimage, node_key
 from mlcbuild.store.cas import ActionResult, Store
+from mlcbuild.store.ingest import SourceFile, ingest, merge_adopted
 from mlcbuild.store.manifest import Manifest, sha256_json
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ class LocalExecutor:
             out.mkdir()
             scratch = work / "scratch"
             scratch.mkdir()
+            adopted: list[SourceFile] = []
             run_step_in_child(
                 node.kind,
                 {**node.params, **node.hints},
@@ -145,8 +147,11 @@ class LocalExecutor:
                 scratch,
                 log,
                 progress=lambda fraction, message: self.reporter.progress(node, fraction, message),
+                adopt=adopted.append,
             )
             manifest = self.store.put_dir(out, move=True)
+            if adopted:
+                manifest = merge_adopted(manifest, ingest(self.store, adopted))
             log.unlink(missing_ok=True)
             return manifest
         finally:

@@ -40,6 +40,7 @@ def _child(kind: str, params: dict, inputs: dict, out: str, scratch: str, log: s
         out=Path(out),
         progress=lambda fraction, message: conn.send(("progress", float(fraction), str(message))),
         scratch=Path(scratch),
+        adopter=lambda f: conn.send(("adopt", f.rel, f.path, f.sha256, f.changed)),
     )
     try:
         get_step(kind).run(ctx)
@@ -75,8 +76,10 @@ def run_step_in_child(
     scratch: Path,
     log: Path,
     progress: Callable[[float, str], None],
+    adopt: Callable[[Any], None] | None = None,
 ) -> None:
-    """Run the step; raise UserError/StepError with one line if it fails or its process dies."""
+    """Run the step; raise UserError/StepError with one line if it fails or its process dies.
+    Files the step adopts (see RunContext.adopt) are handed to `adopt` as they come."""
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(
@@ -95,6 +98,12 @@ def run_step_in_child(
                 break
             if message[0] == "progress":
                 progress(message[1], message[2])
+            elif message[0] == "adopt":
+                if adopt is None:
+                    raise StepError(f"{kind} step adopted a file but this executor cannot ingest files")
+                from mlcbuild.store.ingest import SourceFile
+
+                adopt(SourceFile(*message[1:]))
             else:
                 outcome = message
     finally:

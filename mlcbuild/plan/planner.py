@@ -14,6 +14,7 @@ from mlcbuild.steps import get_step
 from mlcbuild.steps.compile import resolve_options
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import tree_digest
+from mlcbuild.store.manifest import sha256_json
 from mlcbuild.targets import resolve_target
 
 
@@ -29,7 +30,8 @@ def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[No
     so a machine that builds only gen-config and compile nodes downloads no weight file.
 
     gen-config's key sees only non-weight files, which both nodes hold the same: splitting the
-    download leaves its key unchanged.
+    download leaves its key unchanged. A local folder's files are hashed once; their digests ride
+    along as hints, so the download step adopts them and the store ingests them without re-hashing.
     """
     from mlcbuild.steps.download import DEFAULT_PATTERNS, META_PATTERNS, is_weight_file, local_model_files
 
@@ -39,11 +41,12 @@ def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[No
         files = local_model_files(root)
         if not files:
             raise UserError(f"no model files (config.json, *.safetensors, ...) in {root}", field="source.path")
-        hints = {"path": str(root.resolve())}
+        _, digests, _ = tree_digest(root, files, store.stat_index)
         nodes = []
         for chosen, suffix in ((files, ""), ([f for f in files if not is_weight_file(f)], " (config, tokenizer)")):
-            content, _, _ = tree_digest(root, chosen, store.stat_index)
-            params: dict[str, Any] = {"files": chosen, "content": content}
+            known = {f: digests[f] for f in chosen}
+            params: dict[str, Any] = {"files": chosen, "content": sha256_json(known)}
+            hints = {"path": str(root.resolve()), "digests": known}
             nodes.append(Node.make("download", params, {}, f"download {root.name}{suffix}", hints=hints))
         return nodes[0], nodes[1]
     shown = revision[:8] if revision else f"{src.revision} (unresolved)"

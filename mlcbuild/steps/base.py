@@ -1,7 +1,9 @@
 """The contract between the planner/executor and one kind of build step.
 
 A step never sees the cache: it gets its inputs as read-only directories and writes its
-outputs into an empty directory. The executor hashes, stores and links the results.
+outputs into an empty directory. The executor hashes, stores and links the results. An output
+that is an existing file elsewhere (a local model's weights, an HF cache blob) is named with
+`ctx.adopt` instead of copied: the executor stores it by reflink or hard link (store/ingest.py).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+from mlcbuild.store.ingest import SourceFile
 from mlcbuild.store.manifest import Manifest
 
 JSON = Any
@@ -22,6 +25,26 @@ class RunContext:
     out: Path
     progress: Callable[[float, str], None] = field(default=lambda fraction, message: None)
     scratch: Path | None = None
+    adopter: Callable[[SourceFile], None] | None = None
+    """Set by the executor; without one, adopted files are copied into `out` and verified."""
+
+    def adopt(self, rel: str, path: Path, sha256: str | None = None, changed: str = "") -> None:
+        """Output file `rel` is the existing file at `path`, whose bytes its source states are
+        `sha256` (None: unknown); `changed` is the one-line error if they are not."""
+        file = SourceFile(rel, str(path), sha256, changed)
+        if self.adopter is not None:
+            self.adopter(file)
+            return
+        import shutil
+
+        from mlcbuild.errors import StepError
+        from mlcbuild.store.hashing import sha256_file
+
+        target = self.out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        if sha256 is not None and sha256_file(target) != sha256:
+            raise StepError(changed or f"{path} does not hash to {sha256[:12]}")
 
 
 class Step(ABC):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Mapping, Sequence
 
@@ -104,14 +103,11 @@ def local_model_files(folder: Path, patterns: Sequence[str] = DEFAULT_PATTERNS) 
     return chosen
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link when on one filesystem (HF cache blobs are immutable), else copy."""
-    src = src.resolve()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def lfs_sha256(snapshot_file: Path) -> str | None:
+    """The sha256 the Hub stated for an LFS file when it was downloaded: the HF cache names LFS blobs
+    by it (the X-Linked-Etag of the download); other blobs are named by their git sha1."""
+    name = snapshot_file.resolve().name
+    return name if len(name) == 64 and all(c in "0123456789abcdef" for c in name) else None
 
 
 def _progress_bar_class(report: Callable[[float, str], None], label: str) -> type:
@@ -148,7 +144,7 @@ JSON_FILES: dict[str, int] = {
 """The JSON files of a model folder that later steps parse, with a size bound each."""
 
 
-def check_model_files(folder: Path, shown: Callable[[str], str]) -> None:
+def check_model_files(folder: Path, shown: Callable[[str], str], names: Iterable[str] | None = None) -> None:
     """Every file later steps parse, checked once where the user's name for it is known.
 
     convert and gen-config only see a copy in a work folder; a malformed config.json, tokenizer.json,
@@ -161,7 +157,7 @@ def check_model_files(folder: Path, shown: Callable[[str], str]) -> None:
     def user_error(message: str, location: Location | None, field: str | None = None) -> UserError:
         return UserError(message, location, field)
 
-    present = {p.name for p in folder.iterdir()}
+    present = set(names) if names is not None else {p.name for p in folder.iterdir()}
     for name, limit in JSON_FILES.items():
         if name in present:
             data = read_json(folder / name, shown(name), limit, error=user_error)
@@ -222,34 +218,39 @@ class DownloadStep(Step):
 
     def run(self, ctx: RunContext) -> None:
         if "path" in ctx.params:
-            self._copy_local(Path(ctx.params["path"]), ctx)
+            self._adopt_local(Path(ctx.params["path"]), ctx)
         else:
             self._download(ctx)
 
-    def _copy_local(self, folder: Path, ctx: RunContext) -> None:
+    def _adopt_local(self, folder: Path, ctx: RunContext) -> None:
+        """The folder's files, adopted under the digests planning computed (no copy here)."""
         if not folder.is_dir():
             raise StepError(f"local model folder not found: {folder}")
         patterns = ctx.params.get("allow_patterns") or DEFAULT_PATTERNS
         names = list(ctx.params.get("files") or local_model_files(folder, patterns))
         if not names:
             raise StepError(f"no model files in {folder} (looked for {', '.join(patterns)})")
-        for i, name in enumerate(names):
+        changed = f"{folder} changed while the build was running; run the build again"
+        for name in names:
             if not (folder / name).exists():
                 raise StepError(f"{folder / name} disappeared since planning; re-run the build")
             problem = local_file_problem(folder, name)
             if problem:
                 raise UserError(problem)
-            (ctx.out / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / name, ctx.out / name)
-            ctx.progress((i + 1) / len(names), name)
-        if "content" in ctx.params:
+        digests: dict[str, str] = dict(ctx.params.get("digests") or {})
+        if "content" in ctx.params and set(digests) != set(names):
             from mlcbuild.store.hashing import sha256_file
+
+            digests = {name: sha256_file(folder / name) for name in names}
+        if "content" in ctx.params:
             from mlcbuild.store.manifest import sha256_json
 
-            copied = sha256_json({name: sha256_file(ctx.out / name) for name in names})
-            if copied != ctx.params["content"]:
-                raise StepError(f"{folder} changed while the build was running; run the build again")
-        check_model_files(ctx.out, lambda name: str(folder / name))
+            if sha256_json({name: digests[name] for name in names}) != ctx.params["content"]:
+                raise StepError(changed)
+        check_model_files(folder, lambda name: str(folder / name), names)
+        for i, name in enumerate(names):
+            ctx.adopt(name, folder / name, digests.get(name), changed)
+            ctx.progress((i + 1) / len(names), name)
 
     def _download(self, ctx: RunContext) -> None:
         from mlcbuild import hub
@@ -260,10 +261,12 @@ class DownloadStep(Step):
         patterns = list(ctx.params.get("allow_patterns") or DEFAULT_PATTERNS)
         with hub.hub_errors(repo, revision, force=StepError):
             names = self._cached_listing(repo, revision)
+            stated: dict[str, str] = {}
             if names is None:
-                info = hub.model_info(repo, revision)
+                info = hub.model_info(repo, revision, files_metadata=True)
                 revision = info.sha or revision
                 names = [s.rfilename for s in info.siblings or []]
+                stated = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs}
             wanted = select_files(names, patterns)
             if not wanted:
                 raise StepError(f"no model files in Hugging Face repo '{repo}'@{revision} matching {patterns}")
@@ -272,8 +275,15 @@ class DownloadStep(Step):
             src = folder / name
             if not src.exists():
                 raise StepError(f"'{repo}'@{revision}: {name} missing after download")
-            link_or_copy(src, ctx.out / Path(name).name)
-        check_model_files(ctx.out, lambda name: f"{repo}@{revision[:12]}/{name}")
+        check_model_files(folder, lambda name: f"{repo}@{revision[:12]}/{name}", wanted)
+        for name in wanted:
+            src = folder / name
+            sha256 = stated.get(name) or lfs_sha256(src)
+            corrupt = (
+                f"corrupt download: {name} of '{repo}'@{revision[:12]} does not hash to the sha256 the Hub states "
+                f"({(sha256 or '')[:12]}); delete {src.resolve()} and build again"
+            )
+            ctx.adopt(Path(name).name, src, sha256, corrupt)
 
     @staticmethod
     def _cached_listing(repo: str, revision: str) -> list[str] | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlcbuild.store import hashing
-from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, os_error_message, pid_alive
+from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, os_error_message, pid_alive, reflink
 from mlcbuild.store.hashing import StatIndex
 from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, is_digest
 from mlcbuild.store.placed import Placed
@@ -132,13 +132,18 @@ def _remove(path: Path) -> None:
 
 def _clone_or_copy(source: Path, dest: Path) -> None:
     """A reflink where the file system has them (btrfs, xfs: instant, no extra space), else a copy."""
-    with open(source, "rb") as src, open(dest, "wb") as dst:
-        try:
-            fcntl.ioctl(dst.fileno(), 0x40049409, src.fileno())  # FICLONE
-            return
-        except OSError:
-            pass
-    shutil.copyfile(source, dest)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(dest)
+    try:
+        reflink(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def shared_with_user(st: os.stat_result) -> bool:
+    """An object the store wrote is never writable (0444/0555); a writable one is a user's file
+    hard-linked in by `--link-type hardlink` (store/ingest.py): its mode is the user's."""
+    return bool(st.st_mode & stat.S_IWUSR)
 
 
 _LEASE_LOCK = threading.Lock()
@@ -453,7 +458,14 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(self._object_str(digest))
                 if (st.st_size, st.st_mtime_ns) == before:
-                    self.signatures.record(digest, st)
+                    self._rerecord(digest, st)
+
+    def _rerecord(self, digest: str, st: os.stat_result) -> None:
+        """Re-record an object whose ctime our own link or unlink moved; when it is a user's file
+        (hardlink ingest), that file's StatIndex entry too, so the next plan does not re-hash it."""
+        self.signatures.record(digest, st)
+        if shared_with_user(st):
+            self.stat_index.restat(st, digest)
 
     # -- materialization -----------------------------------------------------
     def materialize(
@@ -461,7 +473,8 @@ class Store:
     ) -> list[Path]:
         """Place a manifest's files under dest; return the paths of files that changed.
 
-        Large files are hard-linked to their object, small ones copied (see LINK_MIN_BYTES). With
+        Large files are hard-linked to their object, small ones copied (see LINK_MIN_BYTES), and an
+        object that is a user's file (hardlink ingest) is only ever linked into work dirs. With
         `placed` (an output folder's record), files already correct are skipped without reading
         them, and a file someone edited is replaced. Every object is checked before it is placed."""
         self.hold_lease()
@@ -480,11 +493,11 @@ class Store:
                         placed.note(name, entry.digest, now)
                     continue
             target = dest / name
-            link = entry.size >= LINK_MIN_BYTES or staged
+            link = staged or (entry.size >= LINK_MIN_BYTES and not shared_with_user(obj))
             linked = self._place(self.object_path(entry.digest), target, link, entry.executable)
             if linked:
                 after = os.stat(self.object_path(entry.digest))
-                self.signatures.record(entry.digest, after)
+                self._rerecord(entry.digest, after)
                 if staged:
                     self._staged.setdefault(entry.digest, (after.st_size, after.st_mtime_ns))
             if placed is not None:

@@ -126,21 +126,39 @@ class StatIndex:
         out: list[tuple[str, int] | None] = [None] * len(files)
         misses: list[int] = []
         for i, (file, st) in enumerate(zip(resolved, stats)):
-            entry = self.entries.get(str(file))
-            if entry is not None and entry[0] == _signature(st):
-                out[i] = (entry[1], st.st_size)
+            known = self.known(file, st)
+            if known is not None:
+                out[i] = (known, st.st_size)
             else:
                 misses.append(i)
         now = time.time_ns()
         todo = [resolved[i] for i in misses]
         digests = file_digests(todo, self.hash_file) if self.hash_file else sha256_files(todo)
         for i, digest in zip(misses, digests):
-            st = stats[i]
-            out[i] = (digest, st.st_size)
-            if now - st.st_mtime_ns > RACY_WINDOW_NS:
-                self.entries[str(resolved[i])] = [_signature(st), digest]
-                self.dirty = True
+            out[i] = (digest, stats[i].st_size)
+            self.note(resolved[i], stats[i], digest, now)
         return out  # type: ignore[return-value]
+
+    def known(self, file: Path, st: os.stat_result) -> str | None:
+        """The digest recorded for `file` (a resolved path) if its stat is still the one it was
+        hashed with: what lets the store ingest a file by the digest planning computed."""
+        entry = self.entries.get(str(file))
+        return entry[1] if entry is not None and entry[0] == _signature(st) else None
+
+    def note(self, file: Path, st: os.stat_result, digest: str, now: int | None = None) -> None:
+        """Record `digest` as the content of `file` when it had stat `st` (taken at `now`, before
+        hashing); a racy stat (modified within the timestamp granularity of then) is not recorded."""
+        if (now or time.time_ns()) - st.st_mtime_ns > RACY_WINDOW_NS:
+            self.entries[str(file)] = [_signature(st), digest]
+            self.dirty = True
+
+    def restat(self, st: os.stat_result, digest: str) -> None:
+        """Files that are the inode `st` describes and whose recorded bytes (size, mtime) did not
+        move: take the new ctime. For a hard-linked source whose link count the cache changed."""
+        for path, (sig, recorded) in list(self.entries.items()):
+            if recorded == digest and sig[:3] == [st.st_ino, st.st_size, st.st_mtime_ns] and sig[3] != st.st_ctime_ns:
+                self.entries[path] = [_signature(st), digest]
+                self.dirty = True
 
     def save(self) -> None:
         if not self.dirty:
