@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench import engine, hashing, ingest, materialize, noop, quantize, remote
+from bench import engine, hashing, ingest, materialize, noop, quantize, remote, schedule
 from bench.common import WORK, write_json
 
 
@@ -16,6 +16,7 @@ def main() -> None:
         "remote": remote.main(),
         "engine": engine.main([]),
         "ingest": ingest.main(),
+        "schedule": schedule.main(),
     }
     write_json(WORK / "results.json", results)
     print(json.dumps(results, indent=2, default=str))

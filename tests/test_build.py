@@ -52,14 +52,14 @@ def mlcbuild(*args: str, cache: Path) -> subprocess.CompletedProcess:
 
 def statuses(recipe: Path, cache: Path) -> dict[str, str]:
     """node label -> status, from an in-process dry run."""
-    from mlcbuild.execute.local import dry_run
+    from mlcbuild.execute.decision import Decider, dry_run
     from mlcbuild.plan.planner import PlanOptions, plan
     from mlcbuild.recipe.load import load_recipe
     from mlcbuild.store.cas import Store
 
     store = Store(cache)
     graph = plan([load_recipe(recipe)], store, PlanOptions())
-    report = dry_run(graph, set(graph.nodes), store)
+    report = dry_run(graph, set(graph.nodes), Decider(store, graph))
     return {o.node.label: o.status for o in report.outcomes.values()}
 
 
@@ -153,6 +153,21 @@ def test_noop_build_reads_no_weights_and_imports_no_tvm(tmp_path: Path, cache: P
     assert result.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
 
 
+def test_noop_build_with_ray_executor_starts_no_ray(tmp_path: Path, cache: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")
+    assert mlcbuild("build", str(recipe), cache=cache).returncode == 0
+    probe = (
+        "import sys\n"
+        "from mlcbuild.cli.main import main\n"
+        f"code = main(['--cache-dir', {str(cache)!r}, 'build', {str(recipe)!r}, '--executor', 'ray', '--ray-address', '127.0.0.1:1'])\n"
+        "assert code == 0, code\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout and result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_identical_nodes_from_two_recipes_are_one(tmp_path: Path) -> None:
     from mlcbuild.plan.planner import PlanOptions, plan
     from mlcbuild.recipe.load import load_recipe
@@ -188,7 +203,7 @@ def test_sigkill_mid_step_leaves_no_result(tmp_path: Path, shared_cache: Path) -
     assert not any(p.exists() for p in leftover)
     got = statuses(recipe, cache)
     assert got["compile tiny q4f16_1 llvm"] == "pending"
-    assert got["convert tiny q4f16_1"] == "cached"
+    assert got["gen-config tiny q4f16_1"] == "cached"  # compile's input; convert may come later (longest path first)
     result = mlcbuild("build", str(recipe), cache=cache)
     assert result.returncode == 0, result.stderr
     assert set(statuses(recipe, cache).values()) == {"cached"}

@@ -26,7 +26,7 @@ DEMO_MODEL = REPO / "recipes" / "models" / "tiny-redpajama"
 
 NONDETERMINISTIC_DRIVER = '''
 """mlcbuild with a gen-config step that stamps the time into its output (a classic reproducibility bug).
-Runs as __main__ and again as __mp_main__ in every spawned step process, so both see the fake step."""
+Registered by import path, so the step's child process (which imports this file as a module) runs it too."""
 import time
 
 import mlcbuild.steps as steps
@@ -39,7 +39,7 @@ class StampingGenConfig(GenConfigStep):
         (ctx.out / "build-stamp.txt").write_text(f"built at {time.time_ns()}\\n")
 
 
-steps._cache["gen-config"] = StampingGenConfig()
+steps.register_step("gen-config", "stamping_mlcbuild:StampingGenConfig")
 
 if __name__ == "__main__":
     import sys

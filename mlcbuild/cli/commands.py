@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from mlcbuild.store.remote import RemoteCache
     from mlcbuild.store.cas import ActionResult
+    from mlcbuild.execute.base import BuildReport, Executor, Reporter
 
 
 
@@ -122,14 +123,34 @@ def _find(graph: BuildGraph, query: str) -> list[Node]:
     matches = graph.find(query)
     if not matches:
         labels = ", ".join(sorted(n.label for n in graph.nodes.values()))
-        raise UserError(f"no node matches '{query}' (nodes: {labels})")
+        raise UserError(f"no node matches '{query}' (give a key or id prefix, or part of a label: {labels})")
     return matches
+
+
+def _dry_run(store: Store, graph: BuildGraph, wanted: set[str] | None = None, force: bool = False) -> "BuildReport":
+    from mlcbuild.execute.decision import Decider, dry_run
+
+    return dry_run(graph, _all(graph) if wanted is None else wanted, Decider(store, graph, force=force))
+
+
+def _executor(args: argparse.Namespace, store: Store, reporter: "Reporter", remote: "RemoteCache | None") -> "Executor":
+    options = dict(keep_going=args.keep_going, force=args.force, reporter=reporter)
+    if args.executor == "ray":
+        from mlcbuild.execute.ray_executor import RayExecutor
+
+        if remote is not None:
+            _warn("--executor ray does not use the remote cache yet: its workers share the cache dir")
+        return RayExecutor(store, address=args.ray_address, **options)
+    if args.ray_address is not None:
+        raise UserError("--ray-address needs --executor ray", field="--ray-address")
+    from mlcbuild.execute.local import LocalExecutor
+
+    return LocalExecutor(store, jobs=args.jobs, remote=remote, **options)
 
 
 @command("build")
 def build(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import RichReporter, summary_table
-    from mlcbuild.execute.local import LocalExecutor, dry_run
     from mlcbuild.execute.materialize import materialize
     from mlcbuild.provenance import write_provenance
 
@@ -145,17 +166,13 @@ def build(args: argparse.Namespace) -> int:
             _report_elsewhere(args, graph, elsewhere)
         return code or (EXIT_ELSEWHERE if elsewhere else 0)
     if args.dry_run:
-        report = dry_run(graph, wanted, store, force=args.force)
-        console().print(summary_table(report, title="dry run"))
+        console().print(summary_table(_dry_run(store, graph, wanted, force=args.force), title="dry run"))
         if elsewhere:
             _report_elsewhere(args, graph, elsewhere)
         return 0
     remote = _remote(args)
     with RichReporter(lambda: console(True)) as reporter:
-        executor = LocalExecutor(
-            store, jobs=args.jobs, keep_going=args.keep_going, force=args.force, reporter=reporter, remote=remote
-        )
-        report = executor.run(graph, wanted)
+        report = _executor(args, store, reporter, remote).run(graph, wanted)
     if remote is not None:
         remote.close()
         if remote.stats.hits or remote.stats.uploaded_entries:
@@ -170,7 +187,7 @@ def build(args: argparse.Namespace) -> int:
         print(f"up to date: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
     for outcome in report.outcomes.values():
         if outcome.status == "failed":
-            console(True).print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}")
+            console(True).print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}", soft_wrap=True)
     if elsewhere:
         _report_elsewhere(args, graph, elsewhere)
     if not report.ok:
@@ -182,11 +199,10 @@ def build(args: argparse.Namespace) -> int:
 def plan_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import summary_table
     from mlcbuild.execute.base import Outcome
-    from mlcbuild.execute.local import dry_run
 
     _, store, graph = _prepare(args, args.recipes)
     wanted = _wanted(args, graph)
-    report = dry_run(graph, wanted, store)
+    report = _dry_run(store, graph, wanted)
     for node_id in graph.elsewhere(wanted):
         before = report.outcomes[node_id]
         report.outcomes[node_id] = Outcome(before.node, "elsewhere", before.key, reason=_elsewhere_reason(graph, node_id))
@@ -242,32 +258,26 @@ def _shared_store(args: argparse.Namespace, local: Store) -> "Store | RemoteCach
 
 @command("explain")
 def explain(args: argparse.Namespace) -> int:
-    from mlcbuild.execute.local import dry_run, slot
-    from mlcbuild.plan.keys import diff_preimages, key_preimage
-
     _, store, graph = _prepare(args, [args.recipe])
-    matches = _find(graph, args.node)
-    report = dry_run(graph, _all(graph), store)
+    report = _dry_run(store, graph)
+    matches = [o.node for o in report.outcomes.values() if (o.key or "").startswith(args.node)] or _find(graph, args.node)
     for node in matches:
         outcome = report.outcomes[node.id]
+        decision = outcome.decision
         console().print(f"[bold]{node.label}[/] ({node.kind}, id {node.id})")
         if outcome.status == "cached":
             console().print(f"  cached: key {outcome.key}")
-            continue
-        deps = {role: report.outcomes[d] for role, d in node.deps}
-        if any(d.manifest is None for d in deps.values()):
-            waiting = [d.node.label for d in deps.values() if d.manifest is None]
-            console().print(f"  waits for: {', '.join(waiting)} (its key depends on their output)")
-            continue
-        preimage = key_preimage(node, {r: d.manifest for r, d in deps.items()}, store)
-        last = store.last_node_build(slot(node))
-        if last is None:
-            console().print("  never built with this cache")
-            continue
-        changes = diff_preimages(last["preimage"], preimage)
-        console().print(f"  will run; changed since the build with key {last['key'][:12]}:")
-        for change in changes or ["nothing in the key changed; the cached result was removed"]:
-            console().print(f"    {change}")
+        elif decision is None:
+            console().print(f"  cannot decide: {outcome.reason}")
+        elif decision.key is None:
+            waiting = [report.outcomes[d].node.label for _, d in node.deps if report.outcomes[d].manifest is None]
+            console().print(f"  {decision.why}; waits for: {', '.join(waiting)} (its key depends on their output)")
+        elif decision.changes is None:
+            console().print("  will run: never built with this cache")
+        else:
+            console().print(f"  will run; changed since the build with key {(decision.last_key or '')[:12]}:")
+            for change in decision.changes or ["nothing in the key changed; the cached result was removed"]:
+                console().print(f"    {change}")
     return 0
 
 
@@ -407,10 +417,8 @@ def _cache_transfer(args: argparse.Namespace) -> int:
 
 def _live_keys(args: argparse.Namespace, recipes: list[Path]) -> set[str]:
     """Keys of every node of these recipes whose inputs are cached (what `gc --keep` keeps)."""
-    from mlcbuild.execute.local import dry_run
-
     _, store, graph = _prepare(args, recipes)
-    report = dry_run(graph, _all(graph), store)
+    report = _dry_run(store, graph)
     return {o.key for o in report.outcomes.values() if o.key}
 
 

@@ -187,12 +187,14 @@ def _parser() -> argparse.ArgumentParser:
     only(b)
     b.add_argument(
         "-j", "--jobs", type=positive_int, default=os.cpu_count() or 1, metavar="N",
-        help="run up to N steps at once (default: the number of CPUs)",
+        help="local executor: run up to N steps at once (default: the number of CPUs)",
     )
     b.add_argument("--dry-run", action="store_true", help="show what would run")
     b.add_argument("--keep-going", action="store_true", help="build what can be built after a failure")
     b.add_argument("--force", action="store_true", help="rebuild even when cached (also replaces modified cache objects)")
     b.add_argument("--check", action="store_true", help="rebuild cached nodes in scratch space and compare bytes")
+    b.add_argument("--executor", choices=["local", "ray"], default="local", help="where nodes that must run go (default: local)")
+    b.add_argument("--ray-address", default=None, help="ray: cluster address (default: $RAY_ADDRESS, else a local Ray); workers must see the same --cache-dir")
 
     pl = subcommand("plan", help="every node: key, cached or why it will run")
     pl.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML)")
@@ -213,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = subcommand("explain", help="which input of a node changed since its cached build")
     e.add_argument("recipe", type=Path, help="recipe file (YAML)")
-    e.add_argument("node", help="node id prefix or part of its label, e.g. 'compile' or 'q4f16_1 llvm'")
+    e.add_argument("node", help="the key prefix `plan` shows, a node id prefix, or part of a label ('q4f16_1 llvm')")
     selection(e)
 
     g = subcommand("graph", help="print the build graph")

@@ -8,7 +8,9 @@ from mlcbuild.execute.base import BuildReport, Outcome
 from mlcbuild.plan.graph import Node
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions
+    from rich.measure import Measurement
+    from rich.text import Text
     from rich.progress import Progress
     from rich.table import Table
 
@@ -70,34 +72,73 @@ class RichReporter:
             if task is not None and self.bars is not None:
                 self.bars.remove_task(task)
             if outcome.status == "built":
-                self._bars().console.print(f"[cyan]built[/] {outcome.node.label} ({outcome.duration_s:.1f}s)")
+                where = f" on {outcome.worker}" if outcome.worker not in ("", "local") else ""
+                self._bars().console.print(f"[cyan]built[/] {outcome.node.label} ({outcome.duration_s:.1f}s){where}")
             elif outcome.status == "cached" and outcome.reason == "fetched from remote":
                 self._bars().console.print(f"[green]fetched[/] {outcome.node.label} from the remote cache")
             elif outcome.status == "failed":
-                self._bars().console.print(f"[bold red]failed[/] {outcome.node.label}: {outcome.reason}")
+                self._bars().console.print(f"[bold red]failed[/] {outcome.node.label}: {outcome.reason}", soft_wrap=True)
+
+
+class MiddleEllipsis:
+    """A one-line cell that fits its column by cutting the middle, so both ends of a node label
+    (its kind, and its quantization and target) stay visible."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __rich_measure__(self, console: "Console", options: "ConsoleOptions") -> "Measurement":
+        from rich.measure import Measurement
+
+        return Measurement(min(len(self.text), 12), len(self.text))
+
+    def __rich_console__(self, console: "Console", options: "ConsoleOptions") -> "Iterable[Text]":
+        from rich.text import Text
+
+        width, text = options.max_width, self.text
+        if len(text) > width:
+            head = (width - 1) // 2
+            text = text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+        yield Text(text, no_wrap=True)
 
 
 def summary_table(report: BuildReport, title: str = "build") -> "Table":
-    from rich.table import Table
+    """A build's table has a time column and its wall time; a plan (nothing ran) has neither.
 
-    table = Table(title=title, show_lines=False)
+    One line per node at any width (80 columns when piped): the node and why columns shrink, a label
+    loses its middle and a reason its end, instead of wrapping (rich hides no_wrap columns that do
+    not fit, so these two stay wrappable and their cells cut themselves).
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    def cell(text: str) -> Text:
+        return Text(text, no_wrap=True, overflow="ellipsis")
+
+    ran = title == "build"
+    remote = any(o.worker not in ("", "local") for o in report.outcomes.values())
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left")
     table.add_column("node")
-    table.add_column("status")
-    table.add_column("key", style="dim")
-    table.add_column("time", justify="right")
+    table.add_column("status", no_wrap=True)
+    table.add_column("key", style="dim", no_wrap=True)
+    if ran:
+        table.add_column("time", justify="right", no_wrap=True)
+    if remote:
+        table.add_column("worker", max_width=24)
     table.add_column("why")
     for outcome in _ordered(report.outcomes.values()):
         style = STATUS_STYLE.get(outcome.status, "")
-        table.add_row(
-            outcome.node.label,
-            f"[{style}]{outcome.status}[/]",
-            (outcome.key or "")[:12],
-            f"{outcome.duration_s:.1f}s" if outcome.status == "built" else "",
-            outcome.reason if outcome.status != "cached" else "",
-        )
-    built, cached = report.count("built"), report.count("cached")
-    failed, skipped = report.count("failed"), report.count("skipped")
-    table.caption = f"{built} built, {cached} cached, {failed} failed, {skipped} skipped in {report.wall_s:.2f}s"
+        cells = [MiddleEllipsis(outcome.node.label), f"[{style}]{outcome.status}[/]", (outcome.key or "")[:12]]
+        if ran:
+            cells.append(f"{outcome.duration_s:.1f}s" if outcome.status == "built" else "")
+        if remote:
+            cells.append(cell(outcome.worker))
+        cells.append(cell(outcome.reason if outcome.status != "cached" else ""))
+        table.add_row(*cells)
+    counts = [(report.count(s), s) for s in ("built", "cached", "pending", "elsewhere", "failed", "skipped")]
+    text = ", ".join(f"{n} {'to run' if s == 'pending' else s}" for n, s in counts if n)
+    table.caption = f"{text} in {report.wall_s:.2f}s" if ran else text
     return table
 
 

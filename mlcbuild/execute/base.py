@@ -1,8 +1,15 @@
-"""What every executor (local threads today, Ray tomorrow) reports back."""
+"""What every executor reports back, and the interface both executors implement.
+
+Executor interface: `run(graph, wanted) -> BuildReport`. An executor is built with the store,
+`keep_going`, `force` and a `Reporter`; it decides every node with `execute.decision.Decider`
+on the calling thread (cached nodes never leave it), and hands only the nodes that must run to
+its backend (`execute.schedule.Backend`): threads + child processes (`LocalExecutor`) or Ray
+tasks (`RayExecutor`). Longest critical path first; a failed node fails its dependents.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.store.manifest import Manifest
@@ -16,6 +23,10 @@ class Outcome:
     manifest: Manifest | None = None
     duration_s: float = 0.0
     reason: str = ""
+    worker: str = ""
+    """Where it ran: "local", or the Ray node id."""
+    decision: Any = None
+    """The `execute.decision.Decision` behind it, where one was made."""
 
     @property
     def ok(self) -> bool:

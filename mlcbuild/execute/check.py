@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from mlcbuild.errors import MlcbuildError
 from mlcbuild.execute.base import Outcome
-from mlcbuild.execute.local import dry_run
+from mlcbuild.execute.decision import Decider, dry_run
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import CHUNK, sha256_file
@@ -161,7 +161,7 @@ def check_graph(
 ) -> list[NodeCheck]:
     """Check every wanted node (not their inputs: each node is rebuilt from its cached inputs)."""
     wanted = set(wanted)
-    report = dry_run(graph, wanted, store)
+    report = dry_run(graph, wanted, Decider(store, graph))
     results: list[NodeCheck] = []
     for node in graph.topological():
         if node.id not in wanted:

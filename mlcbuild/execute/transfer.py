@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlcbuild.errors import MlcbuildError
-from mlcbuild.execute.local import dry_run, slot
+from mlcbuild.execute.decision import Decider, dry_run
 from mlcbuild.plan.graph import BuildGraph
 from mlcbuild.plan.keys import key_preimage, node_key
 from mlcbuild.store.cas import Store
@@ -24,7 +24,7 @@ class TransferReport:
 def push(graph: BuildGraph, store: Store, remote: RemoteCache) -> TransferReport:
     """Upload every node of the graph the local cache has; report those it lacks."""
     report = TransferReport()
-    for outcome in dry_run(graph, set(graph.nodes), store).outcomes.values():
+    for outcome in dry_run(graph, set(graph.nodes), Decider(store, graph)).outcomes.values():
         result = store.get_action(outcome.key) if outcome.status == "cached" and outcome.key else None
         if result is None:
             report.missing.append(outcome.node.label)
@@ -38,6 +38,7 @@ def push(graph: BuildGraph, store: Store, remote: RemoteCache) -> TransferReport
 def pull(graph: BuildGraph, store: Store, remote: RemoteCache) -> TransferReport:
     """Fetch every node the local cache lacks and the remote has, in dependency order."""
     report = TransferReport()
+    decider = Decider(store, graph)
     manifests: dict[str, Manifest] = {}
     for node in graph.topological():
         if any(dep not in manifests for _, dep in node.deps):
@@ -48,7 +49,7 @@ def pull(graph: BuildGraph, store: Store, remote: RemoteCache) -> TransferReport
         if (hit := store.get_action(key)) is not None:
             report.present.append(node.label)
         elif (hit := remote.fetch_into(store, key)) is not None:
-            store.record_node(slot(node), key, preimage)
+            store.record_node(decider.slot(node), key, preimage, hit.duration_s)
             report.moved.append(node.label)
         else:
             report.missing.append(node.label)

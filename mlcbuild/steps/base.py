@@ -48,14 +48,30 @@ class RunContext:
 
 
 class Step(ABC):
-    """One node kind. Subclasses are registered in `mlcbuild.steps.STEPS`."""
+    """One node kind. Subclasses are registered in `mlcbuild.steps` (`BUILTIN_STEPS`, `register_step`).
+
+    `in_process` steps run in the executor's own process (fake steps in tests, so scheduling is
+    tested in milliseconds); real steps run in a spawned child (TVM is not thread-safe).
+    """
 
     kind: ClassVar[str]
     version: ClassVar[str]
-    resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
+    in_process: ClassVar[bool] = False
 
     def check(self, params: Mapping[str, JSON]) -> None:
         """Plan-time validation (e.g. a missing toolchain); raise UserError."""
+
+    def identity(self, params: Mapping[str, JSON]) -> JSON:
+        """What names this node across edits (params and hints; default: all of them).
+
+        The node's history ("why does it run") is keyed by it with the identities of its inputs:
+        keep what a user would call the same node after changing a setting or a revision.
+        """
+        return dict(params)
+
+    def resources(self, params: Mapping[str, JSON], inputs: Mapping[str, Manifest]) -> dict[str, float]:
+        """What a worker must offer to run this node (Ray resource names: CPU, memory, toolchain:<tool>)."""
+        return {"CPU": 1}
 
     def toolchain(self, params: Mapping[str, JSON]) -> JSON:
         """Fingerprint of the tools that shape the output; enters the key."""

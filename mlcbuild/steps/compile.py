@@ -15,6 +15,9 @@ from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
 from mlcbuild.targets import TOOLCHAIN_PREFIX, ResolvedTarget, check_resolved, tvm_version
 
+TOOL_UNIT = 0.001
+"""How much of a worker's `toolchain:<tool>` resource one compile takes."""
+
 
 def _target(params: Mapping[str, JSON]) -> ResolvedTarget:
     try:
@@ -41,7 +44,6 @@ def resolve_options(options: Mapping[str, JSON], kind: str) -> dict[str, JSON]:
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
     version: ClassVar[str] = "2"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes)
-    resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.compiler.options import CompileOptions
@@ -59,6 +61,20 @@ class CompileStep(Step):
         if missing.startswith(TOOLCHAIN_PREFIX):
             return f"needs {missing[len(TOOLCHAIN_PREFIX):]}: build it where that is"
         return f"cannot build here ({missing}): build it where that is"
+
+    def identity(self, params: Mapping[str, JSON]) -> JSON:
+        """Quantization and target name + variant: options and target attributes are settings."""
+        target = params.get("target") or {}
+        return {"quantization": params.get("quantization"), "target": [target.get("name"), target.get("variant")]}
+
+    def resources(self, params: Mapping[str, JSON], inputs: Mapping[str, Manifest]) -> dict[str, float]:
+        """One CPU and `toolchain:<tool>` per external tool of the target; `cc` is assumed on every worker.
+
+        So an llvm compile runs anywhere and a cuda one only where a worker advertises
+        `toolchain:nvcc`. A token amount, so the CPU count, not the tool, limits parallelism.
+        """
+        tools = [t for t in _target(params).toolchain if t != "cc"]
+        return {"CPU": 1, **{f"toolchain:{tool}": TOOL_UNIT for tool in tools}}
 
     def toolchain(self, params: Mapping[str, JSON]) -> JSON:
         target = _target(params)

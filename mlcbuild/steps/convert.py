@@ -16,6 +16,7 @@ from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
 
 _STAGING = ".convert-partial"
+BASE_MEMORY = 512 * 2**20
 
 
 class ConvertStep(Step):
@@ -29,6 +30,15 @@ class ConvertStep(Step):
         get_scheme(str(params.get("quantization")))
         if params.get("model_type") is not None:
             get_family(str(params["model_type"]))
+
+    def identity(self, params: Mapping[str, JSON]) -> JSON:
+        return {"quantization": params.get("quantization")}
+
+    def resources(self, params: Mapping[str, JSON], inputs: Mapping[str, Manifest]) -> dict[str, float]:
+        """One CPU; memory for the largest source file twice over (tensors stream one at a time) plus the interpreter."""
+        source = inputs.get("source")
+        largest = max((e.size for e in source.files.values()), default=0) if source else 0
+        return {"CPU": 1, "memory": float(BASE_MEMORY + 2 * largest)}
 
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
         """Weights and config.json only: a new tokenizer or generation_config re-converts nothing."""

@@ -216,6 +216,13 @@ class DownloadStep(Step):
         elif not params.get("repo"):
             raise UserError("download needs either 'path' or 'repo' + 'revision'", field="source")
 
+    def identity(self, params: Mapping[str, JSON]) -> JSON:
+        """The repo, not its revision; a local folder's name, not its content or where it sits; and
+        whether the weights are fetched (a source has an everything node and a config + tokenizer one)."""
+        if "path" in params:
+            return {"folder": Path(params["path"]).name, "weights": any(is_weight_file(f) for f in params.get("files") or ())}
+        return {"repo": params.get("repo"), "allow_patterns": params.get("allow_patterns")}
+
     def run(self, ctx: RunContext) -> None:
         if "path" in ctx.params:
             self._adopt_local(Path(ctx.params["path"]), ctx)

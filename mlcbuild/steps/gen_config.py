@@ -131,6 +131,10 @@ class GenConfigStep(Step):
                 field=f"overrides.{unknown[0]}",
             )
 
+    def identity(self, params: Mapping[str, JSON]) -> JSON:
+        """Template and overrides are settings of this node, not what names it."""
+        return {"quantization": params.get("quantization")}
+
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
         """Only the non-weight files: new weights of the same model must not re-run gen-config."""
         return {path: entry.digest for path, entry in sorted(manifest.files.items()) if not is_weight_file(path)}

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping
 
 from mlcbuild.errors import StepError
 from mlcbuild.steps.base import JSON, RunContext, Step
+from mlcbuild.store.manifest import Manifest
 from mlcbuild.targets import ResolvedTarget, tvm_version
 
 RESULT = "smoke.json"
@@ -56,7 +57,15 @@ def missing_cpu_features(target: Mapping[str, JSON]) -> list[str]:
 class SmokeStep(Step):
     kind: ClassVar[str] = "smoke"
     version: ClassVar[str] = "1"
-    resources: ClassVar[Mapping[str, float]] = {"cpu": 1}
+
+    def identity(self, params: Mapping[str, JSON]) -> JSON:
+        """The library it tests: quantization and target name + variant (like compile)."""
+        target = params.get("target") or {}
+        return {"quantization": params.get("quantization"), "target": [target.get("name"), target.get("variant")]}
+
+    def resources(self, params: Mapping[str, JSON], inputs: Mapping[str, Manifest]) -> dict[str, float]:
+        """One CPU, and a GPU when the library runs on one (Ray's GPU resource)."""
+        return {"CPU": 1} if device_kind(params["target"]) == "cpu" else {"CPU": 1, "GPU": 1}
 
     def unavailable(self, params: Mapping[str, JSON]) -> str | None:
         """A library runs only where its device (and CPU features) are: elsewhere the node waits for such a machine."""

@@ -3,7 +3,7 @@
 Layout under the cache root:
     objects/ab/<sha256>    immutable, read-only file contents
     ac/ab/<key>.json       action results: the output manifest and how it was made
-    nodes/<node id>.json   the key preimage of a node's last build (for `explain`)
+    nodes/<identity>.json  a node's last build: key, preimage, duration (execute/decision.py)
     index/objects.json     each object's stat signature (see signatures.py)
     locks/<key>.lock       per-key flock, so concurrent builds never do one node twice
     locks/gc.lock          every process using the cache holds it shared; `cache gc` takes it exclusive
@@ -404,9 +404,10 @@ class Store:
         with self._writing():
             atomic_write_bytes(self.action_path(result.key), canonical_json(result.to_json()))
 
-    def record_node(self, node_id: str, key: str, preimage: dict[str, Any]) -> None:
+    def record_node(self, node_id: str, key: str, preimage: dict[str, Any], duration_s: float = 0.0) -> None:
+        record = {"key": key, "preimage": preimage, "duration_s": round(duration_s, 3)}
         with self._writing():
-            atomic_write_bytes(self.node_path(node_id), canonical_json({"key": key, "preimage": preimage}))
+            atomic_write_bytes(self.node_path(node_id), canonical_json(record))
 
     def last_node_build(self, node_id: str) -> dict[str, Any] | None:
         """The node's last recorded build, or None (also when the record is malformed)."""

@@ -1,0 +1,192 @@
+"""Run the nodes that must run as Ray tasks (`mlcbuild build --executor ray [--ray-address ADDR]`).
+
+Same decision and scheduling loop as the local executor (`execute.schedule`); only running a node
+differs. Each such node becomes a task asking for what its step says it needs
+(`Step.resources`): CPUs and memory for convert, `toolchain:<tool>` for each external tool of a
+compile target except `cc`, which every worker is assumed to have (so llvm compiles run anywhere,
+cuda ones only where a worker was started with `ray start --resources '{"toolchain:nvcc": 1}'`).
+
+- Cached nodes never leave the driver, and Ray is imported and connected only when the first node
+  must run: a no-op build with `--executor ray` starts no Ray.
+- A node whose needs no alive worker offers fails at once (its dependents are skipped), instead of
+  waiting forever as a pending task.
+- Results travel through the cache directory, which every worker opens at the driver's path (a
+  shared filesystem): the task writes the objects and the action result and returns only a small
+  record; the driver reads the manifest from the store.
+- A worker that dies mid-node: Ray retries the task (`max_retries`) on a worker still alive. The
+  store writes each object by temp + rename and the result last, so the dead attempt leaves no
+  result, only a work dir under `tmp/` for `cache gc`.
+- `Outcome.worker` names the Ray node that ran the node and the custom resources it offers.
+- The remote cache is not used yet (a `RemoteCache` holds thread pools and cannot travel to a
+  worker); the shared cache dir is what workers share.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from mlcbuild.errors import StepError, UserError
+from mlcbuild.execute.base import BuildReport, NullReporter, Outcome, Reporter
+from mlcbuild.execute.decision import Decider, Decision
+from mlcbuild.execute.schedule import schedule
+from mlcbuild.plan.graph import BuildGraph, Node
+from mlcbuild.store.cas import Store
+from mlcbuild.store.manifest import Manifest
+
+STANDARD_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _custom(resources: Mapping[str, float]) -> dict[str, float]:
+    return {k: v for k, v in resources.items() if k not in STANDARD_RESOURCES and not k.startswith("node:")}
+
+
+def _show(resources: Mapping[str, float]) -> str:
+    shown = []
+    for name, value in sorted(resources.items()):
+        if name == "memory":
+            shown.append(f"memory={value / 2**30:.1f}GiB")
+        elif name != "object_store_memory" and not name.startswith("node:"):
+            shown.append(f"{name}={value:g}")
+    return ", ".join(shown)
+
+
+def _run_on_worker(
+    cache_root: str, specs: dict[str, str], decision: Decision, inputs: dict[str, Manifest], force: bool
+) -> dict[str, Any]:
+    """The Ray task: build the node into the shared cache; return a record, never the bytes."""
+    import ray
+
+    from mlcbuild.execute.runner import build_node
+    from mlcbuild.steps import register_step
+
+    for kind, spec in specs.items():
+        register_step(kind, spec)
+    worker = ray.get_runtime_context().get_node_id()
+    decider = Decider(Store(cache_root), BuildGraph(), force)
+    outcome = build_node(decider, decision, inputs, lambda fraction, message: None, worker=worker)
+    return {"status": outcome.status, "key": outcome.key, "duration_s": outcome.duration_s, "reason": outcome.reason, "worker": worker}
+
+
+class RayBackend:
+    def __init__(self, decider: Decider, address: str | None, max_retries: int):
+        self.decider = decider
+        self.address = address
+        self.max_retries = max_retries
+        self.slots = 1
+        self.running: dict[Any, Node] = {}
+        self._ray: Any = None
+        self._task: Any = None
+        self._owned = False
+        self._error: UserError | None = None
+
+    def _connect(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        if self._ray is None:
+            import ray
+
+            if not ray.is_initialized():
+                try:
+                    ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    where = self.address or "a local Ray"
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    self._error = UserError(f"cannot start or reach Ray at {where}: {first}", field="--ray-address")
+                    raise self._error from None
+                self._owned = True
+            self._ray = ray
+            self._task = ray.remote(_run_on_worker)
+            self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return self._ray
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self._connect().nodes() if n.get("Alive")]
+
+    def describe(self, node_id: str) -> str:
+        """A worker as tests and users see it: node id, address, custom resources."""
+        for n in self._nodes():
+            if n["NodeID"] == node_id:
+                extra = ",".join(sorted(_custom(n.get("Resources", {}))))
+                return f"{node_id[:12]} {n.get('NodeManagerAddress', '?')} [{extra}]"
+        return node_id[:12]
+
+    def requirements(self, node: Node, inputs: Mapping[str, Manifest]) -> dict[str, float]:
+        from mlcbuild.steps import get_step
+
+        return get_step(node.kind).resources({**node.params, **node.hints}, inputs)
+
+    def unrunnable(self, node: Node, inputs: Mapping[str, Manifest]) -> str | None:
+        needs = self.requirements(node, inputs)
+        workers = [n.get("Resources", {}) for n in self._nodes()]
+        if any(all(have.get(k, 0) >= v for k, v in needs.items()) for have in workers):
+            return None
+        offered = " | ".join(_show(w) for w in workers)
+        return f"no worker in the Ray cluster can run it: it needs {_show(needs)}; workers offer: {offered or 'nothing'}"
+
+    def submit(self, decision: Decision, inputs: Mapping[str, Manifest]) -> Any:
+        from mlcbuild.steps import step_specs
+
+        self._connect()
+        needs = self.requirements(decision.node, inputs)
+        options: dict[str, Any] = {
+            "num_cpus": needs.get("CPU", 1),
+            "resources": _custom(needs),
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+            "name": decision.node.label,
+        }
+        if needs.get("memory"):
+            options["memory"] = needs["memory"]
+        if needs.get("GPU"):
+            options["num_gpus"] = needs["GPU"]
+        store = self.decider.store
+        ref = self._task.options(**options).remote(str(store.root), step_specs(), decision, dict(inputs), self.decider.force)
+        self.running[ref] = decision.node
+        return ref
+
+    def wait(self, running: list[Any]) -> list[tuple[Any, Outcome]]:
+        ray = self._ray
+        done, _ = ray.wait(running, num_returns=1)
+        results = []
+        for ref in done:
+            node = self.running.pop(ref)
+            results.append((ref, self._outcome(node, ref)))
+        return results
+
+    def _outcome(self, node: Node, ref: Any) -> Outcome:
+        try:
+            record = self._ray.get(ref)
+        except Exception as e:  # the task died more often than max_retries, or Ray itself failed
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return Outcome(node, "failed", reason=f"ray task failed: {type(e).__name__}: {first}"[:300])
+        worker = self.describe(record["worker"])
+        if record["status"] not in ("built", "cached"):
+            return Outcome(node, record["status"], record["key"], reason=record["reason"], worker=worker)
+        hit = self.decider.store.get_action(record["key"])
+        if hit is None:
+            error = StepError(
+                f"worker {worker} built it but its result is not in {self.decider.store.root}: "
+                "every worker must open the driver's cache dir (a shared filesystem)"
+            )
+            return Outcome(node, "failed", record["key"], reason=str(error), worker=worker)
+        return Outcome(node, record["status"], record["key"], hit.manifest, record["duration_s"], record["reason"], worker)
+
+    def close(self) -> None:
+        if self._owned and self._ray is not None:
+            self._ray.shutdown()
+
+
+@dataclass
+class RayExecutor:
+    store: Store
+    address: str | None = None
+    keep_going: bool = False
+    force: bool = False
+    reporter: Reporter = field(default_factory=NullReporter)
+    max_retries: int = 3
+
+    def run(self, graph: BuildGraph, wanted: set[str]) -> BuildReport:
+        decider = Decider(self.store, graph, self.force)
+        backend = RayBackend(decider, self.address, self.max_retries)
+        return schedule(graph, wanted, decider, backend, self.reporter, self.keep_going)

@@ -1,0 +1,140 @@
+"""The Ray executor on a real local cluster started here on 127.0.0.1: a head with no CPUs and two
+workers offering different toolchains. Fake steps (tests/fakesteps.py) keep every node cheap;
+the workers import them through PYTHONPATH and open the test's cache directory."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from fakesteps import fake
+from mlcbuild.execute.ray_executor import RayExecutor
+from mlcbuild.plan.graph import BuildGraph, Node
+from mlcbuild.steps import register_step, unregister_step
+from mlcbuild.store.cas import Store
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = {"A": {"toolchain:fake": 1}, "B": {"toolchain:other": 1}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no CPUs and the two WORKERS (one CPU each)."""
+    from raycluster import LocalRayCluster
+
+    cluster = LocalRayCluster().start_head()
+    try:
+        for resources in WORKERS.values():
+            cluster.add_worker(cpus=1, resources=resources)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def fake_steps():
+    register_step("fake", "fakesteps:FakeStep")
+    yield
+    unregister_step("fake")
+
+
+def graph_of(*nodes: Node) -> BuildGraph:
+    graph = BuildGraph()
+    for node in nodes:
+        graph.add(node)
+    return graph
+
+
+def test_routing_by_toolchain_and_results_through_the_cache(cluster, tmp_path: Path) -> None:
+    store = Store(tmp_path / "c")
+    a = fake("a", toolchain="fake")
+    b = fake("b", {"in": a}, toolchain="other")
+    c = fake("c")
+    graph = graph_of(a, b, c)
+    report = RayExecutor(store, address=cluster.address).run(graph, set(graph.nodes))
+    assert report.ok, {o.node.label: o.reason for o in report.outcomes.values()}
+    assert "[toolchain:fake]" in report.outcomes[a.id].worker
+    assert "[toolchain:other]" in report.outcomes[b.id].worker
+    assert report.outcomes[c.id].worker
+    assert store.read_bytes(report.outcomes[b.id].manifest.files["out.txt"].digest) == b"a;b;"
+    again = RayExecutor(store, address=cluster.address).run(graph, set(graph.nodes))
+    assert {o.status for o in again.outcomes.values()} == {"cached"}
+    assert {o.worker for o in again.outcomes.values()} == {""}, "cached nodes never leave the driver"
+
+
+def test_unrunnable_node_is_reported_at_once(cluster, tmp_path: Path) -> None:
+    metal = fake("metal", toolchain="xcrun")
+    user = fake("user", {"in": metal})
+    fine = fake("fine")
+    graph = graph_of(metal, user, fine)
+    began = time.perf_counter()
+    report = RayExecutor(Store(tmp_path / "c"), address=cluster.address, keep_going=True).run(graph, set(graph.nodes))
+    assert time.perf_counter() - began < 20
+    assert report.outcomes[metal.id].status == "failed"
+    assert "no worker in the Ray cluster can run it: it needs CPU=1, toolchain:xcrun=0.001" in report.outcomes[metal.id].reason
+    assert report.outcomes[user.id].status == "skipped" and report.outcomes[fine.id].status == "built"
+
+
+def test_noop_with_ray_executor_imports_no_ray(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
+        from fakesteps import fake
+        from mlcbuild.execute.local import LocalExecutor
+        from mlcbuild.execute.ray_executor import RayExecutor
+        from mlcbuild.plan.graph import BuildGraph
+        from mlcbuild.steps import register_step
+        from mlcbuild.store.cas import Store
+        register_step("fake", "fakesteps:FakeStep")
+        graph = BuildGraph()
+        a = graph.add(fake("a"))
+        graph.add(fake("b", {{"in": a}}))
+        store = Store({str(tmp_path / 'c')!r})
+        assert LocalExecutor(store).run(graph, set(graph.nodes)).ok
+        report = RayExecutor(store, address="127.0.0.1:1").run(graph, set(graph.nodes))
+        assert {{o.status for o in report.outcomes.values()}} == {{"cached"}}
+        print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_worker_node_killed_mid_node_is_retried_elsewhere_without_partial_result(cluster, tmp_path: Path) -> None:
+    """Runs last: it kills one of the module's two workers."""
+    store = Store(tmp_path / "c")
+    marker = tmp_path / "marker"
+    slow = fake("slow", sleep=3.0, marker=str(marker))
+    graph = graph_of(slow)
+    result: dict = {}
+    executor = RayExecutor(store, address=cluster.address)
+    thread = threading.Thread(target=lambda: result.setdefault("report", executor.run(graph, {slow.id})))
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(marker.glob("slow.*")):
+        time.sleep(0.05)
+    first = list(marker.glob("slow.*"))
+    assert first, "the node never started"
+    victim = int(first[0].read_text().split()[0])
+    killed = cluster.kill_node_running(victim)
+    thread.join(timeout=90)
+    outcome = result["report"].outcomes[slow.id]
+    assert outcome.status == "built", outcome.reason
+    survivor = next(offer for offer in WORKERS.values() if offer != killed)
+    assert f"[{next(iter(survivor))}]" in outcome.worker, "retried on the other worker"
+    attempts = sorted(p.name for p in marker.glob("slow.*"))
+    assert len(attempts) == 2 and f"slow.{victim}" in attempts
+    assert [r.key for r in store.iter_actions()] == [outcome.key]
+    assert store.verify() == []
