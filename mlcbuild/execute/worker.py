@@ -39,7 +39,8 @@ def run_step_in_child(
     """Run the step; raise UserError/StepError with one line if it fails or its process dies.
 
     The child loads the step this process has registered for `kind` (a test's fake step too).
-    Files the step adopts (see RunContext.adopt) are handed to `adopt` as they come."""
+    Files the step adopts (see RunContext.adopt) are handed to `adopt` as they come; without
+    `adopt` the step copies them into `out` (and verifies them) itself."""
     from mlcbuild.steps import step_specs
 
     request = {
@@ -50,6 +51,7 @@ def run_step_in_child(
         "out": str(out),
         "scratch": str(scratch),
         "sys_path": sys.path,
+        "adopt": adopt is not None,
     }
     receive, send = os.pipe()
     try:
@@ -76,9 +78,7 @@ def run_step_in_child(
                 message = json.loads(line)
                 if message[0] == "progress":
                     progress(message[1], message[2])
-                elif message[0] == "adopt":
-                    if adopt is None:
-                        raise StepError(f"{kind} step adopted a file but this executor cannot ingest files")
+                elif message[0] == "adopt" and adopt is not None:
                     from mlcbuild.store.ingest import SourceFile
 
                     adopt(SourceFile(*message[1:]))
@@ -123,7 +123,7 @@ def _child(fd: int, parent: int) -> None:
         out=Path(request["out"]),
         progress=lambda fraction, message: send("progress", float(fraction), str(message)),
         scratch=Path(request["scratch"]),
-        adopter=lambda f: send("adopt", f.rel, f.path, f.sha256, f.changed),
+        adopter=(lambda f: send("adopt", f.rel, f.path, f.sha256, f.changed)) if request["adopt"] else None,
     )
     try:
         get_step(request["kind"]).run(ctx)
