@@ -16,7 +16,8 @@ from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.plan.planner import PlanOptions, plan
 from mlcbuild.recipe.load import load_recipe
 from mlcbuild.recipe.model import Recipe
-from mlcbuild.store.cas import Store, default_cache_dir
+from mlcbuild.store import default_cache_dir
+from mlcbuild.store.cas import Store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -192,7 +193,12 @@ def build(args: argparse.Namespace) -> int:
         _report_elsewhere(args, graph, elsewhere)
     if not report.ok:
         return 1
-    return EXIT_ELSEWHERE if elsewhere else 0
+    if elsewhere:
+        return EXIT_ELSEWHERE
+    from mlcbuild.execute.noop import write_stamp
+
+    write_stamp(vars(args), recipes, graph, report, store, written)
+    return 0
 
 
 @command("plan")

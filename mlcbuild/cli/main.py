@@ -255,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cache_dir is not None:
         os.environ["MLCBUILD_CACHE_DIR"] = str(args.cache_dir)
+    if args.command == "build" and not (args.force or args.check or args.dry_run):
+        from mlcbuild.execute.noop import up_to_date
+        from mlcbuild.store import default_cache_dir
+
+        if (line := up_to_date(default_cache_dir(), vars(args))) is not None:
+            print(line)
+            return 0
     from mlcbuild.cli import commands, runtime_commands  # noqa: F401  (registers the commands)
 
     try:

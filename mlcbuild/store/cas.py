@@ -41,7 +41,6 @@ from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, is_dige
 from mlcbuild.store.placed import Placed
 from mlcbuild.store.signatures import ObjectSignatures
 
-ENV_CACHE_DIR = "MLCBUILD_CACHE_DIR"
 LINK_MIN_BYTES = 16 << 20
 """Output files this large are hard-linked to their object (weights: no second copy on disk);
 smaller ones (configs, tokenizers, libraries) are copied, so an edit in the output folder never
@@ -50,10 +49,6 @@ TMP_NAME = re.compile(r"^\..+?\.(\d+)(?:\.\d+)?\.tmp$")
 """Temp files this store leaves while writing into the cache: `.<name>.<pid>[.<ns>].tmp`."""
 PLACE_TMP_NAME = re.compile(r"^\..+\.(\d+)\.mlcbuild\.tmp$")
 """Temp files of placing an output (`.<name>.<pid>.mlcbuild.tmp`): distinct from anything a user names."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE_DIR) or "cache")
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""The stat-only no-op (execute/noop.py): taken only when nothing a build stood on moved."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlcbuild.execute.noop import RACY_WINDOW_NS
+from test_build import mlcbuild, write_recipe
+
+FAST = "(stat check)"
+
+
+def past_racy_window() -> None:
+    """Files written in the last RACY_WINDOW_NS are not trusted by their stat: wait them out."""
+    time.sleep(RACY_WINDOW_NS / 1e9 + 0.1)
+
+
+def built(tmp_path: Path, cache: Path) -> Path:
+    recipe = write_recipe(tmp_path / "r")
+    assert mlcbuild("build", str(recipe), cache=cache).returncode == 0
+    past_racy_window()
+    second = mlcbuild("build", str(recipe), cache=cache)
+    assert second.returncode == 0 and FAST not in second.stdout, second.stdout  # writes the stamp
+    return recipe
+
+
+def test_noop_after_a_stamped_build_plans_nothing(tmp_path: Path, cache: Path) -> None:
+    recipe = built(tmp_path, cache)
+    probe = (
+        "import sys\n"
+        "from mlcbuild.cli.main import main\n"
+        f"code = main(['--cache-dir', {str(cache)!r}, 'build', {str(recipe)!r}])\n"
+        "assert code == 0, code\n"
+        "heavy = ('mlcbuild.plan', 'mlcbuild.recipe', 'mlcbuild.store.cas', 'yaml', 'rich', 'tvm', 'multiprocessing')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env={**os.environ, "MLCBUILD_CACHE_DIR": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert FAST in result.stdout and result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def test_anything_that_moved_takes_the_full_build(tmp_path: Path, cache: Path) -> None:
+    recipe = built(tmp_path, cache)
+    dist = tmp_path / "r" / "dist"
+    config = dist / "tiny-q0f32-MLC" / "mlc-chat-config.json"
+    good = config.read_bytes()
+
+    config.write_bytes(b"{}")  # an edited output is restored
+    again = mlcbuild("build", str(recipe), cache=cache)
+    assert again.returncode == 0 and FAST not in again.stdout and config.read_bytes() == good
+
+    (tmp_path / "r" / "model" / "notes.txt").write_text("new file in the source folder")
+    assert FAST not in mlcbuild("build", str(recipe), cache=cache).stdout
+
+    write_recipe(tmp_path / "r", conv_template="chatml")  # a recipe edit reaches gen-config
+    changed = mlcbuild("build", str(recipe), cache=cache)
+    assert changed.returncode == 0 and "built gen-config" in changed.stderr, changed.stderr
+
+    past_racy_window()
+    assert FAST not in mlcbuild("build", str(recipe), cache=cache).stdout  # writes a new stamp
+    assert FAST in mlcbuild("build", str(recipe), cache=cache).stdout
+    assert FAST not in mlcbuild("build", str(recipe), "-q", "q0f32", cache=cache).stdout  # another command
+    assert FAST not in mlcbuild("build", str(recipe), "--force", cache=cache).stdout
+
+    for result in cache.glob("ac/*/*.json"):
+        result.unlink()  # results gone (gc): the build runs the steps again
+        break
+    assert FAST not in mlcbuild("build", str(recipe), cache=cache).stdout
