@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
-from bench import engine, hashing, ingest, materialize, noop, quantize, remote, schedule
+from bench import engine, hashing, ingest, materialize, noop, noop_scaling, quantize, remote, schedule
 from bench.common import WORK, write_json
 
 
 def main() -> None:
     results = {
         "noop": noop.main(),
+        "noop_scaling": noop_scaling.main(),
         "hashing": hashing.main(),
         "quantize": quantize.main(),
         "materialize": materialize.main(),

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlcbuild.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODEL = REPO / "recipes" / "models" / "tiny-redpajama"

@@ -3,8 +3,6 @@ workers offering different toolchains. Fake steps (tests/fakesteps.py) keep ever
 the workers import them through PYTHONPATH and open the test's cache directory."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from fakesteps import fake
 from mlcbuild.execute.ray_executor import RayExecutor
