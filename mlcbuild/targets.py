@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mlcbuild.errors import UserError
+from mlcbuild.errors import Location, UserError
 from mlcbuild.toolmemo import remember
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_targets"
@@ -156,9 +156,51 @@ def _target_data(file: Path) -> dict[str, Any]:
         from mlcbuild.inputs import read_bytes
 
         raw = read_bytes(file, str(file), 1 << 20, what="target definition")
-        return yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        try:
+            data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = Location(str(file), mark.line + 1, mark.column + 1) if mark else Location(str(file))
+            raise UserError(f"not valid YAML: {getattr(e, 'problem', None) or e}", where) from None
+        _check_target_data(file, data)
+        return data
 
     return remember("target-definitions", file, "", parse)
+
+
+_TARGET_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "tvm_target": (dict,),
+    "suffix": (str,),
+    "host": (dict, type(None)),
+    "toolchain": (list,),
+    "codegen": (list,),
+    "variants": (dict, type(None)),
+    "default_variant": (str, type(None)),
+    "description": (str,),
+    "runner": (str, list),
+}
+_REQUIRED = ("name", "tvm_target", "suffix")
+
+
+def _check_target_data(file: Path, data: Any) -> None:
+    """A target file a user wrote gets one line naming the file and field, never a KeyError."""
+    if not isinstance(data, dict):
+        raise UserError(f"a target definition is a mapping, got {type(data).__name__}", Location(str(file)))
+    for key in _REQUIRED:
+        if key not in data:
+            raise UserError("missing (every target needs name, tvm_target and suffix)", Location(str(file)), field=key)
+    for key, value in data.items():
+        types = _TARGET_FIELDS.get(key)
+        if types is None:
+            from mlcbuild.suggest import unknown
+
+            raise UserError(unknown("field", key, _TARGET_FIELDS), Location(str(file)), field=key)
+        if not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else {"dict": "a mapping", "list": "a list", "str": "a string"}[t.__name__] for t in types)
+            raise UserError(f"must be {names}, got {type(value).__name__}", Location(str(file)), field=key)
+    if not isinstance(data["tvm_target"].get("kind"), str):
+        raise UserError("needs a `kind` (llvm, cuda, metal, ...)", Location(str(file)), field="tvm_target")
 
 
 @lru_cache(maxsize=None)

@@ -3,7 +3,7 @@
 `FakeStep` ("fake") runs in the executor's process, so a test of `-j`, `--keep-going` or failure
 handling takes milliseconds; `ChildFakeStep` ("fake-child") runs in a spawned child like a real
 step. Params: name (the identity), sleep (s), fail (bool), crash (bool: SIGKILL itself),
-toolchain (a `toolchain:<name>` resource for Ray), marker (hint: a folder where the step writes
+toolchain (a `toolchain:<name>` resource for Ray), say (a line it prints to its log), marker (hint: a folder where the step writes
 `<name>.<pid>` with its pid and its parent's pid before sleeping, so a test can kill it).
 """
 from __future__ import annotations
@@ -51,6 +51,8 @@ class FakeStep(Step):
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(float(ctx.params.get("sleep", 0)))
         ctx.progress(0.5, "half")
+        if ctx.params.get("say"):
+            print(ctx.params["say"], flush=True)
         if ctx.params.get("fail"):
             raise StepError(f"fake {name} failed on purpose")
         upstream = "".join(sorted((ctx.inputs[r] / "out.txt").read_text() for r in ctx.inputs))

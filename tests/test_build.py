@@ -80,8 +80,8 @@ def test_build_layout_and_second_build_all_cached(tmp_path: Path, cache: Path) -
 def test_template_edit_reruns_only_gen_config(tmp_path: Path, cache: Path) -> None:
     recipe = write_recipe(tmp_path / "r", conv_template="chatml")
     assert statuses(recipe, cache) == {
-        "download model": "cached",
-        "download model (config, tokenizer)": "cached",
+        "local model": "cached",
+        "local model (config, tokenizer)": "cached",
         "convert tiny q0f32": "cached",
         "gen-config tiny q0f32": "pending",
         "compile tiny q0f32 llvm": "pending",
@@ -124,8 +124,8 @@ def test_adding_a_quantization_adds_only_new_nodes(tmp_path: Path, cache: Path) 
     recipe = write_recipe(tmp_path / "r", quantizations=["q0f32", "q4f16_1"])
     got = statuses(recipe, cache)
     assert {k: v for k, v in got.items() if "q0f32" in k or k.startswith("download")} == {
-        "download model": "cached",
-        "download model (config, tokenizer)": "cached",
+        "local model": "cached",
+        "local model (config, tokenizer)": "cached",
         "convert tiny q0f32": "cached",
         "gen-config tiny q0f32": "cached",
         "compile tiny q0f32 llvm": "cached",

@@ -123,8 +123,8 @@ def test_check_fails_naming_the_file_of_a_nondeterministic_step(tmp_path: Path) 
     assert "q4f16_1" not in checked.stdout and "mlc-chat-config.json" not in checked.stdout
     assert lines[-1] == "check: 0 identical, 1 differ, 0 not cached, 0 failed"
 
-    honest = run(cache, "build", str(recipe), "--check", "--only", "download model (config")
-    assert honest.returncode == 0 and honest.stdout.startswith("same: download model (config, tokenizer)"), honest.stdout
+    honest = run(cache, "build", str(recipe), "--check", "--only", "local model (config")
+    assert honest.returncode == 0 and honest.stdout.startswith("same: local model (config, tokenizer)"), honest.stdout
 
     unknown = run(cache, "build", str(recipe), "--check", "--only", "no-such-node")
     assert unknown.returncode == 2 and "--only: unknown cell 'no-such-node'" in unknown.stderr

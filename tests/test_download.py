@@ -11,7 +11,8 @@ import pytest
 from mlcbuild.errors import MlcbuildError, StepError, UserError
 from mlcbuild.hub import resolve_revision, snapshot_path
 from mlcbuild.steps.base import RunContext
-from mlcbuild.steps.download import DEFAULT_PATTERNS, DownloadStep, select_files
+from mlcbuild.steps.download import DownloadStep
+from mlcbuild.weights.model_files import DEFAULT_PATTERNS, select_files
 
 _counter = iter(range(10**6))
 

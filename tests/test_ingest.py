@@ -239,7 +239,7 @@ def safetensors_bytes(n: int) -> bytes:
 def hf_download(fake_hub, repo: str, sha: str, store: Store, monkeypatch, force: bool = False):
     from mlcbuild.execute.local import LocalExecutor
     from mlcbuild.plan.graph import BuildGraph, Node
-    from mlcbuild.steps.download import DEFAULT_PATTERNS
+    from mlcbuild.weights.model_files import DEFAULT_PATTERNS
 
     monkeypatch.setenv("MLCBUILD_LINK_TYPE", "reflink,hardlink,copy")
     graph = BuildGraph()

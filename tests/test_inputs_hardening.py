@@ -19,7 +19,8 @@ import pytest
 from mlcbuild.errors import MlcbuildError, StepError, UserError, redact
 from mlcbuild.recipe import load_recipe
 from mlcbuild.steps.base import RunContext
-from mlcbuild.steps.download import DownloadStep, local_model_files
+from mlcbuild.steps.download import DownloadStep
+from mlcbuild.weights.model_files import local_model_files
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -148,7 +148,7 @@ def test_every_cell_buildable_here_runs_through_its_command(tmp_path: Path, remo
 
 
 def test_compile_cell_downloads_no_weight_file(tmp_path: Path, remote: Path, fake_hub) -> None:
-    from mlcbuild.steps.download import is_weight_file
+    from mlcbuild.weights.model_files import is_weight_file
 
     sha = fake_hub.add_repo("acme/tiny-matrix", DEMO_MODEL)
     folder = tmp_path / "r"

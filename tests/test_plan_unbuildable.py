@@ -112,7 +112,7 @@ def test_only_names_a_cell(tmp_path: Path) -> None:
 
 
 def test_gen_config_depends_on_config_and_tokenizer_only(tmp_path: Path) -> None:
-    from mlcbuild.steps.download import META_PATTERNS, is_weight_file
+    from mlcbuild.weights.model_files import META_PATTERNS, is_weight_file
 
     local = write(tmp_path / "local")
     hf = write(tmp_path / "hf", source={"hf": "acme/tiny", "revision": "0" * 40})

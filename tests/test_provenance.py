@@ -40,7 +40,7 @@ def test_statements_beside_the_folder_and_the_library(built_tiny_recipe) -> None
         recipe = build["externalParameters"]["recipe"]
         assert recipe["digest"]["sha256"] == sha256(built_tiny_recipe.recipe)
         assert build["internalParameters"]["toolchain"]["apache-tvm"].startswith("0.27")
-        sources = [d for d in build["resolvedDependencies"] if d["name"].startswith("download ")]
+        sources = [d for d in build["resolvedDependencies"] if d["name"].startswith(("download ", "local "))]
         assert sources and all(len(d["digest"]["sha256"]) == 64 and d["uri"].startswith("file:") for d in sources)
         for node in build["internalParameters"]["nodes"]:
             assert len(node["key"]) == 64 and len(node["output"]["sha256"]) == 64
@@ -50,7 +50,7 @@ def test_statements_beside_the_folder_and_the_library(built_tiny_recipe) -> None
     assert {n["kind"] for n in folder["predicate"]["buildDefinition"]["internalParameters"]["nodes"]} == {"download", "convert", "gen-config"}
     def source_files(statement: dict) -> set[str]:
         deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
-        return {f for d in deps if d["name"].startswith("download ") for f in d["annotations"]["files"]}
+        return {f for d in deps if d["name"].startswith(("download ", "local ")) for f in d["annotations"]["files"]}
 
     assert "model.safetensors" in source_files(folder)
     assert "config.json" in source_files(lib) and "model.safetensors" not in source_files(lib)  # compile reads no weights

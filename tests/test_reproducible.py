@@ -19,7 +19,7 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not o
 
 def compile_in_child(model_dir: Path, quantization: str, target: str, work: Path, hashseed: str) -> Path:
     from mlcbuild.execute.worker import run_step_in_child
-    from mlcbuild.steps.compile import resolve_options
+    from mlcbuild.compiler.options import resolve_options
     from mlcbuild.targets import target_params
 
     name, _, variant = target.partition(":")

@@ -276,11 +276,11 @@ def test_dry_run_force_and_explain_by_key_prefix(tmp_path: Path) -> None:
     rows = [line for line in forced.stdout.splitlines() if " pending " in line]
     assert len(rows) == 8 and all("will run: forced" in row for row in rows), forced.stdout
     plan = cli("plan", str(recipe), cache=cache)
-    row = next(line for line in plan.stdout.splitlines() if "download" in line)
+    row = next(line for line in plan.stdout.splitlines() if "local " in line)
     key = next(word for word in row.replace("│", " ").split() if len(word) == 12 and all(c in "0123456789abcdef" for c in word))
     explained = cli("explain", str(recipe), key, cache=cache)
     assert explained.returncode == 0, explained.stderr
-    assert explained.stdout.startswith("download ") and "never built" in explained.stdout
+    assert explained.stdout.startswith("local ") and "never built" in explained.stdout
 
 
 def test_identity_survives_recipe_rename_and_sampling_edit(tmp_path: Path) -> None:
@@ -304,3 +304,18 @@ def test_identity_survives_recipe_rename_and_sampling_edit(tmp_path: Path) -> No
     shutil.move(str(tmp_path / "b" / model), str(tmp_path / "b" / "other-model"))
     other.write_text(other.read_text().replace(model, "other-model"))
     assert not set(slots(other).values()) & set(base.values()), "a different source shares no history"
+
+
+def test_a_failed_steps_kept_log_holds_no_credentials(tmp_path: Path) -> None:
+    from mlcbuild.errors import StepError
+    from mlcbuild.execute.worker import run_step_in_child
+
+    log, out, scratch = tmp_path / "step.log", tmp_path / "out", tmp_path / "scratch"
+    out.mkdir()
+    scratch.mkdir()
+    said = "GET https://alice:hunter2@hub.example/api?token=s3cr3t-token failed; HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz123456"
+    with pytest.raises(StepError, match="failed on purpose"):
+        run_step_in_child("fake-child", {"name": "x", "fail": True, "say": said}, {}, out, scratch, log, lambda f, m: None)
+    kept = log.read_text()
+    assert "hub.example" in kept and "***" in kept
+    assert not any(secret in kept for secret in ("hunter2", "s3cr3t-token", "hf_abcdefghijklmnopqrstuvwxyz123456")), kept

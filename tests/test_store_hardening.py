@@ -245,7 +245,7 @@ def test_disk_full_cache_during_a_build_is_one_line(tmp_path: Path) -> None:
         result = mlcbuild("build", str(recipe), cache=cache)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if "error" in line]
-        assert errors and all(e.startswith("error: download model") and e.endswith(f": no space left on {cache}") for e in errors), result.stderr
+        assert errors and all(e.startswith("error: local model") and e.endswith(f": no space left on {cache}") for e in errors), result.stderr
         assert not list(cache.glob("tmp/*")) and not list(cache.glob("objects/*/.*.tmp"))
 
 
@@ -309,7 +309,7 @@ def test_read_only_cache_is_one_clear_line(tmp_path: Path) -> None:
         build = mlcbuild("build", str(recipe), cache=ro)
         assert build.returncode == 1 and "Traceback" not in build.stderr
         errors = [line for line in build.stderr.splitlines() if "error" in line]
-        assert errors and all(e.startswith("error: download model") and e.endswith(f": cache {ro} is not writable") for e in errors), build.stderr
+        assert errors and all(e.startswith("error: local model") and e.endswith(f": cache {ro} is not writable") for e in errors), build.stderr
         assert mlcbuild("cache", "gc", "--dry-run", cache=ro).returncode == 0
 
 

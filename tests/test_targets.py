@@ -1,9 +1,11 @@
 """Target definitions and availability checks (no TVM import, no compile)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +84,24 @@ def test_list_targets_covers_every_variant_in_one_line() -> None:
 def test_availability_does_not_import_tvm() -> None:
     code = "import sys\nfrom mlcbuild.targets import list_targets\nlist_targets()\nassert 'tvm' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: [oops\n", "bad.yaml:2:1: not valid YAML"),
+        ("- a\n- b\n", "bad.yaml: a target definition is a mapping, got list"),
+        ("kind: 5\n", "bad.yaml: name: missing"),
+        ("name: x\ntvm_target: {kind: llvm}\nsuffix: so\ntoolchian: []\n", "toolchian: unknown field 'toolchian' — did you mean 'toolchain'?"),
+        ("name: x\ntvm_target: llvm\nsuffix: so\n", "tvm_target: must be a mapping, got str"),
+        ("name: x\ntvm_target: {opt: 1}\nsuffix: so\n", "tvm_target: needs a `kind`"),
+    ],
+)
+def test_a_malformed_target_file_is_one_line_naming_it(tmp_path: Path, text: str, message: str) -> None:
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    (folder / "bad.yaml").write_text(text)
+    env = {**os.environ, "MLCBUILD_TARGETS_DIR": str(folder), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    result = subprocess.run([sys.executable, "-m", "mlcbuild", "targets"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -66,3 +66,17 @@ class CompileOptions:
 
     def use_cublas(self, kind: str) -> bool:
         return kind == "cuda" and bool(self.cublas)
+
+
+def cublas_available(kind: str) -> bool:
+    """Whether this TVM build has cuBLAS for `kind` (found without importing TVM)."""
+    if kind != "cuda":
+        return False
+    from mlcbuild.targets import tvm_capabilities
+
+    return "ext:cublas" in tvm_capabilities()
+
+
+def resolve_options(options: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A recipe's `compile` section made explicit for one target kind (what enters the key)."""
+    return CompileOptions.from_json(options).resolved(kind, cublas_available(kind))

@@ -86,6 +86,8 @@ def run_step_in_child(
                     outcome = message
     finally:
         child.wait()
+    if outcome is None or outcome[0] != "ok":
+        _redact_log(log)
     if outcome is None:
         code = child.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -94,6 +96,23 @@ def run_step_in_child(
         raise UserError(outcome[1])
     if outcome[0] == "step":
         raise StepError(outcome[1])
+
+
+def _redact_log(log: Path, limit: int = 64 << 20) -> None:
+    """A kept log is read by people and CI artifacts: no token or password a URL carried stays in it."""
+    from mlcbuild.errors import redact
+
+    try:
+        if log.stat().st_size > limit:
+            return
+        text = log.read_text(errors="replace")
+        clean = redact(text)
+        if clean != text:
+            from mlcbuild.store.fs import atomic_write_bytes
+
+            atomic_write_bytes(log, clean.encode())
+    except OSError:
+        pass
 
 
 def _die_with(parent: int) -> None:

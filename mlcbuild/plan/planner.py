@@ -11,7 +11,7 @@ from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
 from mlcbuild.recipe.model import Recipe
 from mlcbuild.steps import get_step
-from mlcbuild.steps.compile import resolve_options
+from mlcbuild.compiler.options import resolve_options
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import tree_digest
 from mlcbuild.store.manifest import sha256_json
@@ -28,12 +28,14 @@ class PlanOptions:
 def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[Node, Node]:
     """(everything, config + tokenizer only): convert reads the weights, gen-config never does,
     so a machine that builds only gen-config and compile nodes downloads no weight file.
+    Both are `download` nodes (the step that brings a model's files into the cache); a local
+    folder's are labelled `local <folder>`, a Hub repo's `download <repo>@<sha>`.
 
     gen-config's key sees only non-weight files, which both nodes hold the same: splitting the
     download leaves its key unchanged. A local folder's files are hashed once; their digests ride
     along as hints, so the download step adopts them and the store ingests them without re-hashing.
     """
-    from mlcbuild.steps.download import DEFAULT_PATTERNS, META_PATTERNS, is_weight_file, local_model_files
+    from mlcbuild.weights.model_files import DEFAULT_PATTERNS, META_PATTERNS, is_weight_file, local_model_files
 
     src = recipe.source
     if src.path is not None:
@@ -47,7 +49,7 @@ def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[No
             known = {f: digests[f] for f in chosen}
             params: dict[str, Any] = {"files": chosen, "content": sha256_json(known)}
             hints = {"path": str(root.resolve()), "digests": known}
-            nodes.append(Node.make("download", params, {}, f"download {root.name}{suffix}", hints=hints))
+            nodes.append(Node.make("download", params, {}, f"local {root.name}{suffix}", hints=hints))
         return nodes[0], nodes[1]
     shown = revision[:8] if revision else f"{src.revision} (unresolved)"
     label = f"download {src.hf}@{shown}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, Mapping
 
 from mlcbuild.artifact import CHAT_CONFIG, ChatConfig
+from mlcbuild.compiler.options import cublas_available
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
@@ -24,21 +25,6 @@ def _target(params: Mapping[str, JSON]) -> ResolvedTarget:
         return ResolvedTarget.from_params(params["target"])
     except (KeyError, TypeError) as exc:
         raise UserError(f"compile target is malformed: {exc}", field="targets") from None
-
-
-def cublas_available(kind: str) -> bool:
-    if kind != "cuda":
-        return False
-    from mlcbuild.targets import tvm_capabilities
-
-    return "ext:cublas" in tvm_capabilities()
-
-
-def resolve_options(options: Mapping[str, JSON], kind: str) -> dict[str, JSON]:
-    """A recipe's `compile` section made explicit for one target kind (what enters the key)."""
-    from mlcbuild.compiler.options import CompileOptions
-
-    return CompileOptions.from_json(options).resolved(kind, cublas_available(kind))
 
 
 class CompileStep(Step):

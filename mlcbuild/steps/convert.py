@@ -42,7 +42,7 @@ class ConvertStep(Step):
 
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
         """Weights and config.json only: a new tokenizer or generation_config re-converts nothing."""
-        from mlcbuild.steps.download import is_weight_file
+        from mlcbuild.weights.model_files import is_weight_file
 
         return {p: e.digest for p, e in sorted(manifest.files.items()) if is_weight_file(p) or p == "config.json"}
 

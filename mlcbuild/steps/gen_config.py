@@ -25,7 +25,7 @@ from mlcbuild.artifact import (
 )
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
-from mlcbuild.steps.download import is_weight_file
+from mlcbuild.weights.model_files import is_weight_file
 from mlcbuild.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
