@@ -17,29 +17,34 @@ SEED = 0
 VOCAB_SIZE = 384
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]
 
-CONFIG = {
-    "architectures": ["GPTNeoXForCausalLM"],
-    "model_type": "gpt_neox",
-    "vocab_size": VOCAB_SIZE,
-    "hidden_size": 64,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "rotary_pct": 0.25,
-    "rotary_emb_base": 10000,
-    "max_position_embeddings": 512,
-    "layer_norm_eps": 1e-5,
-    "hidden_act": "gelu",
-    "use_parallel_residual": True,
-    "tie_word_embeddings": False,
-    "initializer_range": 0.02,
-    "attention_dropout": 0.0,
-    "hidden_dropout": 0.0,
-    "use_cache": True,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "torch_dtype": "float32",
-}
+def gpt_neox_config(vocab_size: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int) -> dict:
+    """A tiny GPT-NeoX config.json (RedPajama's layout: parallel residual, rotary on a quarter)."""
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": 4,
+        "rotary_pct": 0.25,
+        "rotary_emb_base": 10000,
+        "max_position_embeddings": 512,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "gelu",
+        "use_parallel_residual": True,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "use_cache": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": "float32",
+    }
+
+
+CONFIG = gpt_neox_config(VOCAB_SIZE, hidden_size=64, intermediate_size=256, num_hidden_layers=2)
 
 GENERATION_CONFIG = {"bos_token_id": 0, "eos_token_id": 0, "do_sample": True, "temperature": 0.7, "top_p": 0.95}
 
@@ -84,8 +89,9 @@ def add(a, b):
 """
 
 
-def make_tokenizer(out: Path) -> None:
-    """A GPT-NeoX style byte-level BPE: ByteLevel pre-tokenizer and decoder, NFC normalizer."""
+def make_tokenizer(out: Path, corpus: str = CORPUS, vocab_size: int = VOCAB_SIZE):
+    """A GPT-NeoX style byte-level BPE trained on `corpus`: ByteLevel pre-tokenizer and decoder, NFC
+    normalizer; single-threaded, so the same corpus gives the same tokenizer.json."""
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -96,15 +102,16 @@ def make_tokenizer(out: Path) -> None:
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True)
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
+    tok.train_from_iterator(corpus.splitlines(keepends=True), trainer=trainer)
     data = json.loads(tok.to_str())
     (out / "tokenizer.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
 def make_weights(out: Path) -> None:

@@ -10,54 +10,15 @@ single-threaded, so re-running gives the same weights on the same library versio
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
+
+from make_demo_model import GENERATION_CONFIG, TOKENIZER_CONFIG, gpt_neox_config, make_tokenizer, write_json
 
 SEED = 1234
 VOCAB_SIZE = 512
 BLOCK = 128
-SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]
-
-CONFIG = {
-    "architectures": ["GPTNeoXForCausalLM"],
-    "model_type": "gpt_neox",
-    "vocab_size": VOCAB_SIZE,
-    "hidden_size": 128,
-    "intermediate_size": 512,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "rotary_pct": 0.25,
-    "rotary_emb_base": 10000,
-    "max_position_embeddings": 512,
-    "layer_norm_eps": 1e-5,
-    "hidden_act": "gelu",
-    "use_parallel_residual": True,
-    "tie_word_embeddings": False,
-    "initializer_range": 0.02,
-    "attention_dropout": 0.0,
-    "hidden_dropout": 0.0,
-    "use_cache": True,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "torch_dtype": "float32",
-}
-
-GENERATION_CONFIG = {"bos_token_id": 0, "eos_token_id": 0, "do_sample": True, "temperature": 0.7, "top_p": 0.95}
-
-TOKENIZER_CONFIG = {
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    "bos_token": "<|endoftext|>",
-    "eos_token": "<|endoftext|>",
-    "unk_token": "<|endoftext|>",
-    "pad_token": "<|padding|>",
-    "add_bos_token": False,
-    "add_eos_token": False,
-    "add_prefix_space": False,
-    "clean_up_tokenization_spaces": False,
-    "model_max_length": 512,
-}
+CONFIG = gpt_neox_config(VOCAB_SIZE, hidden_size=128, intermediate_size=512, num_hidden_layers=4)
 
 # Public domain: "The Star" by Jane Taylor (1806); the rest was written for mlcbuild and is
 # dedicated to the public domain (CC0 1.0). Chat turns use the redpajama_chat template.
@@ -95,30 +56,6 @@ every machine in the workshop worked.
 <bot>: You are welcome. Have a nice day!
 <|endoftext|>
 """
-
-
-def make_tokenizer(out: Path):
-    """A GPT-NeoX style byte-level BPE trained on CORPUS (single-threaded, so deterministic)."""
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True)
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
-    data = json.loads(tok.to_str())
-    (out / "tokenizer.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-    return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
 def train(token_ids: list[int], steps: int):
@@ -165,10 +102,6 @@ def save_weights(model, out: Path) -> None:
     save_file(dict(sorted(tensors.items())), str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
-def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
 def main() -> None:
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,7 +113,7 @@ def main() -> None:
     write_json(out / "config.json", CONFIG)
     write_json(out / "generation_config.json", GENERATION_CONFIG)
     write_json(out / "tokenizer_config.json", TOKENIZER_CONFIG)
-    tok = make_tokenizer(out)
+    tok = make_tokenizer(out, CORPUS, VOCAB_SIZE)
     ids = tok.encode(CORPUS).ids
     print(f"corpus: {len(CORPUS)} chars, {len(ids)} tokens")
     model = train(ids, args.steps)
