@@ -1,0 +1,350 @@
+"""CPU decode and prefill speed of a RedPajama-3B-shaped q4f16_1 llvm library built by mlcbuild, side by
+side with what the same machine allows and what its peers do with the same weights, in the same run:
+
+- roofline: weight bytes read per decoded token / numpy copy bandwidth (1 GiB arrays, best of 5, one
+  thread and two threads; copy bandwidth counts read + write, as STREAM does);
+- transformers (torch CPU, bfloat16, 2 threads) loading the same safetensors checkpoint;
+- llama.cpp Q4_0 (llama-cpp-python, 2 threads) of a GGUF written here from the same weights.
+
+The checkpoint is random fp16 weights of the real shape (GPT-NeoX, hidden 2560, 32 layers, 32 heads,
+intermediate 10240, vocab 50432, rotary_pct 0.25, parallel residual), made once under .bench/; mlcbuild
+builds the library and weights from it through a recipe like any user's. Each engine runs in its own
+process (one model in memory at a time); every figure is warm (one short forward before timing) and
+greedy at batch 1, on the same random prompt.
+
+    python -m bench.decode [--layers 32] [--prompt 32] [--decode 16] [--skip hf,llama]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from bench.common import REPO, WORK, make_big_gpt_neox, run, write_json
+
+VOCAB, HIDDEN, THREADS = 50432, 2560, 2
+PEERS = ("hf", "llama")
+
+
+def checkpoint(layers: int) -> Path:
+    folder = WORK / f"neox3b-{layers}L"
+    make_big_gpt_neox(folder, vocab=VOCAB, hidden=HIDDEN, layers=layers)
+    return folder
+
+
+def build(model: Path, layers: int) -> dict[str, Any]:
+    """`mlcbuild build` of a one-quantization, llvm-only recipe over the checkpoint; where it put things."""
+    from mlcbuild.artifact.layout import lib_path, model_dir
+    from mlcbuild.recipe.load import load_recipe
+    from mlcbuild.targets import resolve_target
+
+    root = WORK / "decode" / f"{layers}L"
+    root.mkdir(parents=True, exist_ok=True)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": model.name,
+        "source": {"path": str(model)},
+        "quantizations": ["q4f16_1"],
+        "targets": ["llvm"],
+        "conv_template": "redpajama_chat",
+        "model_type": "gpt_neox",
+        "overrides": {"context_window_size": 1024, "prefill_chunk_size": 128, "max_batch_size": 1},
+        "output": "dist",
+    }, sort_keys=False))
+    cache = WORK / "decode" / "cache"
+    began = time.perf_counter()
+    run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(cache), "build", str(recipe), "-j", "1"])
+    seconds = time.perf_counter() - began
+    loaded = load_recipe(recipe, cache)
+    target = resolve_target(loaded.targets[0].name, loaded.targets[0].variant)
+    return {"model_dir": str(model_dir(loaded, "q4f16_1")), "lib": str(lib_path(loaded, "q4f16_1", target)), "build_s": round(seconds, 1)}
+
+
+def copy_bandwidth(threads: int, nbytes: int = 1 << 30, repeat: int = 5) -> float:
+    """Bytes/s (read + write) of np.copyto over a 1 GiB array split among `threads` threads; best of `repeat`."""
+    import numpy as np
+
+    src = np.ones(nbytes // 8)
+    dst = np.zeros_like(src)
+    parts = np.array_split(np.arange(src.size), threads)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
+    best = float("inf")
+    for _ in range(repeat):
+        gate = threading.Barrier(threads + 1)
+        done = threading.Barrier(threads + 1)
+
+        def copy(lo: int, hi: int) -> None:
+            gate.wait()
+            np.copyto(dst[lo:hi], src[lo:hi])
+            done.wait()
+
+        workers = [threading.Thread(target=copy, args=b) for b in bounds]
+        for w in workers:
+            w.start()
+        gate.wait()
+        t0 = time.perf_counter()
+        done.wait()
+        best = min(best, time.perf_counter() - t0)
+        for w in workers:
+            w.join()
+    return 2 * nbytes / best
+
+
+def weight_bytes_per_token(metadata: dict[str, Any]) -> int:
+    from bench.gpu.run_cuda import bytes_per_token
+
+    return bytes_per_token(metadata)
+
+
+def prompt_ids(n: int) -> list[int]:
+    import numpy as np
+
+    return np.random.default_rng(7).integers(1, VOCAB, n).tolist()
+
+
+def _timed(prefill: Callable[[list[int]], Any], step: Callable[[int], Any], argmax: Callable[[Any], int],
+           prompt: int, decode: int) -> dict[str, Any]:
+    """A timed prefill of the prompt, then `decode` timed greedy steps (callers warm up and reset first)."""
+    ids = prompt_ids(prompt)
+    t0 = time.perf_counter()
+    logits = prefill(ids)
+    prefill_s = time.perf_counter() - t0
+    steps = []
+    for _ in range(decode):
+        t = time.perf_counter()
+        logits = step(argmax(logits))
+        steps.append(time.perf_counter() - t)
+    return {
+        "prefill_tok_s": round(prompt / prefill_s, 3),
+        "decode_tok_s": round(decode / sum(steps), 3),
+        "decode_ms_per_token_median": round(1000 * sorted(steps)[len(steps) // 2], 1),
+    }
+
+
+def worker_mlc(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from mlcbuild.runtime.engine import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine.load(args.model_dir, args.lib, "cpu")
+    load_s = time.perf_counter() - t0
+    engine.prefill(prompt_ids(4))
+    engine.decode(1)
+    engine.reset()
+    out = _timed(engine.prefill, engine.decode, lambda x: int(np.argmax(x)), args.prompt, args.decode)
+    return {"load_s": round(load_s, 1), "weight_bytes_per_token": weight_bytes_per_token(engine.metadata), **out}
+
+
+def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    net = GPTNeoXForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).eval()
+    load_s = time.perf_counter() - t0
+    state: dict[str, Any] = {}
+
+    def forward(ids: list[int]) -> Any:
+        out = net(torch.tensor([ids]), past_key_values=state.get("past"), use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[0, -1]
+
+    with torch.inference_mode():
+        forward(prompt_ids(4))
+        forward([1])
+        state.clear()
+        out = _timed(forward, lambda t: forward([t]), lambda x: int(torch.argmax(x)), args.prompt, args.decode)
+    return {"dtype": "bfloat16", "load_s": round(load_s, 1), **out}
+
+
+def worker_llama(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=args.gguf, n_ctx=args.prompt + args.decode + 16, n_batch=max(args.prompt, 8),
+                n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    load_s = time.perf_counter() - t0
+
+    def forward(ids: list[int]) -> Any:
+        llm.eval(ids)
+        return llm.scores[llm.n_tokens - 1]
+
+    forward(prompt_ids(4))
+    forward([1])
+    llm.reset()
+    out = _timed(forward, lambda t: forward([t]), lambda x: int(np.argmax(x)), args.prompt, args.decode)
+    return {"quant": "Q4_0 (every matrix, embedding and output included)", "load_s": round(load_s, 1), **out}
+
+
+def _in_process(kind: str, threads: int, **kw: Any) -> dict[str, Any]:
+    """Run a worker in a fresh process (one model in memory at a time; thread counts fixed before import)."""
+    cmd = [sys.executable, "-m", "bench.decode", "--worker", kind, "--threads", str(threads)]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    env = {"TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    return json.loads(run(cmd, env=env).stdout.strip().splitlines()[-1])
+
+
+# --- GGUF: the same weights, as llama.cpp's gptneox architecture expects them --------------------
+
+_GGUF_NAMES = [
+    (r"gpt_neox\.embed_in\.weight", "token_embd.weight"),
+    (r"gpt_neox\.final_layer_norm\.(weight|bias)", r"output_norm.\1"),
+    (r"embed_out\.weight", "output.weight"),
+    (r"gpt_neox\.layers\.(\d+)\.input_layernorm\.(weight|bias)", r"blk.\1.attn_norm.\2"),
+    (r"gpt_neox\.layers\.(\d+)\.post_attention_layernorm\.(weight|bias)", r"blk.\1.ffn_norm.\2"),
+    (r"gpt_neox\.layers\.(\d+)\.attention\.query_key_value\.(weight|bias)", r"blk.\1.attn_qkv.\2"),
+    (r"gpt_neox\.layers\.(\d+)\.attention\.dense\.(weight|bias)", r"blk.\1.attn_output.\2"),
+    (r"gpt_neox\.layers\.(\d+)\.mlp\.dense_h_to_4h\.(weight|bias)", r"blk.\1.ffn_up.\2"),
+    (r"gpt_neox\.layers\.(\d+)\.mlp\.dense_4h_to_h\.(weight|bias)", r"blk.\1.ffn_down.\2"),
+]
+
+
+def _gguf_name(hf: str) -> str:
+    for pattern, repl in _GGUF_NAMES:
+        if re.fullmatch(pattern, hf):
+            return re.sub(pattern, repl, hf)
+    raise ValueError(f"no GGUF name for {hf}")
+
+
+def write_gguf(model: Path) -> Path:
+    """A Q4_0 GGUF of the checkpoint (gguf's numpy quantizer; matrices Q4_0, vectors f32).
+
+    HF fuses query_key_value per head as [q,k,v]; llama.cpp reads [all q; all k; all v], as
+    llama.cpp's own convert_hf_to_gguf.py regroups it. The vocabulary is placeholder strings: the
+    benchmark feeds token ids.
+    """
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    out = model / "model-q4_0.gguf"
+    if out.exists():
+        return out
+    cfg = json.loads((model / "config.json").read_text())
+    heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
+    writer = gguf.GGUFWriter(str(out) + ".part", "gptneox")
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_rope_dimension_count(int(cfg["rotary_pct"] * hidden // heads))
+    writer.add_rope_freq_base(float(cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000))))
+    writer.add_parallel_residual(bool(cfg["use_parallel_residual"]))
+    writer.add_layer_norm_eps(float(cfg["layer_norm_eps"]))
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"<t{i}>" for i in range(cfg["vocab_size"])])
+    writer.add_token_merges(["< t"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    with safe_open(str(model / "model.safetensors"), framework="numpy") as f:
+        for name in f.keys():
+            data = f.get_tensor(name).astype(np.float32)
+            if name.endswith("query_key_value.weight") or name.endswith("query_key_value.bias"):
+                split = data.reshape(heads, 3, hidden // heads, *data.shape[1:])
+                data = np.concatenate([split[:, i].reshape(-1, *data.shape[1:]) for i in range(3)])
+            if data.ndim == 2:
+                writer.add_tensor(_gguf_name(name), gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q4_0),
+                                  raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+            else:
+                writer.add_tensor(_gguf_name(name), data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    os.replace(str(out) + ".part", out)
+    return out
+
+
+# --- the comparison -------------------------------------------------------------------------------
+
+
+def llama_cpp_available() -> str | None:
+    """None when llama-cpp-python imports; else why not (the build log's last line, if any)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        return f"llama-cpp-python not importable: {exc}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=32, help="RedPajama-3B has 32; fewer for a quick run of the harness")
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens (one prefill)")
+    ap.add_argument("--decode", type=int, default=16, help="greedy decode steps timed")
+    ap.add_argument("--skip", default="", help=f"comma list of peers to leave out: {','.join(PEERS)}")
+    ap.add_argument("--threads", type=int, default=THREADS)
+    ap.add_argument("--worker", choices=["mlc", "hf", "llama"], help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--lib", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--gguf", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        result = {"mlc": worker_mlc, "hf": worker_hf, "llama": worker_llama}[args.worker](args)
+        print(json.dumps(result))
+        return result
+
+    skip = set(filter(None, args.skip.split(",")))
+    model = checkpoint(args.layers)
+    built = build(model, args.layers)
+    timing = {"prompt": args.prompt, "decode": args.decode}
+    mlc = _in_process("mlc", args.threads, model_dir=built["model_dir"], lib=built["lib"], **timing)
+    bandwidth = {n: copy_bandwidth(n) for n in (1, 2)}
+    per_token = mlc["weight_bytes_per_token"]
+    results: dict[str, Any] = {
+        "shape": {"layers": args.layers, "hidden": HIDDEN, "vocab": VOCAB, "threads": args.threads, **timing},
+        "mlcbuild_q4f16_1_llvm": {**mlc, "build_s_this_run": built["build_s"]},
+        "copy_bandwidth_GB_s": {f"{n}_thread": round(b / 1e9, 2) for n, b in bandwidth.items()},
+        "roofline_decode_tok_s": {f"{n}_thread": round(b / per_token, 2) for n, b in bandwidth.items()},
+    }
+    best = max(bandwidth.values()) / per_token
+    results["mlcbuild_fraction_of_roofline"] = round(mlc["decode_tok_s"] / best, 4)
+    if "hf" not in skip:
+        results["transformers_cpu"] = _in_process("hf", args.threads, model=model, **timing)
+    if "llama" not in skip:
+        why = llama_cpp_available()
+        results["llama_cpp"] = {"not_run": why} if why else _in_process("llama", args.threads, gguf=write_gguf(model), **timing)
+    write_json(WORK / "decode.json", results)
+    print_table(results)
+    return results
+
+
+def print_table(r: dict[str, Any]) -> None:
+    s = r["shape"]
+    mlc = r["mlcbuild_q4f16_1_llvm"]
+    print(f"\nRedPajama-3B-shaped GPT-NeoX ({s['layers']} layers), random weights, this CPU, {s['threads']} threads, "
+          f"warm, batch 1: prefill {s['prompt']} tokens, then {s['decode']} greedy steps")
+    print(f"  {'engine':<34} {'prefill tok/s':>14} {'decode tok/s':>13} {'mlcbuild decode ÷ this':>24}")
+    rows = [("mlcbuild q4f16_1 llvm", mlc)]
+    for key, label in (("transformers_cpu", "transformers bf16"), ("llama_cpp", "llama.cpp Q4_0")):
+        if key in r:
+            rows.append((label, r[key]))
+    for label, row in rows:
+        if "not_run" in row:
+            print(f"  {label:<34} not run: {row['not_run']}")
+            continue
+        print(f"  {label:<34} {row['prefill_tok_s']:>14.2f} {row['decode_tok_s']:>13.3f} {mlc['decode_tok_s'] / row['decode_tok_s']:>23.2f}×")
+    for n, tps in r["roofline_decode_tok_s"].items():
+        gbs = r["copy_bandwidth_GB_s"][n]
+        print(f"  {'roofline, copy bw ' + n.replace('_', ' ') + f' {gbs} GB/s':<34} {'':>14} {tps:>13.2f} {mlc['decode_tok_s'] / tps:>23.4f}×")
+    print(f"  weight bytes read per decoded token: {mlc['weight_bytes_per_token'] / 1e9:.3f} GB (q4f16_1 weights + scales, one embedding row)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
