@@ -202,7 +202,7 @@ def _in_process(kind: str, threads: int, **kw: Any) -> dict[str, Any]:
 _GGUF_NAMES = [
     (r"gpt_neox\.embed_in\.weight", "token_embd.weight"),
     (r"gpt_neox\.final_layer_norm\.(weight|bias)", r"output_norm.\1"),
-    (r"embed_out\.weight", "output.weight"),
+    (r"(embed_out|lm_head)\.weight", "output.weight"),
     (r"gpt_neox\.layers\.(\d+)\.input_layernorm\.(weight|bias)", r"blk.\1.attn_norm.\2"),
     (r"gpt_neox\.layers\.(\d+)\.post_attention_layernorm\.(weight|bias)", r"blk.\1.ffn_norm.\2"),
     (r"gpt_neox\.layers\.(\d+)\.attention\.query_key_value\.(weight|bias)", r"blk.\1.attn_qkv.\2"),
@@ -241,8 +241,9 @@ def write_gguf(model: Path) -> Path:
     writer.add_block_count(cfg["num_hidden_layers"])
     writer.add_feed_forward_length(cfg["intermediate_size"])
     writer.add_head_count(heads)
-    writer.add_rope_dimension_count(int(cfg["rotary_pct"] * hidden // heads))
-    writer.add_rope_freq_base(float(cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000))))
+    rope = cfg.get("rope_parameters") or {}
+    writer.add_rope_dimension_count(int(cfg.get("rotary_pct", rope.get("partial_rotary_factor", 1.0)) * hidden // heads))
+    writer.add_rope_freq_base(float(cfg.get("rotary_emb_base", rope.get("rope_theta", 10000))))
     writer.add_parallel_residual(bool(cfg["use_parallel_residual"]))
     writer.add_layer_norm_eps(float(cfg["layer_norm_eps"]))
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
