@@ -111,18 +111,24 @@ def prompt_ids(n: int) -> list[int]:
     return np.random.default_rng(7).integers(1, VOCAB, n).tolist()
 
 
-def _timed(prefill: Callable[[list[int]], Any], step: Callable[[int], Any], argmax: Callable[[Any], int],
-           prompt: int, decode: int) -> dict[str, Any]:
-    """A timed prefill of the prompt, then `decode` timed greedy steps (callers warm up and reset first)."""
-    ids = prompt_ids(prompt)
+def _timed(prefill: Callable[[list[int]], Any], step: Callable[[int], Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A timed prefill of the prompt, then timed greedy steps (callers warm up and reset first).
+
+    The prompt's next-token logits go to `args.logits` (.npy), so that the caller can check that
+    every engine computes the same model.
+    """
+    import numpy as np
+
     t0 = time.perf_counter()
-    logits = prefill(ids)
+    logits = prefill(prompt_ids(args.prompt))
     prefill_s = time.perf_counter() - t0
+    np.save(args.logits, np.asarray(logits, dtype=np.float32))
     steps = []
-    for _ in range(decode):
+    for _ in range(args.decode):
         t = time.perf_counter()
-        logits = step(argmax(logits))
+        logits = step(int(np.argmax(logits)))
         steps.append(time.perf_counter() - t)
+    prompt, decode = args.prompt, args.decode
     return {
         "prefill_tok_s": round(prompt / prefill_s, 3),
         "decode_tok_s": round(decode / sum(steps), 3),
@@ -131,8 +137,6 @@ def _timed(prefill: Callable[[list[int]], Any], step: Callable[[int], Any], argm
 
 
 def worker_mlc(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
     from mlcbuild.runtime.engine import Engine
 
     t0 = time.perf_counter()
@@ -141,7 +145,7 @@ def worker_mlc(args: argparse.Namespace) -> dict[str, Any]:
     engine.prefill(prompt_ids(4))
     engine.decode(1)
     engine.reset()
-    out = _timed(engine.prefill, engine.decode, lambda x: int(np.argmax(x)), args.prompt, args.decode)
+    out = _timed(engine.prefill, engine.decode, args)
     return {"load_s": round(load_s, 1), "weight_bytes_per_token": weight_bytes_per_token(engine.metadata), **out}
 
 
@@ -158,13 +162,13 @@ def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
     def forward(ids: list[int]) -> Any:
         out = net(torch.tensor([ids]), past_key_values=state.get("past"), use_cache=True)
         state["past"] = out.past_key_values
-        return out.logits[0, -1]
+        return out.logits[0, -1].float().numpy()
 
     with torch.inference_mode():
         forward(prompt_ids(4))
         forward([1])
         state.clear()
-        out = _timed(forward, lambda t: forward([t]), lambda x: int(torch.argmax(x)), args.prompt, args.decode)
+        out = _timed(forward, lambda t: forward([t]), args)
     return {"dtype": "bfloat16", "load_s": round(load_s, 1), **out}
 
 
@@ -179,22 +183,34 @@ def worker_llama(args: argparse.Namespace) -> dict[str, Any]:
 
     def forward(ids: list[int]) -> Any:
         llm.eval(ids)
-        return llm.scores[llm.n_tokens - 1]
+        return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
 
     forward(prompt_ids(4))
     forward([1])
     llm.reset()
-    out = _timed(forward, lambda t: forward([t]), lambda x: int(np.argmax(x)), args.prompt, args.decode)
+    out = _timed(forward, lambda t: forward([t]), args)
     return {"quant": "Q4_0 (every matrix, embedding and output included)", "load_s": round(load_s, 1), **out}
 
 
 def _in_process(kind: str, threads: int, **kw: Any) -> dict[str, Any]:
     """Run a worker in a fresh process (one model in memory at a time; thread counts fixed before import)."""
-    cmd = [sys.executable, "-m", "bench.decode", "--worker", kind, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "bench.decode", "--worker", kind, "--threads", str(threads), "--logits", str(_logits(kind))]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     env = {"TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     return json.loads(run(cmd, env=env).stdout.strip().splitlines()[-1])
+
+
+def _logits(kind: str) -> Path:
+    return WORK / "decode" / f"logits-{kind}.npy"
+
+
+def logits_correlation(kind: str, reference: str = "hf") -> float:
+    """Pearson correlation of two engines' next-token logits after the same prompt: ≈1 when both
+    compute the same model from the same weights (quantization noise aside), ≈0 otherwise."""
+    import numpy as np
+
+    return round(float(np.corrcoef(np.load(_logits(kind)), np.load(_logits(reference)))[0, 1]), 4)
 
 
 # --- GGUF: the same weights, as llama.cpp's gptneox architecture expects them --------------------
@@ -295,6 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lib", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
+    ap.add_argument("--logits", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         result = {"mlc": worker_mlc, "hf": worker_hf, "llama": worker_llama}[args.worker](args)
@@ -321,9 +338,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "llama" not in skip:
         why = llama_cpp_available()
         results["llama_cpp"] = {"not_run": why} if why else _in_process("llama", args.threads, gguf=write_gguf(model), **timing)
+    if "transformers_cpu" in results:
+        results["logits_correlation_vs_transformers"] = {
+            kind: logits_correlation(kind) for kind in ("mlc", "llama") if _ran(results, kind)
+        }
     write_json(WORK / "decode.json", results)
     print_table(results)
     return results
+
+
+def _ran(results: dict[str, Any], kind: str) -> bool:
+    key = {"mlc": "mlcbuild_q4f16_1_llvm", "llama": "llama_cpp"}[kind]
+    return key in results and "not_run" not in results[key]
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -344,6 +370,8 @@ def print_table(r: dict[str, Any]) -> None:
     for n, tps in r["roofline_decode_tok_s"].items():
         gbs = r["copy_bandwidth_GB_s"][n]
         print(f"  {'roofline, copy bw ' + n.replace('_', ' ') + f' {gbs} GB/s':<34} {'':>14} {tps:>13.2f} {mlc['decode_tok_s'] / tps:>23.4f}×")
+    for kind, corr in r.get("logits_correlation_vs_transformers", {}).items():
+        print(f"  same model check: next-token logits of {kind} vs transformers, Pearson r = {corr}")
     print(f"  weight bytes read per decoded token: {mlc['weight_bytes_per_token'] / 1e9:.3f} GB (q4f16_1 weights + scales, one embedding row)")
 
 
