@@ -20,12 +20,12 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -82,12 +82,12 @@ def copy_bandwidth(threads: int, nbytes: int = 1 << 30, repeat: int = 5) -> floa
         gate = threading.Barrier(threads + 1)
         done = threading.Barrier(threads + 1)
 
-        def copy(lo: int, hi: int) -> None:
+        def copy(lo: int, hi: int, gate: threading.Barrier, done: threading.Barrier) -> None:
             gate.wait()
             np.copyto(dst[lo:hi], src[lo:hi])
             done.wait()
 
-        workers = [threading.Thread(target=copy, args=b) for b in bounds]
+        workers = [threading.Thread(target=copy, args=(*b, gate, done)) for b in bounds]
         for w in workers:
             w.start()
         gate.wait()
@@ -269,9 +269,10 @@ def write_gguf(model: Path) -> Path:
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(0)
     with safe_open(str(model / "model.safetensors"), framework="numpy") as f:
-        for name in f.keys():
+        names = f.keys()
+        for name in names:
             data = f.get_tensor(name).astype(np.float32)
-            if name.endswith("query_key_value.weight") or name.endswith("query_key_value.bias"):
+            if name.endswith(("query_key_value.weight", "query_key_value.bias")):
                 split = data.reshape(heads, 3, hidden // heads, *data.shape[1:])
                 data = np.concatenate([split[:, i].reshape(-1, *data.shape[1:]) for i in range(3)])
             if data.ndim == 2:

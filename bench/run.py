@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench import engine, hashing, ingest, materialize, noop, noop_scaling, quantize, remote, schedule
+from bench import decode, engine, hashing, ingest, materialize, noop, noop_scaling, quantize, remote, schedule
 from bench.common import WORK, write_json
 
 
@@ -18,6 +18,7 @@ def main() -> None:
         "engine": engine.main([]),
         "ingest": ingest.main(),
         "schedule": schedule.main(),
+        "decode": decode.main([]),
     }
     write_json(WORK / "results.json", results)
     print(json.dumps(results, indent=2, default=str))
