@@ -35,7 +35,7 @@ test: $(STAMP) tools
 bench: $(STAMP)
 	command -v b3sum >/dev/null || (apt-get update -qq && apt-get install -y -qq b3sum) || echo "b3sum unavailable: its column is left out"
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DGGML_NATIVE=ON" timeout 1800 $(BIN)/python -m pip install -q "llama-cpp-python==0.3.36" || echo "llama-cpp-python did not build: its row in bench/decode.py is left out"
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DGGML_NATIVE=ON" timeout 1800 $(BIN)/python -m pip install -q -e ".[llama]" || echo "llama-cpp-python did not build: its row in bench/decode.py is left out"
 	$(BIN)/python -m bench.run
 
 clean:
