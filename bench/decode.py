@@ -292,7 +292,7 @@ def write_gguf(model: Path) -> Path:
 
 
 def llama_cpp_available() -> str | None:
-    """None when llama-cpp-python imports; else why not (the build log's last line, if any)."""
+    """None when llama-cpp-python imports (`make bench` tries to build it); else the import error."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError as exc:
