@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import json
 
-from bench import decode, engine, hashing, ingest, materialize, noop, noop_scaling, quantize, remote, schedule
+from bench import (
+    decode,
+    engine,
+    hashing,
+    ingest,
+    materialize,
+    noop,
+    noop_scaling,
+    quantize,
+    remote,
+    schedule,
+)
 from bench.common import WORK, write_json
 
 
