@@ -77,6 +77,48 @@ def make_big_gpt_neox(folder: Path, vocab: int = 200_000, hidden: int = 2560, la
     return size
 
 
+def write_recipe(
+    path: Path,
+    name: str,
+    model: Path,
+    quantizations: Sequence[str],
+    targets: Sequence[str],
+    context_window_size: int,
+    prefill_chunk_size: int,
+    **extra: object,
+) -> Path:
+    """A benchmark's recipe over a local GPT-NeoX folder (YAML, as a user writes it)."""
+    import yaml
+
+    overrides = {"context_window_size": context_window_size, "prefill_chunk_size": prefill_chunk_size,
+                 "max_batch_size": 1, **extra.pop("overrides", {})}  # type: ignore[dict-item]
+    data = {
+        "name": name,
+        "source": {"path": str(model)},
+        "quantizations": list(quantizations),
+        "targets": list(targets),
+        "conv_template": "redpajama_chat",
+        "model_type": "gpt_neox",
+        "overrides": overrides,
+        "output": "dist",
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def drop_page_cache(paths: Sequence[Path]) -> None:
+    """Evict the files' pages (posix_fadvise DONTNEED: no root needed) so the next read is cold."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -27,9 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from bench.common import REPO, WORK, make_big_gpt_neox, run, write_json
+from bench.common import REPO, WORK, make_big_gpt_neox, run, write_json, write_recipe
 
 VOCAB, HIDDEN, THREADS = 50432, 2560, 2
 PEERS = ("hf", "llama")
@@ -49,17 +48,7 @@ def build(model: Path, layers: int) -> dict[str, Any]:
 
     root = WORK / "decode" / f"{layers}L"
     root.mkdir(parents=True, exist_ok=True)
-    recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": model.name,
-        "source": {"path": str(model)},
-        "quantizations": ["q4f16_1"],
-        "targets": ["llvm"],
-        "conv_template": "redpajama_chat",
-        "model_type": "gpt_neox",
-        "overrides": {"context_window_size": 1024, "prefill_chunk_size": 128, "max_batch_size": 1},
-        "output": "dist",
-    }, sort_keys=False))
+    recipe = write_recipe(root / "recipe.yaml", model.name, model, ["q4f16_1"], ["llvm"], 1024, 128)
     cache = WORK / "decode" / "cache"
     began = time.perf_counter()
     run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(cache), "build", str(recipe), "-j", "1"])

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from bench.common import REPO, WORK, write_json
 
@@ -24,6 +24,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def concurrent_tok_s(one: Callable[[int, list[int]], None], streams: tuple[int, ...]) -> dict[str, Any]:
+    """Total tokens/s with N threads each running `one(i, counts)` (which stores its token count in
+    counts[i]), for each N in `streams`, after one warm-up call."""
+    one(0, [0])
+    out: dict[str, Any] = {}
+    for n in streams:
+        counts = [0] * n
+        threads = [threading.Thread(target=one, args=(i, counts)) for i in range(n)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out[f"{n}_streams_tok_s"] = round(sum(counts) / (time.perf_counter() - t0), 1)
+    return out
 
 
 def server_throughput(streams: tuple[int, ...] = (1, 4, 8), tokens: int = 128) -> dict[str, Any]:
@@ -56,18 +73,7 @@ def server_throughput(streams: tuple[int, ...] = (1, 4, 8), tokens: int = 128) -
                 if chunk.usage:
                     counts[i] = chunk.usage.completion_tokens
 
-        one(0, [0])  # warm up
-        out: dict[str, Any] = {}
-        for n in streams:
-            counts = [0] * n
-            threads = [threading.Thread(target=one, args=(i, counts)) for i in range(n)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            seconds = time.perf_counter() - t0
-            out[f"{n}_streams_tok_s"] = round(sum(counts) / seconds, 1)
+        out = concurrent_tok_s(one, streams)
         out["max_decode_batch"] = httpx.get(url + "/health").json()["stats"]["max_decode_batch"]
         return out
     finally:
@@ -82,24 +88,13 @@ def engine_throughput(quantization: str = "q4f16_1", streams: tuple[int, ...] = 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(WORK / "engine" / "cache"), "build",
                     str(REPO / "recipes" / "demo.yaml"), "-q", quantization], check=True, env=env, capture_output=True)
-    out: dict[str, Any] = {}
     with open_engine(REPO / "recipes" / "demo.yaml", quantization) as engine:
         def one(i: int, counts: list[int]) -> None:
             reply = engine.completions.create(["The lighthouse keeper", "Once upon a time"][i % 2], max_tokens=tokens,
                                               temperature=0, ignore_eos=True)
             counts[i] = reply.usage.completion_tokens
 
-        one(0, [0])
-        for n in streams:
-            counts = [0] * n
-            threads = [threading.Thread(target=one, args=(i, counts)) for i in range(n)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            out[f"{n}_streams_tok_s"] = round(sum(counts) / (time.perf_counter() - t0), 1)
-    return out
+        return concurrent_tok_s(one, streams)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

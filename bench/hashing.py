@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench.common import WORK, median_wall, run
+from bench.common import WORK, drop_page_cache, median_wall, run
 
 SHARDS = 4
 SHARD_BYTES = 512 << 20
@@ -32,16 +32,6 @@ def make_shards() -> list[Path]:
                     f.write(block)
         paths.append(path)
     return paths
-
-
-def drop_cache(paths: list[Path]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def main() -> dict[str, float]:
@@ -67,13 +57,13 @@ def main() -> dict[str, float]:
         warm = median_wall(fn, repeat=3)
 
         def cold_run(fn=fn) -> None:
-            drop_cache(paths)
+            drop_page_cache(paths)
             fn()
 
         cold = median_wall(cold_run, repeat=2)
         rows[name] = {"warm_gbps": size / warm / 1e9, "cold_gbps": size / cold / 1e9}
     def cat_cold() -> None:
-        drop_cache(paths)
+        drop_page_cache(paths)
         subprocess.run(["cat", *names], stdout=subprocess.DEVNULL, check=True)
 
     read = median_wall(cat_cold, repeat=2)

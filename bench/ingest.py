@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
-from bench.common import REPO, WORK, make_big_gpt_neox
+from bench.common import REPO, WORK, drop_page_cache, make_big_gpt_neox
+from bench.common import write_recipe as write_recipe_file
 
 ON = os.environ.get("MLCBUILD_BENCH_INGEST_DIR")
 """Run source and cache on another file system (e.g. a reflink-capable xfs/btrfs mount)."""
@@ -45,38 +45,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 def write_recipe() -> Path:
-    ROOT.mkdir(parents=True, exist_ok=True)
-    recipe = ROOT / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "name": "big-neox",
-                "source": {"path": str(MODEL)},
-                "quantizations": ["q0f16"],
-                "targets": ["llvm"],
-                "conv_template": "redpajama_chat",
-                "model_type": "gpt_neox",
-                "overrides": {"context_window_size": 2048, "prefill_chunk_size": 512, "max_batch_size": 1},
-                "output": "dist",
-            },
-            sort_keys=False,
-        )
-    )
-    return recipe
+    return write_recipe_file(ROOT / "recipe.yaml", "big-neox", MODEL, ["q0f16"], ["llvm"], 2048, 512)
 
 
 def weight_files() -> list[Path]:
     return sorted(p for p in MODEL.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-def drop_from_page_cache(files: list[Path]) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def cat_s(files: list[Path]) -> float:
@@ -161,9 +134,9 @@ def main(modes: tuple[str, ...] = ("copy", "hardlink"), baseline: bool = True, r
     for _ in range(repeat):  # modes interleaved: the machine's load drifts between runs
         for label, mode, tree in runs:
             shutil.rmtree(cache, ignore_errors=True)
-            drop_from_page_cache(files)
+            drop_page_cache(files)
             cat = cat_s(files)
-            drop_from_page_cache(files)
+            drop_page_cache(files)
             before = fs_used(ROOT)
             cold[label].append((until_convert_s(recipe, cache, mode, tree), cat))
             used[label] = fs_used(ROOT) - before

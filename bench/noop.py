@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import WORK, make_big_gpt_neox, median_wall, run
+from bench.common import write_recipe as write_recipe_file
 
 QUANTS = ["q4f16_1", "q0f16", "q3f16_1"]
 TARGETS = ["llvm", "cuda:sm_80", "cuda:sm_89", "cuda:sm_90a"]
@@ -20,24 +21,7 @@ CACHE = WORK / "cache"
 
 
 def write_recipe() -> Path:
-    ROOT.mkdir(parents=True, exist_ok=True)
-    recipe = ROOT / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "name": "big-neox",
-                "source": {"path": str(MODEL)},
-                "quantizations": QUANTS,
-                "targets": TARGETS,
-                "conv_template": "redpajama_chat",
-                "model_type": "gpt_neox",
-                "overrides": {"context_window_size": 2048, "prefill_chunk_size": 512, "max_batch_size": 1},
-                "output": "dist",
-            },
-            sort_keys=False,
-        )
-    )
-    return recipe
+    return write_recipe_file(ROOT / "recipe.yaml", "big-neox", MODEL, QUANTS, TARGETS, 2048, 512)
 
 
 def mlcbuild(*args: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import REPO, WORK, median_wall, run
+from bench.common import REPO, WORK, median_wall, run, write_recipe
 
 SIZES = (1, 10, 40)
 ROOT = WORK / "noop-scaling"
@@ -26,17 +26,8 @@ def write_recipes(folder: Path, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        path = folder / f"r{i:02d}.yaml"
-        path.write_text(yaml.safe_dump({
-            "name": f"tiny{i:02d}",
-            "source": {"path": str(MODEL)},
-            "quantizations": ["q0f32"],
-            "targets": ["llvm"],
-            "conv_template": "redpajama_chat",
-            "overrides": {"context_window_size": 256, "prefill_chunk_size": 128, "max_batch_size": 1,
-                          "temperature": round(0.5 + i / 100, 2)},
-            "output": "dist",
-        }, sort_keys=False))
+        path = write_recipe(folder / f"r{i:02d}.yaml", f"tiny{i:02d}", MODEL, ["q0f32"], ["llvm"], 256, 128,
+                            overrides={"temperature": round(0.5 + i / 100, 2)})
         paths.append(path)
     return paths
 

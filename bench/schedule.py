@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from bench.common import DEMO_MODEL, WORK, median_wall, run
+from bench.common import write_recipe as write_recipe_file
 
 ROOT = WORK / "schedule"
 SEED = ROOT / "seed-cache"
@@ -29,23 +29,7 @@ def write_recipe() -> Path:
     model = ROOT / "tiny-redpajama"
     if not model.exists():
         shutil.copytree(DEMO_MODEL, model)
-    recipe = ROOT / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "source": {"path": str(model)},
-                "quantizations": ["q4f16_1"],
-                "targets": TARGETS,
-                "conv_template": "redpajama_chat",
-                "model_type": "gpt_neox",
-                "overrides": {"context_window_size": 512, "prefill_chunk_size": 128, "max_batch_size": 1},
-                "output": "dist",
-            },
-            sort_keys=False,
-        )
-    )
-    return recipe
+    return write_recipe_file(ROOT / "recipe.yaml", "tiny", model, ["q4f16_1"], TARGETS, 512, 128)
 
 
 def mlcbuild(cache: Path, *args: str) -> None:
