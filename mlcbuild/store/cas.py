@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlcbuild.store import hashing
-from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, os_error_message, pid_alive, reflink
+from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, os_error_message, pid_alive, reflink, seal
 from mlcbuild.store.hashing import StatIndex
 from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, is_digest
 from mlcbuild.store.placed import Placed
@@ -334,28 +334,33 @@ class Store:
         dest = self.object_path(digest)
         executable = bool(st.st_mode & stat.S_IXUSR)
         if self.check_object(digest) is None:
-            with self._writing():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{digest}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+            with self._writing(), self.new_object(digest) as tmp:
                 try:
-                    try:
-                        if not move:
-                            raise OSError(errno.EXDEV, "copy requested")
-                        os.replace(path, tmp)
-                    except OSError as e:
-                        if e.errno != errno.EXDEV:
-                            raise
-                        shutil.copyfile(path, tmp)
-                    os.chmod(tmp, 0o555 if executable else 0o444)
-                    with open(tmp, "rb") as f:
-                        os.fsync(f.fileno())
-                    os.replace(tmp, dest)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
+                    if not move:
+                        raise OSError(errno.EXDEV, "copy requested")
+                    os.replace(path, tmp)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.copyfile(path, tmp)
+                seal(tmp, executable)
             self.signatures.record(digest, os.stat(dest))
         return FileEntry(digest, st.st_size, executable)
+
+    @contextlib.contextmanager
+    def new_object(self, digest: str) -> Iterator[Path]:
+        """A temp path beside the object's place: renamed into place when the block succeeds, removed
+        when it fails, so a reader never sees a half-written object."""
+        dest = self.object_path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{digest}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        try:
+            yield tmp
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def put_dir(self, folder: Path, *, move: bool = False) -> Manifest:
         files: dict[str, FileEntry] = {}

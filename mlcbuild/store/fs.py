@@ -44,6 +44,13 @@ def fs_errors(what: str, path: Path | str) -> Iterator[None]:
         raise StoreError(message) from None
 
 
+def seal(path: Path, executable: bool) -> None:
+    """Make a new cache object read-only and durable before it is renamed into place."""
+    os.chmod(path, 0o555 if executable else 0o444)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file + rename in the same folder: readers see the old or the new file,
     never a partial one, and the temp file is gone on every error path."""

@@ -26,14 +26,13 @@ import errno
 import os
 import shutil
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.store import hashing
-from mlcbuild.store.fs import fs_errors, reflink
+from mlcbuild.store.fs import fs_errors, reflink, seal
 from mlcbuild.store.manifest import FileEntry, Manifest
 from mlcbuild.store.signatures import signature
 
@@ -105,28 +104,17 @@ def ingest_file(store: "Store", file: SourceFile, types: Sequence[str]) -> tuple
     entry = FileEntry(digest, before.st_size, bool(before.st_mode & stat.S_IXUSR))
     if store.check_object(digest) is not None:
         return entry, "present"
-    dest = store.object_path(digest)
-    tmp = dest.with_name(f".{digest}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     store.hold_lease()
-    try:
-        with fs_errors("cache", store.root):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            how = _place(src, tmp, types)
-            after = os.stat(src)
-            moved = (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
-            if moved or (how != "hardlink" and after.st_ctime_ns != before.st_ctime_ns):
-                raise StepError(file.changed or f"{file.path} changed while it was stored")
-            if how != "hardlink":
-                os.chmod(tmp, 0o555 if entry.executable else 0o444)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with fs_errors("cache", store.root), store.new_object(digest) as tmp:
+        how = _place(src, tmp, types)
+        after = os.stat(src)
+        moved = (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
+        if moved or (how != "hardlink" and after.st_ctime_ns != before.st_ctime_ns):
+            raise StepError(file.changed or f"{file.path} changed while it was stored")
+        if how != "hardlink":
+            seal(tmp, entry.executable)
     if how == "hardlink":
-        placed = os.stat(dest)
+        placed = os.stat(store.object_path(digest))
         store.signatures.record(digest, placed)
         store.stat_index.note(src, placed, digest)
     return entry, how
