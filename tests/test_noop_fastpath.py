@@ -70,3 +70,35 @@ def test_anything_that_moved_takes_the_full_build(tmp_path: Path, cache: Path) -
         result.unlink()  # results gone (gc): the build runs the steps again
         break
     assert FAST not in mlcbuild("build", str(recipe), cache=cache).stdout
+
+
+def plan_in_process(cache: Path, recipe: Path) -> tuple[str, list[str]]:
+    """`plan` run by main() in a fresh interpreter: its output and the heavy modules it imported."""
+    probe = (
+        "import sys\n"
+        "from mlcbuild.cli.main import main\n"
+        f"code = main(['--cache-dir', {str(cache)!r}, 'plan', {str(recipe)!r}])\n"
+        "assert code == 0, code\n"
+        "heavy = ('mlcbuild.plan', 'mlcbuild.recipe', 'rich', 'tvm')\n"
+        "print('\\x00' + repr(sorted(m for m in sys.modules if m.startswith(heavy))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text, _, modules = result.stdout.rpartition("\x00")
+    return text, eval(modules)
+
+
+def test_plan_of_an_unchanged_cached_graph_is_replayed_and_recomputed_when_anything_moves(tmp_path: Path, cache: Path) -> None:
+    recipe = built(tmp_path, cache)
+    first, imported = plan_in_process(cache, recipe)
+    assert "cached" in first and "to run" not in first and imported, first  # computed; stamped
+    replayed, imported = plan_in_process(cache, recipe)
+    assert replayed == first and imported == [], imported
+
+    write_recipe(tmp_path / "r", conv_template="chatml")
+    edited, imported = plan_in_process(cache, recipe)
+    assert imported and "to run" in edited and "gen-config" in edited, edited
+    past_racy_window()
+    pending, _ = plan_in_process(cache, recipe)
+    again, imported = plan_in_process(cache, recipe)  # work to show: never replayed
+    assert again == pending and imported

@@ -206,13 +206,21 @@ def plan_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import summary_table
     from mlcbuild.execute.base import Outcome
 
-    _, store, graph = _prepare(args, args.recipes)
+    recipes, store, graph = _prepare(args, args.recipes)
     wanted = _wanted(args, graph)
     report = _dry_run(store, graph, wanted)
     for node_id in graph.elsewhere(wanted):
         before = report.outcomes[node_id]
         report.outcomes[node_id] = Outcome(before.node, "elsewhere", before.key, reason=_elsewhere_reason(graph, node_id))
-    console().print(summary_table(report, title="plan"))
+    screen = console()
+    with screen.capture() as drawn:
+        screen.print(summary_table(report, title="plan"))
+    text = drawn.get()
+    sys.stdout.write(text)
+    if report.outcomes and all(o.status == "cached" for o in report.outcomes.values()):
+        from mlcbuild.execute.noop import write_stamp
+
+        write_stamp(vars(args), recipes, graph, report, store, [], output=text)
     return 0
 
 

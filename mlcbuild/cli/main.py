@@ -262,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (line := up_to_date(default_cache_dir(), vars(args))) is not None:
             print(line)
             return 0
+    if args.command == "plan":
+        from mlcbuild.execute.noop import saved_plan
+        from mlcbuild.store import default_cache_dir
+
+        if (text := saved_plan(default_cache_dir(), vars(args))) is not None:
+            sys.stdout.write(text)
+            return 0
     from mlcbuild.cli import commands, runtime_commands  # noqa: F401  (registers the commands)
 
     try:

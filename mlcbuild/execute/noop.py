@@ -11,6 +11,11 @@ The next `build` with the same options stats those; when nothing moved it report
 difference, or no stamp, runs the full build, which writes a new stamp. Like git's index, nothing
 modified within RACY_WINDOW_NS of the stamp is trusted: such a build writes no stamp.
 
+`plan` keeps a stamp of its own when every node it showed was cached: the same inputs and results,
+and the exact text it printed, filed also under what shapes that text (terminal or pipe, width,
+colour settings). A `plan` whose stamp holds prints that text again; a plan with work to show is
+always computed (a result appearing in the cache would change it).
+
 This module imports nothing but the standard library's cheapest modules: it runs before the CLI
 imports its commands.
 """
@@ -35,6 +40,8 @@ FOLDER = "noop"
 RACY_WINDOW_NS = 2_000_000_000
 ENV_PREFIXES = ("MLCBUILD_", "HF_", "HUGGINGFACE_", "AWS_", "XDG_CACHE_HOME", "PATH", "HOME", "CUDA", "TVM_")
 """Environment variables that can change a plan, a key or where results go."""
+SCREEN_ENV = ("COLUMNS", "LINES", "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
+"""Environment variables that change how rich draws the plan's table."""
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 _NOT_OPTIONS = ("cache_dir", "debug")
@@ -49,6 +56,15 @@ def _signature(path: str) -> list[int] | None:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+def _screen() -> dict[str, Any]:
+    """What rich draws for stdout depends on: whether it is a terminal, its size, the colour settings."""
+    try:
+        size = list(os.get_terminal_size(sys.stdout.fileno())) if sys.stdout.isatty() else None
+    except (OSError, ValueError):
+        size = None
+    return {"tty": sys.stdout.isatty(), "size": size, "env": [(k, os.environ.get(k)) for k in SCREEN_ENV]}
+
+
 def _stamp_file(cache_dir: Path, command: Mapping[str, Any]) -> Path:
     context = {
         "format": FORMAT,
@@ -57,13 +73,14 @@ def _stamp_file(cache_dir: Path, command: Mapping[str, Any]) -> Path:
         "cwd": os.getcwd(),
         "python": sys.executable,
         "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)),
+        "screen": _screen() if command.get("command") == "plan" else None,
     }
     digest = hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
     return cache_dir / FOLDER / f"{digest[:32]}.json"
 
 
-def up_to_date(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
-    """The "up to date" line when the stamp for this command (its parsed options) still holds."""
+def _holding(cache_dir: Path, command: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stamp for this command (its parsed options), if nothing it lists has moved."""
     try:
         stamp = json.loads(_stamp_file(cache_dir, command).read_bytes())
         if stamp.get("format") != FORMAT:
@@ -71,9 +88,24 @@ def up_to_date(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
         for path, signature in stamp["paths"]:
             if _signature(path) != signature:
                 return None
-        return f"up to date: {stamp['nodes']} nodes cached, {stamp['files']} files in place (stat check)"
+        return stamp
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def up_to_date(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
+    """The "up to date" line when the build stamp for this command still holds."""
+    stamp = _holding(cache_dir, command)
+    if stamp is None or not isinstance(stamp.get("nodes"), int) or not isinstance(stamp.get("files"), int):
+        return None
+    return f"up to date: {stamp['nodes']} nodes cached, {stamp['files']} files in place (stat check)"
+
+
+def saved_plan(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
+    """The text the last `plan` with these options printed, when its stamp still holds."""
+    stamp = _holding(cache_dir, command)
+    output = None if stamp is None else stamp.get("output")
+    return output if isinstance(output, str) else None
 
 
 def _tree(root: Path) -> Iterable[str]:
@@ -132,9 +164,11 @@ def write_stamp(
     report: "BuildReport",
     store: "Store",
     placed: list[Path],
+    output: str | None = None,
 ) -> bool:
-    """Record what this successful build stands on; False (no stamp) when something is too fresh
-    to be trusted by its stat, or the cache cannot be written."""
+    """Record what this successful build (or this all-cached plan, with the text it printed)
+    stands on; False (no stamp) when something is too fresh to be trusted by its stat, or the
+    cache cannot be written."""
     from mlcbuild.store.fs import atomic_write_bytes
 
     paths = dict.fromkeys([*_inputs(recipes), *_outputs(graph, report, store, placed)])
@@ -144,7 +178,9 @@ def write_stamp(
     if any(sig is not None and sig[2] > fresh for _, sig in signatures):
         stamp_file.unlink(missing_ok=True)
         return False
-    stamp = {"format": FORMAT, "nodes": len(report.outcomes), "files": len(placed), "paths": signatures}
+    stamp: dict[str, Any] = {"format": FORMAT, "nodes": len(report.outcomes), "files": len(placed), "paths": signatures}
+    if output is not None:
+        stamp["output"] = output
     try:
         atomic_write_bytes(stamp_file, json.dumps(stamp, separators=(",", ":")).encode())
     except OSError:
