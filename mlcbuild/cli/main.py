@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mlcbuild import __version__
-from mlcbuild.errors import MlcbuildError, redact
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -270,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
             return 0
     from mlcbuild.cli import commands, runtime_commands  # noqa: F401  (registers the commands)
+    from mlcbuild.errors import MlcbuildError, redact
 
     try:
         link_type = getattr(args, "link_type", None)
