@@ -119,6 +119,30 @@ def test_hardlink_mode_stores_no_second_copy_and_leaves_the_file_alone(tmp_path,
     assert [p for p in hashed if p.name == WEIGHTS] == [(model / WEIGHTS).resolve()]
 
 
+def test_default_link_types_keep_no_second_copy_of_the_weights(tmp_path):
+    """No --link-type: a source on the cache's file system is cloned (reflink) or hard-linked, never
+    copied; the user's file keeps its mode and its bytes."""
+    from mlcbuild.cli.main import main
+    from mlcbuild.store.fs import reflink
+
+    model = model_folder(tmp_path / "model")
+    mode = stat.S_IMODE(os.stat(model / WEIGHTS).st_mode)
+    probe = tmp_path / "probe"
+    try:
+        reflink(model / "config.json", probe)
+        clones = True
+    except OSError:
+        clones = False
+    recipe = write_recipe(tmp_path / "r", model)
+    assert main(["--cache-dir", str(tmp_path / "cache"), "build", str(recipe), "--only", "weights"]) == 0
+    obj = Store(tmp_path / "cache").object_path(sha256(model / WEIGHTS))
+    if clones:
+        assert os.stat(obj).st_ino != os.stat(model / WEIGHTS).st_ino and obj.read_bytes() == (model / WEIGHTS).read_bytes()
+    else:
+        assert os.stat(obj).st_ino == os.stat(model / WEIGHTS).st_ino
+    assert stat.S_IMODE(os.stat(model / WEIGHTS).st_mode) == mode
+
+
 def test_copy_mode_makes_a_read_only_copy(tmp_path, monkeypatch):
     model = model_folder(tmp_path / "model")
     store = Store(tmp_path / "cache")

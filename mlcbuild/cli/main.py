@@ -132,8 +132,8 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         "--link-type",
         metavar="TYPES",
         help="how source files (local model folders, HF cache blobs) enter the cache: the first of "
-        "reflink, hardlink, copy that works (default: $MLCBUILD_LINK_TYPE or reflink,copy; hardlink "
-        "shares the inode with your file: no second copy, but editing it invalidates the cache entry)",
+        "reflink, hardlink, copy that works (default: $MLCBUILD_LINK_TYPE or reflink,hardlink,copy; "
+        "hardlink shares the inode with your file: no second copy, and editing it invalidates the cache entry)",
         **default,
     )
 

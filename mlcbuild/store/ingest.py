@@ -14,10 +14,11 @@ the first one that works wins.
 - hardlink: the object *is* the source's inode: no extra space on any POSIX file system, but an
   in-place edit of the source changes the object. The object's stat signature is recorded, so
   the store re-hashes it when its stat moves and quarantines it when the bytes changed: never
-  served stale, but the cache is hostage to the source (an edited source means a rebuild), and
-  its mode is left alone (a chmod would change the user's file). Opt-in for that reason.
-- copy: a full copy, made read-only.
-Default: reflink,copy (`--link-type` / MLCBUILD_LINK_TYPE).
+  served stale (an edited source means a rebuild, as it would anyway), and its mode is left alone
+  (a chmod would change the user's file).
+- copy: a full copy, made read-only: the last resort (source and cache on different file systems).
+Default: reflink,hardlink,copy (`--link-type` / MLCBUILD_LINK_TYPE): no second copy of the weights
+whenever source and cache share a file system.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from mlcbuild.store.cas import Store
 
 LINK_TYPES = ("reflink", "hardlink", "copy")
-DEFAULT_LINK_TYPES = ("reflink", "copy")
+DEFAULT_LINK_TYPES = ("reflink", "hardlink", "copy")
 ENV_LINK_TYPE = "MLCBUILD_LINK_TYPE"
 
 
