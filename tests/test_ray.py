@@ -109,6 +109,50 @@ def test_noop_with_ray_executor_imports_no_ray(tmp_path: Path) -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_workers_read_and_write_through_the_remote_cache(cluster, tmp_path: Path) -> None:
+    """Machine one builds on the cluster and its workers push signed results; machine two, with a
+    fresh cache dir and only the public key, gets every node from the remote: no step runs."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mlcbuild.execute.runner import FETCHED
+    from mlcbuild.store.remote import RemoteCache
+    from mlcbuild.store.remote.signing import key_id
+
+    key = Ed25519PrivateKey.generate()
+    url = f"file://{tmp_path / 'remote'}"
+    marker = str(tmp_path / "ran")
+    a = fake("a", toolchain="fake", marker=marker)
+    b = fake("b", {"in": a}, marker=marker)
+    graph = graph_of(a, b)
+
+    pushing = RemoteCache(url, signing_key=key)
+    built = RayExecutor(Store(tmp_path / "one"), address=cluster.address, remote=pushing).run(graph, set(graph.nodes))
+    assert built.ok and {o.status for o in built.outcomes.values()} == {"built"}
+    assert (pushing.stats.uploaded_entries, pushing.stats.uploaded_objects) == (2, 2), pushing.stats
+    assert len(list((tmp_path / "ran").iterdir())) == 2
+
+    fetching = RemoteCache(url, trusted_keys={key_id(key.public_key()): key.public_key()})
+    fresh = Store(tmp_path / "two")
+    again = RayExecutor(fresh, address=cluster.address, remote=fetching).run(graph, set(graph.nodes))
+    assert {(o.status, o.reason) for o in again.outcomes.values()} == {("cached", FETCHED)}
+    assert all(o.worker for o in again.outcomes.values()), "fetched on the workers"
+    assert fetching.stats.hits == 2 and fetching.stats.uploaded_entries == 0
+    assert len(list((tmp_path / "ran").iterdir())) == 2, "no step ran on machine two"
+    assert fresh.read_bytes(again.outcomes[b.id].manifest.files["out.txt"].digest) == b"a;b;"
+    assert fresh.verify() == []
+
+
+def test_a_remote_down_is_one_warning_on_the_driver_and_the_build_goes_on(cluster, tmp_path: Path) -> None:
+    from mlcbuild.store.remote import RemoteCache
+
+    seen: list[str] = []
+    remote = RemoteCache("http://127.0.0.1:1/cache", warn=seen.append)
+    node = fake("lonely")
+    report = RayExecutor(Store(tmp_path / "c"), address=cluster.address, remote=remote).run(graph_of(node), {node.id})
+    assert report.ok and report.outcomes[node.id].status == "built"
+    assert len(seen) == 1 and "remote cache http://127.0.0.1:1/cache unavailable" in seen[0], seen
+
+
 def test_worker_node_killed_mid_node_is_retried_elsewhere_without_partial_result(cluster, tmp_path: Path) -> None:
     """Runs last: it kills one of the module's two workers."""
     store = Store(tmp_path / "c")

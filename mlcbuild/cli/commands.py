@@ -139,9 +139,7 @@ def _executor(args: argparse.Namespace, store: Store, reporter: "Reporter", remo
     if args.executor == "ray":
         from mlcbuild.execute.ray_executor import RayExecutor
 
-        if remote is not None:
-            _warn("--executor ray does not use the remote cache yet: its workers share the cache dir")
-        return RayExecutor(store, address=args.ray_address, **options)
+        return RayExecutor(store, address=args.ray_address, remote=remote, **options)
     if args.ray_address is not None:
         raise UserError("--ray-address needs --executor ray", field="--ray-address")
     from mlcbuild.execute.local import LocalExecutor

@@ -17,14 +17,18 @@ cuda ones only where a worker was started with `ray start --resources '{"toolcha
   store writes each object by temp + rename and the result last, so the dead attempt leaves no
   result, only a work dir under `tmp/` for `cache gc`.
 - `Outcome.worker` names the Ray node that ran the node and the custom resources it offers.
-- The remote cache is not used yet (a `RemoteCache` holds thread pools and cannot travel to a
-  worker); the shared cache dir is what workers share.
+- With a remote cache (`--remote`), each task asks it on a miss and writes its result through,
+  on the worker, as the local executor does in its threads: a worker process opens the remote from
+  `RemoteSettings` (URL, read-only, the signing and trusted keys, sent with the task: they stay
+  inside the Ray cluster), cloud credentials come from the worker's own environment. The task
+  returns what it transferred and any remote warning; the driver adds them to its summary.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.execute.base import BuildReport, NullReporter, Outcome, Reporter
@@ -33,6 +37,9 @@ from mlcbuild.execute.schedule import schedule
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.store.cas import Store
 from mlcbuild.store.manifest import Manifest
+
+if TYPE_CHECKING:
+    from mlcbuild.store.remote.cache import RemoteCache, RemoteSettings
 
 STANDARD_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
@@ -51,10 +58,29 @@ def _show(resources: Mapping[str, float]) -> str:
     return ", ".join(shown)
 
 
+_remotes: dict["RemoteSettings", tuple["RemoteCache", list[str]]] = {}
+"""A worker process's remote caches (their connection pools outlive one task) and their warnings."""
+
+
+def _worker_remote(settings: "RemoteSettings | None") -> tuple["RemoteCache | None", list[str]]:
+    if settings is None:
+        return None, []
+    if settings not in _remotes:
+        warnings: list[str] = []
+        _remotes[settings] = (settings.open(warn=warnings.append), warnings)
+    return _remotes[settings]
+
+
 def _run_on_worker(
-    cache_root: str, specs: dict[str, str], decision: Decision, inputs: dict[str, Manifest], force: bool
+    cache_root: str,
+    specs: dict[str, str],
+    decision: Decision,
+    inputs: dict[str, Manifest],
+    force: bool,
+    remote_settings: "RemoteSettings | None" = None,
 ) -> dict[str, Any]:
-    """The Ray task: build the node into the shared cache; return a record, never the bytes."""
+    """The Ray task: build the node into the shared cache (through the remote cache, if any);
+    return a record, never the bytes."""
     import ray
 
     from mlcbuild.execute.runner import build_node
@@ -64,13 +90,25 @@ def _run_on_worker(
         register_step(kind, spec)
     worker = ray.get_runtime_context().get_node_id()
     decider = Decider(Store(cache_root), BuildGraph(), force)
-    outcome = build_node(decider, decision, inputs, lambda fraction, message: None, worker=worker)
-    return {"status": outcome.status, "key": outcome.key, "duration_s": outcome.duration_s, "reason": outcome.reason, "worker": worker}
+    remote, warnings = _worker_remote(remote_settings)
+    before = dataclasses.replace(remote.stats) if remote is not None else None
+    outcome = build_node(decider, decision, inputs, lambda fraction, message: None, worker=worker, remote=remote)
+    record: dict[str, Any] = {
+        "status": outcome.status, "key": outcome.key, "duration_s": outcome.duration_s, "reason": outcome.reason, "worker": worker,
+    }
+    if remote is not None and before is not None:
+        record["transferred"] = {k: v - getattr(before, k) for k, v in vars(remote.stats).items()}
+        record["warnings"] = warnings[:]
+        warnings.clear()
+    return record
 
 
 class RayBackend:
-    def __init__(self, decider: Decider, address: str | None, max_retries: int):
+    def __init__(self, decider: Decider, address: str | None, max_retries: int, remote: "RemoteCache | None" = None):
         self.decider = decider
+        self.remote = remote
+        self._remote_settings = None if remote is None else remote.settings()
+        self._warned: set[str] = set()
         self.address = address
         self.max_retries = max_retries
         self.slots = 1
@@ -141,7 +179,9 @@ class RayBackend:
         if needs.get("GPU"):
             options["num_gpus"] = needs["GPU"]
         store = self.decider.store
-        ref = self._task.options(**options).remote(str(store.root), step_specs(), decision, dict(inputs), self.decider.force)
+        ref = self._task.options(**options).remote(
+            str(store.root), step_specs(), decision, dict(inputs), self.decider.force, self._remote_settings
+        )
         self.running[ref] = decision.node
         return ref
 
@@ -161,6 +201,7 @@ class RayBackend:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             return Outcome(node, "failed", reason=f"ray task failed: {type(e).__name__}: {first}"[:300])
         worker = self.describe(record["worker"])
+        self._count_transfers(record)
         if record["status"] not in ("built", "cached"):
             return Outcome(node, record["status"], record["key"], reason=record["reason"], worker=worker)
         hit = self.decider.store.get_action(record["key"])
@@ -171,6 +212,17 @@ class RayBackend:
             )
             return Outcome(node, "failed", record["key"], reason=str(error), worker=worker)
         return Outcome(node, record["status"], record["key"], hit.manifest, record["duration_s"], record["reason"], worker)
+
+    def _count_transfers(self, record: dict[str, Any]) -> None:
+        if self.remote is None or "transferred" not in record:
+            return
+        from mlcbuild.store.remote.cache import TransferStats
+
+        self.remote.add_stats(TransferStats(**record["transferred"]))
+        for message in record.get("warnings", []):
+            if message not in self._warned:
+                self._warned.add(message)
+                self.remote.warn(message)
 
     def close(self) -> None:
         if self._owned and self._ray is not None:
@@ -185,8 +237,10 @@ class RayExecutor:
     force: bool = False
     reporter: Reporter = field(default_factory=NullReporter)
     max_retries: int = 3
+    remote: "RemoteCache | None" = None
+    """Asked on a miss and written through by the task, on its worker."""
 
     def run(self, graph: BuildGraph, wanted: set[str]) -> BuildReport:
         decider = Decider(self.store, graph, self.force)
-        backend = RayBackend(decider, self.address, self.max_retries)
+        backend = RayBackend(decider, self.address, self.max_retries, self.remote)
         return schedule(graph, wanted, decider, backend, self.reporter, self.keep_going)

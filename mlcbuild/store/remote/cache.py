@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,6 +90,27 @@ def _check_scheme(url: str, origin: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RemoteSettings:
+    """What makes an equal RemoteCache in another process (a Ray worker): picklable, no pools, no
+    clients. Keys travel as raw ed25519 bytes."""
+
+    url: str = field(repr=False)
+    read_only: bool = False
+    signing_key: bytes | None = field(default=None, repr=False)
+    trusted_keys: tuple[bytes, ...] | None = None
+
+    def open(self, warn: Callable[[str], None] = _stderr_warning) -> "RemoteCache":
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+        key = None if self.signing_key is None else Ed25519PrivateKey.from_private_bytes(self.signing_key)
+        trusted = None
+        if self.trusted_keys is not None:
+            publics = [Ed25519PublicKey.from_public_bytes(raw) for raw in self.trusted_keys]
+            trusted = {signing.key_id(k): k for k in publics}
+        return RemoteCache(self.url, read_only=self.read_only, signing_key=key, trusted_keys=trusted, warn=warn)
+
+
 class RemoteCache:
     def __init__(
         self,
@@ -142,6 +163,24 @@ class RemoteCache:
         if os.environ.get(signing.ENV_TRUSTED_KEYS, "").strip():
             trusted = signing.load_trusted_keys(os.environ[signing.ENV_TRUSTED_KEYS])
         return cls(url, read_only=read_only, signing_key=key, trusted_keys=trusted, warn=warn)
+
+    def settings(self) -> RemoteSettings:
+        from cryptography.hazmat.primitives import serialization
+
+        raw = serialization.Encoding.Raw
+        key = None
+        if self.signing_key is not None:
+            key = self.signing_key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        trusted = None
+        if self.trusted_keys is not None:
+            trusted = tuple(k.public_bytes(raw, serialization.PublicFormat.Raw) for _, k in sorted(self.trusted_keys.items()))
+        return RemoteSettings(self._raw_url, self.read_only, key, trusted)
+
+    def add_stats(self, other: TransferStats) -> None:
+        """Count what another process (a Ray worker) transferred for this run."""
+        with self._lock:
+            for name, value in vars(other).items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
 
     # -- plumbing ------------------------------------------------------------
     @property
