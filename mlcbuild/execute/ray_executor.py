@@ -112,6 +112,7 @@ class RayBackend:
         self.address = address
         self.max_retries = max_retries
         self.slots = 1
+        self.fetches = False
         self.running: dict[Any, Node] = {}
         self._ray: Any = None
         self._task: Any = None
