@@ -109,10 +109,9 @@ class CompileStep(Step):
         return {CHAT_CONFIG: ChatConfig.loads(read(CHAT_CONFIG), CHAT_CONFIG).architecture()}
 
     def run(self, ctx: RunContext) -> None:
+        check_pins(_target(ctx.params), ctx.params.get("target_file"))
         from mlcbuild.compiler.build import build_model_lib
         from mlcbuild.compiler.options import CompileOptions
-
-        check_pins(_target(ctx.params), ctx.params.get("target_file"))
 
         config_path = ctx.inputs["config"] / CHAT_CONFIG
         if not config_path.exists():
