@@ -72,7 +72,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
     """The tiny recipe's cuda sm_80 library built with nvcc, and that cache pushed to a folder remote."""
     root = tmp_path_factory.mktemp("pinned")
     folder, cache, remote = root / "r", root / "cache", root / "remote"
-    write_recipe(folder, targets=[f"cuda:sm_80"])
+    write_recipe(folder, targets=["cuda:sm_80"])
     result = cli("build", "recipe.yaml", cwd=folder, cache=cache)
     assert result.returncode == 0, result.stderr + result.stdout
     pushed = cli("cache", "push", "recipe.yaml", "--remote", str(remote), cwd=folder, cache=cache)
