@@ -5,7 +5,8 @@ reproduce): `<name>-<quant>-MLC.provenance.json` beside the model folder, `<lib>
 beside each library. Its subjects are the artifact's files with their sha256; its build definition
 names the recipe (path relative to the statement, sha256), the resolved source (HF repo + commit
 sha, or a local folder's content digest), every node that produced the artifact (key, input
-digests, output digest, toolchain) and the versions of mlcbuild, apache-tvm and nvcc. No times
+digests, output digest, toolchain; `builtWith`, the exact nvcc that ran where the key holds only a
+pinned version) and the versions of mlcbuild, apache-tvm and nvcc (the one that ran). No times
 and no absolute paths: the same build gives the same statement, so it can be compared and cached.
 `verify_artifact` re-hashes an artifact on disk against its statement.
 """
@@ -134,6 +135,7 @@ def _node_record(node: Node, report: BuildReport, store: Store) -> dict[str, Any
         "inputs": {role: {"sha256": sha256_json(view)} for role, view in sorted((preimage.get("inputs") or {}).items())},
         "output": {"sha256": outcome.manifest.digest if outcome.manifest else None},
         "toolchain": preimage.get("toolchain"),
+        **({"builtWith": action.built_with} if action is not None and action.built_with else {}),
     }
 
 
@@ -152,8 +154,9 @@ def statement(product: _Product, graph: BuildGraph, report: BuildReport, store: 
     records = [_node_record(n, report, store) for n in nodes]
     toolchain: dict[str, Any] = {"mlcbuild": __version__, "apache-tvm": tvm_version()}
     for record in records:
-        if isinstance(record["toolchain"], dict) and record["toolchain"].get("nvcc"):
-            toolchain["nvcc"] = record["toolchain"]["nvcc"]
+        for facts in (record["toolchain"], record.get("builtWith")):
+            if isinstance(facts, dict) and facts.get("nvcc"):
+                toolchain["nvcc"] = facts["nvcc"]
     external: dict[str, Any] = {
         "recipe": {"path": _relpath(product.recipe.path, here), "digest": {"sha256": _recipe_digest(product.recipe.path)}},
         "name": product.recipe.name,

@@ -6,7 +6,12 @@ targets or replace a built-in one of the same name, later folders winning.
 
 A target names a TVM target kind, a host, an output suffix and the external tools needed to
 finish the artifact. Variants refine it (GPU arch, OS); a variant may override `host`, `suffix`,
-`toolchain` and `codegen` and its other keys are TVM target attributes.
+`toolchain`, `toolchain_versions` and `codegen` and its other keys are TVM target attributes.
+
+`toolchain_versions` pins the version of a tool whose version enters the compile key (today: nvcc),
+as Bazel toolchains and Nix pins do: the key then uses the pin, so a machine without the tool (a CI
+planner, a laptop) computes the same key as a build machine; the machine that builds checks its
+tool against the pin (`version_matches`).
 
 `check_available` answers "can this machine build it?" without importing TVM: it scans
 libtvm_compiler.so for the codegen's registered name (cached on disk by the file's stat).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import mmap
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,8 +34,14 @@ from mlcbuild.toolmemo import remember
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_targets"
 USER_DIR = Path("targets")
 
-VARIANT_KEYS = ("host", "suffix", "toolchain", "codegen", "description", "runner")
+VARIANT_KEYS = ("host", "suffix", "toolchain", "toolchain_versions", "codegen", "description", "runner")
 """Keys of a variant that are not TVM target attributes."""
+
+VERSIONED_TOOLS = ("nvcc",)
+"""Tools whose version enters a compile key (steps/compile.py probes them), so the ones a target may pin."""
+
+PIN_FIELD = "toolchain_versions"
+_PIN_PATTERN = re.compile(r"\d+\.\d+(\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class Target:
     codegen: tuple[str, ...] = ()
     variant_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     runner: tuple[str, ...] = ()
+    toolchain_versions: Mapping[str, str] = field(default_factory=dict)
 
     def runner_labels(self, variant: str | None = None) -> tuple[str, ...]:
         """The CI runner labels a machine needs to build this variant (never part of a key).
@@ -70,6 +83,8 @@ class Target:
             raise UserError(f"target {self.name} has no variants (got {variant!r})", field="targets")
         over = self.variant_overrides.get(variant or "", {})
         host = over["host"] if "host" in over else self.host
+        toolchain = tuple(over.get("toolchain", self.toolchain))
+        pins = {**self.toolchain_versions, **over.get(PIN_FIELD, {})}
         return ResolvedTarget(
             name=self.name,
             variant=variant,
@@ -77,8 +92,9 @@ class Target:
             host=dict(host) if host else None,
             suffix=str(over.get("suffix", self.suffix)),
             attrs=dict(self.variants.get(variant, {})) if variant else {},
-            toolchain=tuple(over.get("toolchain", self.toolchain)),
+            toolchain=toolchain,
             codegen=tuple(over.get("codegen", self.codegen or (self.tvm_target["kind"],))),
+            toolchain_versions={tool: str(v) for tool, v in sorted(pins.items()) if tool in toolchain},
         )
 
 
@@ -94,14 +110,17 @@ class ResolvedTarget:
     attrs: Mapping[str, Any]
     toolchain: tuple[str, ...]
     codegen: tuple[str, ...]
+    toolchain_versions: Mapping[str, str] = field(default_factory=dict)
+    """Pinned tool versions (`toolchain_versions:`): what the key uses instead of probing the tool."""
 
     @property
     def id(self) -> str:
         return f"{self.name}-{self.variant}" if self.variant else self.name
 
     def params(self) -> dict[str, Any]:
-        """The compile node's `target` parameter (JSON)."""
-        return {
+        """The compile node's `target` parameter (JSON); `toolchain_versions` only where pinned, so
+        an unpinned target's key is what it was before pins existed."""
+        params = {
             "name": self.name,
             "variant": self.variant,
             "tvm_target": dict(self.tvm_target),
@@ -111,6 +130,9 @@ class ResolvedTarget:
             "toolchain": list(self.toolchain),
             "codegen": list(self.codegen),
         }
+        if self.toolchain_versions:
+            params[PIN_FIELD] = dict(self.toolchain_versions)
+        return params
 
     def tvm_target_config(self) -> dict[str, Any]:
         """The dict for `tvm.target.Target(config)`: base definition, variant attrs, host."""
@@ -132,6 +154,7 @@ class ResolvedTarget:
             attrs=dict(params.get("attrs") or {}),
             toolchain=tuple(params.get("toolchain") or ()),
             codegen=tuple(params.get("codegen") or (tvm_target["kind"],)),
+            toolchain_versions=dict(params.get(PIN_FIELD) or {}),
         )
 
 
@@ -165,8 +188,11 @@ def _target_data(file: Path) -> dict[str, Any]:
         _check_target_data(file, data)
         return data
 
-    return remember("target-definitions", file, "", parse)
+    return remember("target-definitions", file, _CHECKS_VERSION, parse)
 
+
+_CHECKS_VERSION = "2"
+"""Part of the memo's stamp: a file validated by older checks is checked again (2: toolchain_versions)."""
 
 _TARGET_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,),
@@ -179,6 +205,7 @@ _TARGET_FIELDS: dict[str, tuple[type, ...]] = {
     "default_variant": (str, type(None)),
     "description": (str,),
     "runner": (str, list),
+    PIN_FIELD: (dict,),
 }
 _REQUIRED = ("name", "tvm_target", "suffix")
 
@@ -201,6 +228,41 @@ def _check_target_data(file: Path, data: Any) -> None:
             raise UserError(f"must be {names}, got {type(value).__name__}", Location(str(file)), field=key)
     if not isinstance(data["tvm_target"].get("kind"), str):
         raise UserError("needs a `kind` (llvm, cuda, metal, ...)", Location(str(file)), field="tvm_target")
+    toolchain = data.get("toolchain", [])
+    _check_pins(file, PIN_FIELD, data.get(PIN_FIELD, {}), toolchain)
+    for vname, spec in (data.get("variants") or {}).items():
+        if isinstance(spec, dict) and PIN_FIELD in spec:
+            _check_pins(file, f"variants.{vname}.{PIN_FIELD}", spec[PIN_FIELD], spec.get("toolchain", toolchain))
+
+
+def _check_pins(file: Path, where: str, pins: Any, toolchain: Any) -> None:
+    """`toolchain_versions: {nvcc: "13.0"}`: a tool of this target whose version we can probe, and a
+    quoted MAJOR.MINOR[.PATCH] (YAML reads an unquoted 13.0 as a float, 13.10 as 13.1)."""
+    loc = Location(str(file))
+    if not isinstance(pins, dict):
+        raise UserError(f'must be a mapping of tool to version, e.g. {{nvcc: "13.0"}}; got {type(pins).__name__}', loc, field=where)
+    for tool, version in pins.items():
+        if tool not in VERSIONED_TOOLS:
+            from mlcbuild.suggest import unknown
+
+            raise UserError(unknown("tool", str(tool), VERSIONED_TOOLS) + " (only tools whose version enters the key can be pinned)", loc, field=f"{where}.{tool}")
+        if not isinstance(toolchain, list) or tool not in toolchain:
+            raise UserError(f"pins {tool}, which is not in this target's toolchain {toolchain}", loc, field=f"{where}.{tool}")
+        if not isinstance(version, str):
+            raise UserError(f'must be a quoted version string like "13.0" (YAML read {version!r}, a {type(version).__name__})', loc, field=f"{where}.{tool}")
+        if not _PIN_PATTERN.fullmatch(version):
+            raise UserError(f"must be MAJOR.MINOR or MAJOR.MINOR.PATCH (as {tool} --version prints it), got {version!r}", loc, field=f"{where}.{tool}")
+
+
+def pin_matches(pin: str, found: str) -> bool:
+    """Whether a tool's reported version (nvcc: "13.0, V13.0.88") satisfies a pin, compared at the
+    pin's precision: "13.0" takes any 13.0.x, "13.0.88" only that release."""
+    versions = re.findall(r"\d+(?:\.\d+)+", found)
+    if not versions:
+        return False
+    full = max(versions, key=lambda v: v.count(".")).split(".")
+    wanted = pin.split(".")
+    return full[: len(wanted)] == wanted
 
 
 @lru_cache(maxsize=None)
@@ -226,6 +288,7 @@ def load_targets() -> dict[str, Target]:
                 codegen=tuple(data.get("codegen", ())),
                 variant_overrides=overrides,
                 runner=tuple([data["runner"]] if isinstance(data.get("runner"), str) else data.get("runner") or ()),
+                toolchain_versions=dict(data.get(PIN_FIELD) or {}),
             )
     return found
 

@@ -2,6 +2,7 @@
 `build` builds the rest and exits 3 naming the command that builds it elsewhere. No compiles here."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,7 +96,12 @@ def test_build_of_only_unbuildable_cells_exits_3_and_says_where(tmp_path: Path) 
         assert "needs Xcode command line tools" in result.stderr and "Traceback" not in result.stderr
         assert f"mlcbuild matrix {recipe}" in result.stderr
         if args[0] == "--only":
-            assert not list(cache.glob("ac/*/*.json")), "a cell this machine cannot build builds nothing"
+            kinds = sorted(json.loads(p.read_text())["preimage"]["kind"] for p in cache.glob("ac/*/*.json"))
+            assert kinds == ["download", "gen-config"], (
+                "a cell this machine cannot build builds only what its compile key needs (config and tokenizer, "
+                f"gen-config), to find a cached library: {kinds}"
+            )
+            assert not (tmp_path / "dist" / "libs").exists()
     assert (tmp_path / "dist" / "tiny-q0f32-MLC" / "tensor-cache.json").is_file(), "-t metal still builds the weights"
 
 

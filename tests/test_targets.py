@@ -1,6 +1,7 @@
 """Target definitions and availability checks (no TVM import, no compile)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,6 +96,12 @@ def test_availability_does_not_import_tvm() -> None:
         ("name: x\ntvm_target: {kind: llvm}\nsuffix: so\ntoolchian: []\n", "toolchian: unknown field 'toolchian' — did you mean 'toolchain'?"),
         ("name: x\ntvm_target: llvm\nsuffix: so\n", "tvm_target: must be a mapping, got str"),
         ("name: x\ntvm_target: {opt: 1}\nsuffix: so\n", "tvm_target: needs a `kind`"),
+        ("name: x\ntvm_target: {kind: cuda}\nsuffix: so\ntoolchain: [nvcc, cc]\ntoolchain_versions: 13.0\n", "toolchain_versions: must be a mapping, got float"),
+        ("name: x\ntvm_target: {kind: cuda}\nsuffix: so\ntoolchain: [nvcc, cc]\ntoolchain_versions: {nvcc: 13.0}\n", 'toolchain_versions.nvcc: must be a quoted version string like "13.0" (YAML read 13.0, a float)'),
+        ("name: x\ntvm_target: {kind: cuda}\nsuffix: so\ntoolchain: [nvcc, cc]\ntoolchain_versions: {nvcc: \"13\"}\n", "toolchain_versions.nvcc: must be MAJOR.MINOR or MAJOR.MINOR.PATCH (as nvcc --version prints it), got '13'"),
+        ("name: x\ntvm_target: {kind: cuda}\nsuffix: so\ntoolchain: [nvcc, cc]\ntoolchain_versions: {nvc: \"13.0\"}\n", "toolchain_versions.nvc: unknown tool 'nvc' — did you mean 'nvcc'?"),
+        ("name: x\ntvm_target: {kind: llvm}\nsuffix: so\ntoolchain: [cc]\ntoolchain_versions: {nvcc: \"13.0\"}\n", "toolchain_versions.nvcc: pins nvcc, which is not in this target's toolchain ['cc']"),
+        ("name: x\ntvm_target: {kind: cuda}\nsuffix: so\ntoolchain: [nvcc, cc]\nvariants:\n  a: {toolchain_versions: {nvcc: \"v13\"}}\n", "variants.a.toolchain_versions.nvcc: must be MAJOR.MINOR"),
     ],
 )
 def test_a_malformed_target_file_is_one_line_naming_it(tmp_path: Path, text: str, message: str) -> None:
@@ -105,3 +112,27 @@ def test_a_malformed_target_file_is_one_line_naming_it(tmp_path: Path, text: str
     result = subprocess.run([sys.executable, "-m", "mlcbuild", "targets"], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_pin_follows_the_variants_toolchain(tmp_path: Path) -> None:
+    """A variant may re-pin; one whose toolchain drops the tool drops its pin (and keeps its old params)."""
+    import yaml
+
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    spec = {
+        "name": "gpu",
+        "tvm_target": {"kind": "cuda"},
+        "suffix": "so",
+        "toolchain": ["nvcc", "cc"],
+        "toolchain_versions": {"nvcc": "13.0"},
+        "variants": {"a": {"arch": "sm_80"}, "b": {"arch": "sm_90a", "toolchain_versions": {"nvcc": "13.0.88"}}, "c": {"toolchain": ["cc"]}},
+    }
+    (folder / "gpu.yaml").write_text(yaml.safe_dump(spec))
+    code = (
+        "import json\nfrom mlcbuild.targets import resolve_target\n"
+        "print(json.dumps({v: resolve_target('gpu', v).params().get('toolchain_versions') for v in 'abc'}))"
+    )
+    env = {**os.environ, "MLCBUILD_TARGETS_DIR": str(folder), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert json.loads(out) == {"a": {"nvcc": "13.0"}, "b": {"nvcc": "13.0.88"}, "c": None}

@@ -5,6 +5,8 @@ the way the cells will compute them: the cheap nodes that every compile cell run
 config/tokenizer download and gen-config, seconds, no weights, no TVM) are built into a private
 scratch store; every other node's inputs come from the shared cache. A key that cannot be computed
 here (an input that is in neither) counts as affected: the answer may be too wide, never too narrow.
+A target that pins its tool versions (`toolchain_versions`) has keys this machine computes without
+the tool, so its cells are exact here (a cuda cell on a planner without nvcc).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mlcbuild.cli.main import EXIT_ELSEWHERE, command
 from mlcbuild.errors import UserError
+from mlcbuild.execute.base import ELSEWHERE
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.plan.planner import PlanOptions, plan
 from mlcbuild.recipe.load import load_recipe
@@ -120,6 +121,18 @@ def _report_elsewhere(args: argparse.Namespace, graph: BuildGraph, elsewhere: se
     print(f"  every cell and the runner it needs: mlcbuild matrix {recipes}", file=sys.stderr)
 
 
+def _mark_elsewhere(graph: BuildGraph, report: "BuildReport", wanted: set[str]) -> set[str]:
+    """In a dry run's report, the nodes another machine must build: those this machine cannot build
+    (or that need one) and that are not cached here (a cached result needs no toolchain)."""
+    from mlcbuild.execute.base import Outcome
+
+    elsewhere = {n for n in graph.elsewhere(wanted) if report.outcomes[n].status != "cached"}
+    for node_id in elsewhere:
+        before = report.outcomes[node_id]
+        report.outcomes[node_id] = Outcome(before.node, ELSEWHERE, before.key, reason=_elsewhere_reason(graph, node_id))
+    return elsewhere
+
+
 def _find(graph: BuildGraph, query: str) -> list[Node]:
     matches = graph.find(query)
     if not matches:
@@ -155,23 +168,25 @@ def build(args: argparse.Namespace) -> int:
 
     recipes, store, graph = _prepare(args, args.recipes, offline=args.dry_run)
     wanted = _wanted(args, graph)
-    elsewhere = graph.elsewhere(wanted)
-    wanted -= elsewhere
     if args.check:
         from mlcbuild.execute.check import run_check
 
-        code = run_check(graph, wanted, store)
+        elsewhere = graph.elsewhere(wanted)
+        code = run_check(graph, wanted - elsewhere, store)
         if elsewhere:
             _report_elsewhere(args, graph, elsewhere)
         return code or (EXIT_ELSEWHERE if elsewhere else 0)
     if args.dry_run:
-        console().print(summary_table(_dry_run(store, graph, wanted, force=args.force), title="dry run"))
+        report = _dry_run(store, graph, wanted, force=args.force)
+        elsewhere = _mark_elsewhere(graph, report, wanted)
+        console().print(summary_table(report, title="dry run"))
         if elsewhere:
             _report_elsewhere(args, graph, elsewhere)
         return 0
     remote = _remote(args)
     with RichReporter(lambda: console(True)) as reporter:
         report = _executor(args, store, reporter, remote).run(graph, wanted)
+    elsewhere = {node_id for node_id, o in report.outcomes.items() if o.status == ELSEWHERE}
     if remote is not None:
         remote.close()
         if remote.stats.hits or remote.stats.uploaded_entries:
@@ -183,7 +198,7 @@ def build(args: argparse.Namespace) -> int:
         for artifact in sorted({_shown(p if p.parent.name == "libs" else p.parent) for p in written}):
             console().print(f"  [bold]{artifact}[/]")
     elif wanted:
-        print(f"up to date: {len(report.outcomes)} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
+        print(f"up to date: {report.count('cached')} nodes cached, {len(written)} files in place ({report.wall_s:.2f}s)")
     for outcome in report.outcomes.values():
         if outcome.status == "failed":
             console(True).print(f"[bold red]error[/]: {outcome.node.label}: {outcome.reason}", soft_wrap=True)
@@ -202,14 +217,11 @@ def build(args: argparse.Namespace) -> int:
 @command("plan")
 def plan_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.cli.reporting import summary_table
-    from mlcbuild.execute.base import Outcome
 
     recipes, store, graph = _prepare(args, args.recipes)
     wanted = _wanted(args, graph)
     report = _dry_run(store, graph, wanted)
-    for node_id in graph.elsewhere(wanted):
-        before = report.outcomes[node_id]
-        report.outcomes[node_id] = Outcome(before.node, "elsewhere", before.key, reason=_elsewhere_reason(graph, node_id))
+    _mark_elsewhere(graph, report, wanted)
     screen = console()
     with screen.capture() as drawn:
         screen.print(summary_table(report, title="plan"))

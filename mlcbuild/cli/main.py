@@ -39,7 +39,8 @@ EXIT_CODES = f"""exit status:
   0  everything asked for is built (or was cached)
   1  a node failed
   2  a mistake in the recipe or the flags
-  {EXIT_ELSEWHERE}  built all that this machine can; some nodes need a toolchain it lacks: build them
+  {EXIT_ELSEWHERE}  built all that this machine can; some nodes need a toolchain it lacks and no cache has
+     their result (a cached one is used without the toolchain): build them
      where it is, with the command printed for each (`mlcbuild build RECIPE --only CELL`),
      or list every cell with `mlcbuild matrix RECIPE`"""
 
@@ -52,8 +53,9 @@ A compile cell builds its own gen-config (config and tokenizer only) and downloa
 
 --affected lists only cells with a node whose key has no result in the shared cache. Compile keys
 depend on gen-config's output, so gen-config (seconds, no weights) runs here in a scratch store;
-a key that cannot be computed here counts as affected (e.g. cuda without nvcc on this machine:
-nvcc's version is part of the key).
+a target that pins its tool versions (`toolchain_versions:`, as the builtin cuda pins nvcc) needs
+no tool here to compute its keys, so its cells are exact on a machine without nvcc; a key that cannot
+be computed here (a tool this machine lacks and no pin) counts as affected.
 
 formats: json ({"cells": [...]}); github (strategy.matrix JSON with `include`, for fromJSON);
 gitlab (a child-pipeline YAML, one job per runner with `parallel: matrix`, tags = runner labels)."""

@@ -15,10 +15,14 @@ from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.store.manifest import Manifest
 
 
+ELSEWHERE = "elsewhere"
+"""A node this machine cannot build (`BuildGraph.unbuildable`) and no cache has: not a failure."""
+
+
 @dataclass
 class Outcome:
     node: Node
-    status: str  # cached | built | failed | skipped | pending
+    status: str  # cached | built | failed | skipped | pending | elsewhere
     key: str | None = None
     manifest: Manifest | None = None
     duration_s: float = 0.0
@@ -40,7 +44,8 @@ class BuildReport:
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes.values())
+        """Nothing failed: nodes left to a machine with the toolchain are not failures."""
+        return all(o.ok or o.status == ELSEWHERE for o in self.outcomes.values())
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes.values() if o.status == status)

@@ -104,8 +104,12 @@ class Decider:
 
     def record(self, decision: Decision, manifest: Manifest, duration_s: float) -> ActionResult:
         """Store a node's result, then its history (by identity)."""
+        from mlcbuild.steps import get_step
+
         assert decision.key is not None and decision.preimage is not None
-        result = ActionResult(decision.key, manifest, decision.preimage, duration_s)
+        node = decision.node
+        built_with = get_step(node.kind).built_with({**node.params, **node.hints})
+        result = ActionResult(decision.key, manifest, decision.preimage, duration_s, built_with=built_with)
         self.store.put_action(result)
         self.store.record_node(decision.slot, decision.key, decision.preimage, duration_s)
         return result

@@ -24,6 +24,7 @@ class ThreadBackend:
         self.reporter = reporter
         self.remote = remote
         self.slots = max(1, jobs)
+        self.fetches = remote is not None
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="mlcbuild-node")
 
     def unrunnable(self, node: Node, inputs: Mapping[str, Manifest]) -> str | None:
@@ -32,7 +33,8 @@ class ThreadBackend:
     def submit(self, decision: Decision, inputs: Mapping[str, Manifest]) -> Future:
         node = decision.node
         progress = lambda fraction, message: self.reporter.progress(node, fraction, message)  # noqa: E731
-        return self.pool.submit(build_node, self.decider, decision, inputs, progress, remote=self.remote)
+        elsewhere = self.decider.graph.unbuildable.get(node.id)
+        return self.pool.submit(build_node, self.decider, decision, inputs, progress, remote=self.remote, elsewhere=elsewhere)
 
     def wait(self, running: list[Future]) -> list[tuple[Future, Outcome]]:
         done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -112,6 +112,7 @@ class RayBackend:
         self.address = address
         self.max_retries = max_retries
         self.slots = 1
+        self.fetches = False  # a task for a node no worker may build could wait forever for its resources
         self.running: dict[Any, Node] = {}
         self._ray: Any = None
         self._task: Any = None

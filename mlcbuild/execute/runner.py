@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from mlcbuild.errors import MlcbuildError, StepError
-from mlcbuild.execute.base import Outcome
+from mlcbuild.execute.base import ELSEWHERE, Outcome
 from mlcbuild.execute.decision import Decider, Decision
 from mlcbuild.plan.graph import Node
 from mlcbuild.store.cas import Store
@@ -32,9 +32,11 @@ def build_node(
     progress: Progress,
     worker: str = "local",
     remote: "RemoteCache | None" = None,
+    elsewhere: str | None = None,
 ) -> Outcome:
     """The remote cache, if any, is asked after the local one (objects verified into the store,
-    then the entry) and gets the result after the build, once the key's lock is released."""
+    then the entry) and gets the result after the build, once the key's lock is released.
+    `elsewhere`: why this machine cannot build the node; on a miss in both it ends `elsewhere`."""
     node, key, store = decision.node, decision.key, decider.store
     assert key is not None and decision.preimage is not None
     try:
@@ -44,6 +46,8 @@ def build_node(
             if remote is not None and not decider.force and (hit := remote.fetch_into(store, key, progress)) is not None:
                 store.record_node(decision.slot, key, decision.preimage, hit.duration_s)
                 return Outcome(node, "cached", key, hit.manifest, reason=FETCHED, worker=worker, decision=decision)
+            if elsewhere is not None:
+                return Outcome(node, ELSEWHERE, key, reason=elsewhere, worker=worker, decision=decision)
             began = time.perf_counter()
             manifest = execute_step(store, node, inputs, progress)
             duration = time.perf_counter() - began

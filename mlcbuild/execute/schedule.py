@@ -5,6 +5,10 @@ cached ones on the spot (they never reach a thread or a worker), and hand the re
 in order of their longest path to the end of the build (the node's own duration, as the action
 cache recorded it last time, plus its longest chain of users), so that a long compile never
 starts last. A failed node skips its dependents, and stops the build unless `keep_going`.
+
+A node this machine cannot build (`graph.unbuildable`) is decided like any other: a cached result
+needs no toolchain, so it is used (and placed); a backend that `fetches` from a remote cache gets it
+to ask the remote; otherwise it, and every node that needs it, ends `elsewhere`.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from collections import deque
 from typing import Hashable, Mapping, Protocol
 
 from mlcbuild.errors import MlcbuildError
-from mlcbuild.execute.base import BuildReport, Outcome, Reporter
+from mlcbuild.execute.base import ELSEWHERE, BuildReport, Outcome, Reporter
 from mlcbuild.execute.decision import Decider, Decision
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.store.manifest import Manifest
@@ -27,6 +31,9 @@ class Backend(Protocol):
     """Runs the nodes that must run. `slots`: how many the scheduler keeps in flight."""
 
     slots: int
+    fetches: bool
+    """Whether `submit` asks a remote cache before running: then it also gets the nodes this machine
+    cannot build, and answers them fetched or `elsewhere`."""
 
     def unrunnable(self, node: Node, inputs: Mapping[str, Manifest]) -> str | None:
         """Why no worker can ever run this node (reported at once), or None."""
@@ -91,19 +98,27 @@ def schedule(
         while ready or queue or running:
             while ready:
                 node = ready.popleft()
-                bad = [report.outcomes[d] for _, d in node.deps if not report.outcomes[d].ok]
+                deps = [report.outcomes[d] for _, d in node.deps]
+                bad = [o for o in deps if not o.ok and o.status != ELSEWHERE]
                 if bad or stop:
                     finish(Outcome(node, "skipped", reason=f"needs {bad[0].node.label}" if bad else STOPPED))
+                    continue
+                away = [o for o in deps if o.status == ELSEWHERE]
+                if away:
+                    finish(Outcome(node, ELSEWHERE, reason=f"needs {away[0].node.label}, which this machine cannot build"))
                     continue
                 inputs = {role: report.outcomes[d].manifest for role, d in node.deps}
                 try:
                     decision = decider.decide(node, inputs)
-                    problem = None if decision.cached else backend.unrunnable(node, inputs)
+                    elsewhere = None if decision.cached else graph.unbuildable.get(node.id)
+                    problem = None if decision.cached or elsewhere else backend.unrunnable(node, inputs)
                 except MlcbuildError as e:
                     finish(Outcome(node, "failed", reason=str(e)))
                     continue
                 if decision.cached:
                     finish(Outcome(node, "cached", decision.key, decision.hit.manifest, reason=decision.why, decision=decision))
+                elif elsewhere is not None and not backend.fetches:
+                    finish(Outcome(node, ELSEWHERE, decision.key, reason=elsewhere, decision=decision))
                 elif problem is not None:
                     finish(Outcome(node, "failed", decision.key, reason=problem, decision=decision))
                 else:

@@ -15,7 +15,7 @@ from mlcbuild.compiler.options import resolve_options
 from mlcbuild.store.cas import Store
 from mlcbuild.store.hashing import tree_digest
 from mlcbuild.store.manifest import sha256_json
-from mlcbuild.targets import resolve_target
+from mlcbuild.targets import get_target
 
 
 @dataclass
@@ -130,8 +130,10 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
             graph.artifacts.append(Artifact(convert.id, folder))
             graph.artifacts.append(Artifact(gen_config.id, folder))
             for ref in _selected(recipe.targets, options.targets, "target"):
-                resolved = resolve_target(ref.name, ref.variant)
+                definition = get_target(ref.name)
+                resolved = definition.resolve(ref.variant)
                 target = resolved.params()
+                pinned = {"target_file": str(definition.source)} if resolved.toolchain_versions else None
                 compile_options = resolve_options(recipe.compile_options, target["tvm_target"]["kind"])
                 compile_node = graph.add(
                     Node.make(
@@ -139,6 +141,7 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
                         {"quantization": quant, "target": target, "options": compile_options},
                         {"config": gen_config},
                         f"compile {recipe.name} {quant} {ref.id}",
+                        hints=pinned,
                     )
                 )
                 lib = lib_path(recipe, quant, resolved)

@@ -77,6 +77,11 @@ class Step(ABC):
         """Fingerprint of the tools that shape the output; enters the key."""
         return None
 
+    def built_with(self, params: Mapping[str, JSON]) -> JSON:
+        """The exact tools that produce the output on this machine, recorded in the action entry
+        for provenance, never in the key (which may hold a pinned version instead)."""
+        return None
+
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
         """What of an input's output enters this step's key (default: all of it).
 

@@ -2,7 +2,10 @@
 
 The key sees the architecture fields of the config, the target definition, the options and the
 toolchain (apache-tvm version, nvcc version for CUDA): a new fine-tune of the same architecture,
-a new temperature or a new conversation template reuses the compiled library.
+a new temperature or a new conversation template reuses the compiled library. A target that pins
+nvcc (`toolchain_versions:`) puts the pin in the key, so any machine computes it, nvcc or not; the
+machine that compiles checks its nvcc against the pin first, and the action entry records the
+nvcc that actually ran (`built_with`, for provenance).
 Importing this module must not import TVM (planning computes keys with it).
 """
 from __future__ import annotations
@@ -14,7 +17,7 @@ from mlcbuild.compiler.options import cublas_available
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
-from mlcbuild.targets import TOOLCHAIN_PREFIX, ResolvedTarget, check_resolved, tvm_version
+from mlcbuild.targets import PIN_FIELD, TOOLCHAIN_PREFIX, ResolvedTarget, check_resolved, pin_matches, tvm_version
 
 TOOL_UNIT = 0.001
 """How much of a worker's `toolchain:<tool>` resource one compile takes."""
@@ -25,6 +28,28 @@ def _target(params: Mapping[str, JSON]) -> ResolvedTarget:
         return ResolvedTarget.from_params(params["target"])
     except (KeyError, TypeError) as exc:
         raise UserError(f"compile target is malformed: {exc}", field="targets") from None
+
+
+def tool_version(tool: str) -> str | None:
+    """The version a tool of `targets.VERSIONED_TOOLS` reports here, or None without the tool."""
+    from mlcbuild.compiler.cuda import nvcc_version
+
+    return {"nvcc": nvcc_version}[tool]()
+
+
+def check_pins(target: ResolvedTarget, target_file: str | None) -> None:
+    """This machine's tools against the target's pins: a library keyed as nvcc 13.0 is built by an
+    nvcc 13.0 or not at all (one line naming the file, field, pinned and found version)."""
+    for tool, pin in target.toolchain_versions.items():
+        found = tool_version(tool)
+        where = f"{target_file or 'target ' + target.name}: {PIN_FIELD}.{tool}"
+        if found is None:
+            raise StepError(f"{where} pins {tool} {pin}, and this machine has no {tool} on PATH")
+        if not pin_matches(pin, found):
+            raise StepError(
+                f"{where} pins {tool} {pin}, but this machine's {tool} is {found}: "
+                f"build it where {tool} {pin} is, or change the pin"
+            )
 
 
 class CompileStep(Step):
@@ -69,10 +94,14 @@ class CompileStep(Step):
             "target": target.tvm_target_config(),
         }
         if target.tvm_target.get("kind") == "cuda":
-            from mlcbuild.compiler.cuda import nvcc_version
-
-            fingerprint["nvcc"] = nvcc_version()
+            fingerprint["nvcc"] = target.toolchain_versions.get("nvcc") or tool_version("nvcc")
         return fingerprint
+
+    def built_with(self, params: Mapping[str, JSON]) -> JSON:
+        """The nvcc that compiles here, as it reports itself (the key may hold only a pin)."""
+        if _target(params).tvm_target.get("kind") != "cuda":
+            return None
+        return {"nvcc": tool_version("nvcc")}
 
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
         if role != "config" or CHAT_CONFIG not in manifest.files:
@@ -80,6 +109,7 @@ class CompileStep(Step):
         return {CHAT_CONFIG: ChatConfig.loads(read(CHAT_CONFIG), CHAT_CONFIG).architecture()}
 
     def run(self, ctx: RunContext) -> None:
+        check_pins(_target(ctx.params), ctx.params.get("target_file"))
         from mlcbuild.compiler.build import build_model_lib
         from mlcbuild.compiler.options import CompileOptions
 

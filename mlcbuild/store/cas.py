@@ -58,15 +58,20 @@ class ActionResult:
     preimage: dict[str, Any]
     duration_s: float = 0.0
     created: float = field(default_factory=time.time)
+    built_with: dict[str, Any] | None = None
+    """The exact tools that made it (`Step.built_with`: nvcc's full version where the key has a pin)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        entry = {
             "key": self.key,
             "manifest": self.manifest.to_json(),
             "preimage": self.preimage,
             "duration_s": round(self.duration_s, 3),
             "created": round(self.created, 3),
         }
+        if self.built_with:
+            entry["built_with"] = self.built_with
+        return entry
 
     @classmethod
     def from_json(cls, data: Any) -> "ActionResult":
@@ -81,7 +86,10 @@ class ActionResult:
         numbers = [data.get("duration_s", 0.0), data.get("created", 0.0)]
         if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n < 1e11 for n in numbers):
             raise ValueError("entry's duration_s/created are not plausible numbers of seconds")
-        return cls(key, Manifest.from_json(data.get("manifest")), preimage, *numbers)
+        built_with = data.get("built_with")
+        if built_with is not None and not isinstance(built_with, dict):
+            raise ValueError("entry's built_with is not a mapping")
+        return cls(key, Manifest.from_json(data.get("manifest")), preimage, *numbers, built_with=built_with)
 
 
 @dataclass
