@@ -82,6 +82,22 @@ def test_unrunnable_node_is_reported_at_once(cluster, tmp_path: Path) -> None:
     assert report.outcomes[user.id].status == "skipped" and report.outcomes[fine.id].status == "built"
 
 
+def test_a_node_the_driver_cannot_build_goes_to_a_worker_that_can(cluster, tmp_path: Path) -> None:
+    """The driver lacks both tools (as a laptop lacks nvcc): the node whose tool a worker offers is
+    built there; the one no worker offers ends `elsewhere` (not failed), and so does its user."""
+    from mlcbuild.execute.base import ELSEWHERE
+
+    gpu = fake("gpu", toolchain="fake")
+    mac = fake("mac", toolchain="xcrun")
+    user = fake("user", {"in": mac})
+    graph = graph_of(gpu, mac, user)
+    graph.unbuildable.update({gpu.id: "needs fake: build it where that is", mac.id: "needs xcrun: build it where that is"})
+    report = RayExecutor(Store(tmp_path / "c"), address=cluster.address).run(graph, set(graph.nodes))
+    assert report.outcomes[gpu.id].status == "built" and "[toolchain:fake]" in report.outcomes[gpu.id].worker
+    assert [report.outcomes[n.id].status for n in (mac, user)] == [ELSEWHERE, ELSEWHERE]
+    assert report.ok
+
+
 def test_noop_with_ray_executor_imports_no_ray(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -27,6 +27,9 @@ class ThreadBackend:
         self.fetches = remote is not None
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="mlcbuild-node")
 
+    def builds_elsewhere(self, node: Node, inputs: Mapping[str, Manifest]) -> bool:
+        return False
+
     def unrunnable(self, node: Node, inputs: Mapping[str, Manifest]) -> str | None:
         return None
 

@@ -155,6 +155,15 @@ class RayBackend:
 
         return get_step(node.kind).resources({**node.params, **node.hints}, inputs)
 
+    def builds_elsewhere(self, node: Node, inputs: Mapping[str, Manifest]) -> bool:
+        """A node the driver cannot build goes to a worker that offers what it needs, when the
+        driver computes its true key (a pinned tool version)."""
+        from mlcbuild.steps import get_step
+
+        if not get_step(node.kind).keyable_here({**node.params, **node.hints}):
+            return False
+        return self.unrunnable(node, inputs) is None
+
     def unrunnable(self, node: Node, inputs: Mapping[str, Manifest]) -> str | None:
         needs = self.requirements(node, inputs)
         workers = [n.get("Resources", {}) for n in self._nodes()]

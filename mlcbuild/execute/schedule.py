@@ -7,8 +7,9 @@ cache recorded it last time, plus its longest chain of users), so that a long co
 starts last. A failed node skips its dependents, and stops the build unless `keep_going`.
 
 A node this machine cannot build (`graph.unbuildable`) is decided like any other: a cached result
-needs no toolchain, so it is used (and placed); a backend that `fetches` from a remote cache gets it
-to ask the remote; otherwise it, and every node that needs it, ends `elsewhere`.
+needs no toolchain, so it is used (and placed); a backend that `builds_elsewhere` (a Ray worker with
+the tool, the key computable here) runs it; a backend that `fetches` from a remote cache gets it to
+ask the remote; otherwise it, and every node that needs it, ends `elsewhere`.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class Backend(Protocol):
     fetches: bool
     """Whether `submit` asks a remote cache before running: then it also gets the nodes this machine
     cannot build, and answers them fetched or `elsewhere`."""
+
+    def builds_elsewhere(self, node: Node, inputs: Mapping[str, Manifest]) -> bool:
+        """Whether it can build a node this machine cannot (on a worker that has the tool)."""
+        ...
 
     def unrunnable(self, node: Node, inputs: Mapping[str, Manifest]) -> str | None:
         """Why no worker can ever run this node (reported at once), or None."""
@@ -111,6 +116,8 @@ def schedule(
                 try:
                     decision = decider.decide(node, inputs)
                     elsewhere = None if decision.cached else graph.unbuildable.get(node.id)
+                    if elsewhere is not None and backend.builds_elsewhere(node, inputs):
+                        elsewhere = None
                     problem = None if decision.cached or elsewhere else backend.unrunnable(node, inputs)
                 except MlcbuildError as e:
                     finish(Outcome(node, "failed", reason=str(e)))

@@ -97,6 +97,12 @@ class Step(ABC):
         """
         return None
 
+    def keyable_here(self, params: Mapping[str, JSON]) -> bool:
+        """Whether this machine computes the node's true key even when it lacks a tool to run it
+        (the tool's version is pinned, or does not enter the key), so another machine (a Ray
+        worker with the tool) can build it under that key."""
+        return True
+
     @abstractmethod
     def run(self, ctx: RunContext) -> None:
         """Write the outputs into ctx.out."""

@@ -17,7 +17,7 @@ from mlcbuild.compiler.options import cublas_available
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
-from mlcbuild.targets import PIN_FIELD, TOOLCHAIN_PREFIX, ResolvedTarget, check_resolved, pin_matches, tvm_version
+from mlcbuild.targets import PIN_FIELD, TOOLCHAIN_PREFIX, VERSIONED_TOOLS, ResolvedTarget, check_resolved, pin_matches, tvm_version
 
 TOOL_UNIT = 0.001
 """How much of a worker's `toolchain:<tool>` resource one compile takes."""
@@ -72,6 +72,15 @@ class CompileStep(Step):
         if missing.startswith(TOOLCHAIN_PREFIX):
             return f"needs {missing[len(TOOLCHAIN_PREFIX):]}: build it where that is"
         return f"cannot build here ({missing}): build it where that is"
+
+    def keyable_here(self, params: Mapping[str, JSON]) -> bool:
+        """A tool whose version enters the key (nvcc) must be pinned or present here."""
+        target = _target(params)
+        return all(
+            tool in target.toolchain_versions or tool_version(tool) is not None
+            for tool in VERSIONED_TOOLS
+            if tool in target.toolchain
+        )
 
     def identity(self, params: Mapping[str, JSON]) -> JSON:
         """Quantization and target name + variant: options and target attributes are settings."""
