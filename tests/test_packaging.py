@@ -47,6 +47,7 @@ def test_installed_package_has_its_targets_and_plans_a_recipe(installed: Path, t
     targets = _mlcbuild(installed, tmp_path, "targets")
     assert targets.returncode == 0, targets.stderr
     assert "cuda" in targets.stdout and "llvm" in targets.stdout and "sm_90a" in targets.stdout
+    assert "nvcc 13.0 (pinned)" in targets.stdout, targets.stdout
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -482,24 +482,29 @@ def lock_cmd(args: argparse.Namespace) -> int:
 
 @command("targets")
 def targets_cmd(args: argparse.Namespace) -> int:
+    from rich import box
     from rich.table import Table
 
     from mlcbuild.targets import check_available, load_targets
 
-    table = Table(title="targets")
-    for col in ("target", "variants", "suffix", "buildable here", "CI runner", "description"):
-        table.add_column(col)
-    for name, target in sorted(load_targets().items()):
+    targets = sorted(load_targets().items())
+    table = Table(title="targets", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in ("target", "variants", "suffix", "toolchain", "buildable here", "CI runner"):
+        table.add_column(col, no_wrap=col in ("target", "suffix"))
+    for name, target in targets:
         missing = check_available(target, target.default_variant)
+        pins = target.resolve().toolchain_versions
         table.add_row(
             name,
             ", ".join(target.variants) or "-",
             target.suffix,
+            ", ".join(f"{t} {pins[t]} (pinned)" if t in pins else t for t in target.toolchain) or "-",
             "[green]yes[/]" if missing is None else f"[red]no[/]: {missing}",
             ", ".join(target.runner_labels()),
-            target.description,
         )
     console().print(table)
+    for name, target in targets:
+        console().print(f"[bold]{name}[/]: {target.description}")
     return 0
 
 
