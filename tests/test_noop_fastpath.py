@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -102,3 +103,15 @@ def test_plan_of_an_unchanged_cached_graph_is_replayed_and_recomputed_when_anyth
     pending, _ = plan_in_process(cache, recipe)
     again, imported = plan_in_process(cache, recipe)  # work to show: never replayed
     assert again == pending and imported
+
+
+def test_cache_gc_removes_stamps_that_no_longer_hold(tmp_path: Path, cache: Path) -> None:
+    shutil.rmtree(cache / "noop", ignore_errors=True)  # stamps other tests left in the shared cache
+    built(tmp_path, cache)
+    assert len(list((cache / "noop").glob("*.json"))) == 1
+    kept = mlcbuild("cache", "gc", cache=cache)
+    assert kept.returncode == 0 and "0 stale no-op stamps" in kept.stdout, kept.stdout
+    assert len(list((cache / "noop").glob("*.json"))) == 1
+    gone = mlcbuild("cache", "gc", "--older-than", "0", cache=cache)
+    assert gone.returncode == 0 and "1 stale no-op stamps" in gone.stdout, gone.stdout
+    assert not list((cache / "noop").glob("*.json"))

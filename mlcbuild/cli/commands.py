@@ -399,6 +399,9 @@ def _cache_gc(args: argparse.Namespace, store: Store) -> int:
         dry_run=args.dry_run,
         on_wait=lambda: print("mlcbuild: waiting for running builds to finish before gc", file=sys.stderr, flush=True),
     )
+    from mlcbuild.execute.noop import prune
+
+    stamps = prune(store.root, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     why = "not used by the kept recipes" if keep is not None else "older than the cutoff"
     for result in report.results:
@@ -409,7 +412,7 @@ def _cache_gc(args: argparse.Namespace, store: Store) -> int:
         console().print(f"{verb} leftover of a killed build {path}", soft_wrap=True)
     console().print(
         f"{verb} {len(report.results)} results, {report.objects} unreferenced objects ({_human(report.object_bytes)}), "
-        f"{report.quarantined} quarantined objects, {len(report.leftovers)} leftovers; "
+        f"{report.quarantined} quarantined objects, {len(report.leftovers)} leftovers, {stamps} stale no-op stamps; "
         f"{'would free' if args.dry_run else 'freed'} {_human(report.freed)}",
         soft_wrap=True,
     )

@@ -81,8 +81,22 @@ def _stamp_file(cache_dir: Path, command: Mapping[str, Any]) -> Path:
 
 def _holding(cache_dir: Path, command: Mapping[str, Any]) -> dict[str, Any] | None:
     """The stamp for this command (its parsed options), if nothing it lists has moved."""
+    return _holds(_stamp_file(cache_dir, command))
+
+
+def prune(cache_dir: Path, dry_run: bool = False) -> int:
+    """Remove the stamps that no longer hold (after `cache gc`, an edited recipe, a moved
+    checkout): they would never be taken again. Returns how many."""
+    stale = [f for f in sorted((cache_dir / FOLDER).glob("*.json")) if _holds(f) is None]
+    if not dry_run:
+        for f in stale:
+            f.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _holds(stamp_file: Path) -> dict[str, Any] | None:
     try:
-        stamp = json.loads(_stamp_file(cache_dir, command).read_bytes())
+        stamp = json.loads(stamp_file.read_bytes())
         if stamp.get("format") != FORMAT:
             return None
         for path, signature in stamp["paths"]:
