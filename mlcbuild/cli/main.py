@@ -20,7 +20,8 @@ gc      remove what is not needed. Plain `gc` keeps every well-formed result and
         it names, and removes: objects no result names, malformed result entries,
         quarantined objects, what killed builds left (work dirs no build holds,
         temp files), and no-op/plan stamps that no longer hold. `--keep RECIPE...`
-        also drops every result those recipes do not use; `--older-than DAYS` drops results built more than DAYS ago (0 drops them all).
+        also drops every result those recipes do not use; `--older-than DAYS` drops
+        results built more than DAYS ago (0 drops them all).
         gc waits for running builds (they hold a lease on the cache) and lists what goes;
         `--dry-run` lists it and removes nothing."""
 
