@@ -79,11 +79,6 @@ def _stamp_file(cache_dir: Path, command: Mapping[str, Any]) -> Path:
     return cache_dir / FOLDER / f"{digest[:32]}.json"
 
 
-def _holding(cache_dir: Path, command: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The stamp for this command (its parsed options), if nothing it lists has moved."""
-    return _holds(_stamp_file(cache_dir, command))
-
-
 def prune(cache_dir: Path, dry_run: bool = False) -> int:
     """Remove the stamps that no longer hold (after `cache gc`, an edited recipe, a moved
     checkout): they would never be taken again. Returns how many."""
@@ -95,6 +90,7 @@ def prune(cache_dir: Path, dry_run: bool = False) -> int:
 
 
 def _holds(stamp_file: Path) -> dict[str, Any] | None:
+    """The stamp, if nothing it lists has moved."""
     try:
         stamp = json.loads(stamp_file.read_bytes())
         if stamp.get("format") != FORMAT:
@@ -109,7 +105,7 @@ def _holds(stamp_file: Path) -> dict[str, Any] | None:
 
 def up_to_date(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
     """The "up to date" line when the build stamp for this command still holds."""
-    stamp = _holding(cache_dir, command)
+    stamp = _holds(_stamp_file(cache_dir, command))
     if stamp is None or not isinstance(stamp.get("nodes"), int) or not isinstance(stamp.get("files"), int):
         return None
     return f"up to date: {stamp['nodes']} nodes cached, {stamp['files']} files in place (stat check)"
@@ -117,7 +113,7 @@ def up_to_date(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
 
 def saved_plan(cache_dir: Path, command: Mapping[str, Any]) -> str | None:
     """The text the last `plan` with these options printed, when its stamp still holds."""
-    stamp = _holding(cache_dir, command)
+    stamp = _holds(_stamp_file(cache_dir, command))
     output = None if stamp is None else stamp.get("output")
     return output if isinstance(output, str) else None
 
