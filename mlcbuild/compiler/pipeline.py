@@ -66,13 +66,17 @@ def gpu_schedule_rules(level: int, kind: str = "cuda", arch: str = "") -> list[A
 
 
 def cpu_schedule_rules(level: int) -> list[Any]:
-    """dlight's CPU Reduction rule; its CPU GEMV rule is left out: on the fused NT_matmul kernels it
-    emits code that LLVM needs minutes to compile (190 s vs 3 s for a tiny model)."""
+    """mlcbuild's CPU matmul/GEMV rule (compiler/cpu_schedule.py), dlight's CPU Reduction rule
+    (softmax, layer norm), then mlcbuild's injective rule. dlight's CPU GEMV rule is left out: on
+    the fused NT_matmul kernels it emits code that LLVM needs minutes to compile (190 s vs 3 s for
+    a tiny model)."""
     from tvm.s_tir import dlight as dl
+
+    from mlcbuild.compiler.cpu_schedule import Injective, Matmul
 
     if level == 0:
         return []
-    return [dl.cpu.Reduction()]
+    return [Matmul(), dl.cpu.Reduction(), Injective()]
 
 
 def apply_schedule_rules(rules: Sequence[Any]):
