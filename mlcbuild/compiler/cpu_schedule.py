@@ -35,6 +35,10 @@ LANES = 8
 ROW_TILES = (8, 4, 2, 1)
 """Output features per parallel task, largest dividing N first: T accumulators + A + W fit in 16 ymm."""
 
+DEQUANT_UNROLL = (4, 2, 1)
+"""Dequantize LANES-wide steps per loop iteration (4 = one q4 group of 32): without it the scalar
+scale load (vpinsrw) chains every iteration to the one before and the loop runs at its latency."""
+
 INJECTIVE_VECTOR = 8
 
 
@@ -125,8 +129,11 @@ class Matmul(CPUScheduleRule):
         if dequant is not None:
             sch.compute_at(dequant, rf_loops[0])
             d_loops = sch.get_loops(dequant)
-            _, d_vec = sch.split(d_loops[-1], factors=[None, LANES])
+            d_words, d_vec = sch.split(d_loops[-1], factors=[None, LANES])
             sch.vectorize(d_vec)
+            unroll = next(u for u in DEQUANT_UNROLL if (k_extent // LANES) % u == 0)
+            if unroll > 1:
+                sch.unroll(sch.split(d_words, factors=[None, unroll])[1])
         del wb
         return sch
 
