@@ -36,8 +36,7 @@ ROW_TILES = (8, 4, 2, 1)
 """Output features per parallel task, largest dividing N first: T accumulators + A + W fit in 16 ymm."""
 
 DEQUANT_UNROLL = (4, 2, 1)
-"""Dequantize LANES-wide steps per loop iteration (4 = one q4 group of 32): without it the scalar
-scale load (vpinsrw) chains every iteration to the one before and the loop runs at its latency."""
+"""Dequantize LANES-wide steps per loop iteration (4 = one q4 group of 32: one scale)."""
 
 INJECTIVE_VECTOR = 8
 
@@ -120,8 +119,6 @@ class Matmul(CPUScheduleRule):
         sch.vectorize(rf_loops[-1])
         rf_init = sch.decompose_reduction(rf, rf_loops[2])
         sch.vectorize(sch.get_loops(rf_init)[-1])
-        # write-back: sum of the 8 lanes, per output feature
-        wb = sch.get_loops(mm)
         sch.reverse_compute_at(mm, rf_loops[1])
         if last is not None:
             sch.reverse_compute_at(last, rf_loops[1])
@@ -134,7 +131,13 @@ class Matmul(CPUScheduleRule):
             unroll = next(u for u in DEQUANT_UNROLL if (k_extent // LANES) % u == 0)
             if unroll > 1:
                 sch.unroll(sch.split(d_words, factors=[None, unroll])[1])
-        del wb
+            halves = [i for i, r in enumerate(sch.get(dequant).reads) if r.source.dtype == "float16"]
+            if len(halves) == 1:
+                # the tile's scales as float32 (exact): a float16 scalar load (vpinsrw) would chain
+                # each group's dequantize to the previous one's
+                scales = sch.cache_read(dequant, halves[0], "local")
+                sch.compute_at(scales, rf_loops[0])
+                sch.unsafe_set_dtype(scales, 0, "float32")
         return sch
 
 
