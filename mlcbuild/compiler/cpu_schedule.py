@@ -17,7 +17,9 @@ rows) the same way:
 The reduction is only reassociated (eight partial sums, then their sum), in the kernel's own
 accumulator dtype; the dequantized tile keeps the kernel's dtype, so values are what the
 unscheduled kernel computes up to summation order. `Injective` parallelizes the outer loop of
-elementwise kernels (rotary, casts, embedding lookups) and vectorizes their inner one.
+elementwise kernels (embedding lookups, casts) and vectorizes their inner one.
+
+Imports TVM at module level: reached only through `pipeline.cpu_schedule_rules`.
 """
 from __future__ import annotations
 
