@@ -87,9 +87,11 @@ class Matmul(CPUScheduleRule):
             writes = sch.get(p.block_rv).writes
             if len(writes) == 1 and writes[0].source.same_as(weight_buf) and dequant is None:
                 dequant = p.block_rv
-            else:
-                return None
         if dequant is not None and not _is_row_major_producer(sch.get(dequant)):
+            return None
+        # other producers: per-row inputs of the dequantize (nn_quant's float32 scales)
+        scale_stages = [p.block_rv for p in producers if not p.block_rv.same_as(dequant)]
+        if scale_stages and (dequant is None or not all(_is_row_major_producer(sch.get(b)) for b in scale_stages)):
             return None
 
         loops = sch.get_loops(mm)
@@ -125,21 +127,18 @@ class Matmul(CPUScheduleRule):
         if last is not None:
             sch.reverse_compute_at(last, rf_loops[1])
             sch.set_scope(mm, 0, "local")
+            sch.vectorize(sch.get_loops(last)[-1])
         if dequant is not None:
             sch.compute_at(dequant, rf_loops[0])
             d_loops = sch.get_loops(dequant)
             d_words, d_vec = sch.split(d_loops[-1], factors=[None, LANES])
             sch.vectorize(d_vec)
             unroll = next(u for u in DEQUANT_UNROLL if (k_extent // LANES) % u == 0)
-            if unroll > 1:
-                sch.unroll(sch.split(d_words, factors=[None, unroll])[1])
-            halves = [i for i, r in enumerate(sch.get(dequant).reads) if r.source.dtype == "float16"]
-            if len(halves) == 1:
-                # the tile's scales as float32 (exact): a float16 scalar load (vpinsrw) would chain
-                # each group's dequantize to the previous one's
-                scales = sch.cache_read(dequant, halves[0], "local")
-                sch.compute_at(scales, rf_loops[0])
-                sch.unsafe_set_dtype(scales, 0, "float32")
+            d_group, d_unrolled = sch.split(d_words, factors=[None, unroll])
+            sch.unroll(d_unrolled)
+            for block in scale_stages:
+                sch.compute_at(block, rf_loops[0])
+                _vectorize_inner(sch, block)
         return sch
 
 
@@ -168,6 +167,13 @@ def _operands(block: Any) -> Any | None:
 def _is_row_major_producer(block: Any) -> bool:
     """A 2-d spatial block writing W[v_n, v_k] with its own two iterators, in order."""
     return len(block.iter_vars) == 2 and _writes_own_iterators(block)
+
+
+def _vectorize_inner(sch: Any, block: Any) -> None:
+    loop = sch.get_loops(block)[-1]
+    extent = _as_int(sch.get(loop).extent)
+    if extent is not None and extent % LANES == 0:
+        sch.vectorize(sch.split(loop, factors=[None, LANES])[1])
 
 
 def _writes_own_iterators(block: Any) -> bool:
