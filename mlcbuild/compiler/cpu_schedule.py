@@ -6,6 +6,7 @@ single-threaded loops. `Matmul` schedules both decode (a few activation rows) an
 rows) the same way:
 
     for n_o in parallel(N / T):                 # T output features per task
+        scale32[T, K / 32] = float32(scales)    # nn_quant's widened scales, vector-converted
         W[T, K] = dequantize(rows n_o*T ...)    # once per tile, reused by every activation row
         for m in rows:
             acc[T, 8] = 0
@@ -16,7 +17,9 @@ rows) the same way:
 
 The reduction is only reassociated (eight partial sums, then their sum), in the kernel's own
 accumulator dtype; the dequantized tile keeps the kernel's dtype, so values are what the
-unscheduled kernel computes up to summation order. `Injective` parallelizes the outer loop of
+unscheduled kernel computes up to summation order. Measured on the RedPajama-3B shapes (one core):
+the dequantize is 8 AVX2 instructions per 8 weights and dominates decode; the reduction runs near
+the core's FMA peak for prefill. `Injective` parallelizes the outer loop of
 elementwise kernels (embedding lookups, casts) and vectorizes their inner one.
 
 Imports TVM at module level: reached only through `pipeline.cpu_schedule_rules`.
@@ -134,8 +137,7 @@ class Matmul(CPUScheduleRule):
             d_words, d_vec = sch.split(d_loops[-1], factors=[None, LANES])
             sch.vectorize(d_vec)
             unroll = next(u for u in DEQUANT_UNROLL if (k_extent // LANES) % u == 0)
-            d_group, d_unrolled = sch.split(d_words, factors=[None, unroll])
-            sch.unroll(d_unrolled)
+            sch.unroll(sch.split(d_words, factors=[None, unroll])[1])
             for block in scale_stages:
                 sch.compute_at(block, rf_loops[0])
                 _vectorize_inner(sch, block)

@@ -112,7 +112,10 @@ def schedule_passes(target: Any, options: CompileOptions, bounds: Mapping[str, i
     under `with target:` to see the TIR a library is compiled from."""
     from tvm import relax
 
-    from mlcbuild.compiler.fusion import fuse_dequantize_matmul, rewrite_transpose_matmul
+    from mlcbuild.compiler.fusion import (
+        fuse_dequantize_matmul,
+        rewrite_transpose_matmul,
+    )
 
     kind = target.kind.name
     level = options.level
