@@ -66,13 +66,17 @@ def gpu_schedule_rules(level: int, kind: str = "cuda", arch: str = "") -> list[A
 
 
 def cpu_schedule_rules(level: int) -> list[Any]:
-    """dlight's CPU Reduction rule; its CPU GEMV rule is left out: on the fused NT_matmul kernels it
-    emits code that LLVM needs minutes to compile (190 s vs 3 s for a tiny model)."""
+    """mlcbuild's CPU matmul/GEMV rule (compiler/cpu_schedule.py), dlight's CPU Reduction rule
+    (softmax, layer norm), then mlcbuild's injective rule. dlight's CPU GEMV rule is left out: on
+    the fused NT_matmul kernels it emits code that LLVM needs minutes to compile (190 s vs 3 s for
+    a tiny model)."""
     from tvm.s_tir import dlight as dl
+
+    from mlcbuild.compiler.cpu_schedule import Injective, Matmul
 
     if level == 0:
         return []
-    return [dl.cpu.Reduction()]
+    return [Matmul(), dl.cpu.Reduction(), Injective()]
 
 
 def apply_schedule_rules(rules: Sequence[Any]):
@@ -103,6 +107,35 @@ def apply_schedule_rules(rules: Sequence[Any]):
     return apply
 
 
+def schedule_passes(target: Any, options: CompileOptions, bounds: Mapping[str, int]) -> list[Any]:
+    """The pipeline's passes up to scheduled kernels (legalize, fuse, schedule rules); run them
+    under `with target:` to see the TIR a library is compiled from."""
+    from tvm import relax
+
+    from mlcbuild.compiler.fusion import (
+        fuse_dequantize_matmul,
+        rewrite_transpose_matmul,
+    )
+
+    kind = target.kind.name
+    level = options.level
+    arch = str(target.attrs.get("arch", "")) if kind == "cuda" else ""
+    rules = gpu_schedule_rules(level, kind, arch) if "gpu" in target.keys else cpu_schedule_rules(level)
+    return [
+        _attach_variable_bounds(bounds),
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
+        *([rewrite_transpose_matmul()] if level >= 1 else []),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        *([fuse_dequantize_matmul()] if level >= 1 else []),
+        relax.transform.FoldConstant(),
+        *([relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []),
+        relax.transform.DeadCodeElimination(),
+        *([apply_schedule_rules(rules)] if rules else []),
+    ]
+
+
 def build_pipeline(
     target: Any,
     options: CompileOptions,
@@ -116,33 +149,15 @@ def build_pipeline(
     from tvm import relax
 
     kind = target.kind.name
-    is_gpu = "gpu" in target.keys
-    level = options.level
 
     @tvm.transform.module_pass(opt_level=0, name="MlcbuildPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         from mlcbuild.compiler.determinism import canonical_store_order
-        from mlcbuild.compiler.fusion import fuse_dequantize_matmul, rewrite_transpose_matmul
 
-        fuse = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []
-        pre_legalize = [rewrite_transpose_matmul()] if level >= 1 else []
-        post_annotate = [fuse_dequantize_matmul()] if level >= 1 else []
-        arch = str(target.attrs.get("arch", "")) if kind == "cuda" else ""
-        rules = gpu_schedule_rules(level, kind, arch) if is_gpu else cpu_schedule_rules(level)
         with target:
             seq = tvm.transform.Sequential(
                 [
-                    _attach_variable_bounds(bounds),
-                    relax.backend.DispatchSampling(),
-                    relax.backend.DispatchSortScan(),
-                    *pre_legalize,
-                    relax.transform.LegalizeOps(),
-                    relax.transform.AnnotateTIROpPattern(),
-                    *post_annotate,
-                    relax.transform.FoldConstant(),
-                    *fuse,
-                    relax.transform.DeadCodeElimination(),
-                    *([apply_schedule_rules(rules)] if rules else []),
+                    *schedule_passes(target, options, bounds),
                     relax.transform.RewriteDataflowReshape(),
                     relax.transform.ToNonDataflow(),
                     relax.transform.RemovePurityChecking(),

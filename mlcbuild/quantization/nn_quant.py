@@ -16,20 +16,43 @@ from mlcbuild.quantization.numpy_quant import QuantizedShapes
 from mlcbuild.quantization.scheme import GroupQuantize, QuantizationScheme
 
 
+def _float32_math_for_float16() -> bool:
+    """On CPUs (no float16 arithmetic: LLVM widens and rounds after every operation) compute the
+    float16 dequantize in float32 with one final rounding; `_dequantize_te` says why that is the
+    same value."""
+    from tvm.target import Target
+
+    target = Target.current(allow_none=True)
+    return target is not None and target.kind.name == "llvm"
+
+
 def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, k: int, scheme: GroupQuantize) -> te.Tensor:
+    """(q - max_int) * scale in the model dtype.
+
+    The float32 form for float16 models is bit-identical: q - max_int is a small integer (exact in
+    both), its product with a float16 scale needs ≤ bits + 11 ≤ 24 significand bits (exact in
+    float32), so rounding it to float16 once is the single rounding of the float16 multiply.
+    """
     g, per_word, bits = scheme.group_size, scheme.per_word, scheme.bits
     wpg = -(-g // per_word)
     mask = tirx.const((1 << bits) - 1, "uint32")
     dtype = scheme.model_dtype
     rows = q_weight.shape[0]
+    widen = dtype == "float16" and bits <= 13 and _float32_math_for_float16()
+    # widened scales are their own stage: a CPU schedule converts a tile of them with vector
+    # instructions instead of one scalar float16 load + conversion per use
+    scales = te.compute(q_scale.shape, lambda n, j: q_scale[n, j].astype("float32"), name="dequantize_scale") if widen else q_scale
 
     def fcompute(n: Any, i: Any) -> Any:
         group = i // g
         j = i % g
         word = q_weight[n, group * wpg + j // per_word]
         lane = ((j % per_word) * bits).astype("uint32")
-        q = tirx.bitwise_and(tirx.shift_right(word, lane), mask).astype(dtype)
-        return (q - tirx.const(scheme.max_int, dtype)) * q_scale[n, group]
+        q = tirx.bitwise_and(tirx.shift_right(word, lane), mask)
+        if widen:
+            centered = (q.astype("int32") - tirx.const(scheme.max_int, "int32")).astype("float32")
+            return (centered * scales[n, group]).astype(dtype)
+        return (q.astype(dtype) - tirx.const(scheme.max_int, dtype)) * q_scale[n, group]
 
     return te.compute((rows, k), fcompute, name="dequantize")
 

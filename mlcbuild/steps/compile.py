@@ -54,7 +54,7 @@ def check_pins(target: ResolvedTarget, target_file: str | None) -> None:
 
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "2"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes)
+    version: ClassVar[str] = "3"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py)
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.compiler.options import CompileOptions

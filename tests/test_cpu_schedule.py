@@ -1,0 +1,137 @@
+"""mlcbuild's llvm schedule rules (mlcbuild/compiler/cpu_schedule.py).
+
+The matmul kernels of a real model library are parallel and vectorized and the library still
+computes what transformers does (the session's compiled tiny models: no extra compile); the rules
+leave kernels they do not understand alone; the float32 form of the float16 dequantize is
+bit-identical to float16 arithmetic for every scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+try:
+    from test_compile import EXACT_TOL, FP16_TOL, _tokens, reference_logits
+except ImportError:
+    from tests.test_compile import EXACT_TOL, FP16_TOL, _tokens, reference_logits
+
+
+def _llvm() -> object:
+    import tvm
+
+    from mlcbuild.targets import resolve_target
+
+    return tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
+
+
+def scheduled_kernels(model_dir) -> dict[str, str]:
+    """name -> TVMScript of every PrimFunc the llvm library of `model_dir` is compiled from."""
+    import json
+
+    import tvm
+    from tvm import tirx
+
+    from mlcbuild.compiler.build import export_model
+    from mlcbuild.compiler.options import CompileOptions
+    from mlcbuild.compiler.pipeline import schedule_passes, variable_bounds
+
+    config = json.loads((model_dir / "mlc-chat-config.json").read_text())
+    target = _llvm()
+    mod, _, _ = export_model(config, target)
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential(schedule_passes(target, CompileOptions(), variable_bounds(config)))(mod)
+    return {gv.name_hint: f.script() for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["q4f16_1", "q0f32"])
+def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_model, quantization: str) -> None:
+    from mlcbuild.runtime.engine import Engine
+
+    built = compiled_model("gpt_neox", quantization)
+    kernels = scheduled_kernels(built.model_dir)
+    matmuls = {name: text for name, text in kernels.items() if "NT_matmul" in name}
+    assert len(matmuls) >= 8, sorted(kernels)
+    for name, text in matmuls.items():
+        assert "T.parallel(" in text and "T.vectorized(" in text, name
+        assert ("dequantize" in text) == (quantization != "q0f32"), name
+    assert "T.parallel(" in kernels["softmax"]
+
+    engine = Engine.load(built.model_dir, built.lib)
+    ids = _tokens(20, seed=3)
+    ours = engine.logits_for(ids[:12], ids[12:])
+    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", quantization, ids)[11:]
+    assert np.abs(ours - ref).max() <= (EXACT_TOL if quantization == "q0f32" else FP16_TOL)
+
+
+def _te_matmul(k: int):
+    from tvm import te
+
+    a = te.placeholder((1, k), "float32", name="A")
+    w = te.placeholder((16, k), "float32", name="W")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((1, 16), lambda i, n: te.sum(a[i, r] * w[n, r], axis=r), name="NT_matmul")
+    return te.create_prim_func([a, w, c])
+
+
+def _te_softmax_like():
+    from tvm import te
+
+    a = te.placeholder((4, 64), "float32", name="A")
+    r = te.reduce_axis((0, 64), name="k")
+    m = te.compute((4,), lambda i: te.max(a[i, r], axis=r), name="max")
+    out = te.compute((4, 64), lambda i, j: a[i, j] - m[i], name="sub")
+    return te.create_prim_func([a, out])
+
+
+def test_rules_schedule_what_they_understand_and_pass_on_the_rest() -> None:
+    import tvm
+    from tvm.script import tirx as T
+
+    from mlcbuild.compiler.cpu_schedule import Injective, Matmul
+
+    @T.prim_func(s_tir=True)
+    def scatter(idx: T.Buffer((64,), "int32"), src: T.Buffer((64, 8), "float32"), dst: T.Buffer((64, 8), "float32")):
+        for i, j in T.grid(64, 8):
+            with T.sblock("scatter"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                dst[idx[vi], vj] = src[vi, vj]
+
+    llvm, cuda = _llvm(), tvm.target.Target("cuda")
+    assert "T.parallel(" in Matmul().apply(_te_matmul(64), llvm, False).mod["main"].script()
+    assert Matmul().apply(_te_matmul(64), cuda, False) is None
+    assert Matmul().apply(_te_matmul(12), llvm, False) is None  # K not a multiple of the 8 lanes
+    assert Matmul().apply(_te_softmax_like(), llvm, False) is None
+    assert Matmul().apply(scatter, llvm, False) is None
+    assert Injective().apply(scatter, llvm, False) is None  # parallel writes through idx could race
+    assert Injective().apply(_te_softmax_like(), llvm, False) is None
+    assert Injective().apply(_te_matmul(64), llvm, False) is None
+
+
+def test_float32_dequantize_is_float16_arithmetic_bit_for_bit() -> None:
+    """Every finite float16 scale times every 4-bit value, minus 7: the llvm form (float32, one
+    rounding) against numpy's float16 arithmetic."""
+    import tvm
+    from tvm import te
+
+    from mlcbuild.quantization import get_scheme
+    from mlcbuild.quantization.nn_quant import _dequantize_te
+
+    scheme = get_scheme("q4f16_1")
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    scales = bits.view(np.float16)[np.isfinite(bits.view(np.float16))]
+    nibbles = np.tile(np.arange(16, dtype=np.uint32), 2)  # one group of 32 per row
+    words = (nibbles.reshape(4, 8) << (4 * np.arange(8, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
+    q_weight = np.tile(words, (scales.size, 1))
+    target = _llvm()
+    w = te.placeholder(q_weight.shape, "uint32", name="w")
+    s = te.placeholder((scales.size, 1), "float16", name="s")
+    with target:
+        out = _dequantize_te(w, s, 32, scheme)
+    assert "float32" in str(out.op.body)
+    lib = tvm.compile(te.create_prim_func([w, s, out]), target=target)
+    got = tvm.runtime.tensor(np.zeros((scales.size, 32), np.float16))
+    lib(tvm.runtime.tensor(q_weight), tvm.runtime.tensor(scales.reshape(-1, 1)), got)
+    with np.errstate(over="ignore"):  # the largest scales overflow to inf, in both
+        want = (nibbles.astype(np.float16) - np.float16(7))[None, :] * scales[:, None]
+    np.testing.assert_array_equal(got.numpy().view(np.uint16), want.view(np.uint16))
