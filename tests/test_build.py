@@ -322,6 +322,6 @@ def test_cache_ls_du_and_targets(cache: Path) -> None:
     assert usage.returncode == 0 and "5 results" in usage.stdout
     targets = mlcbuild("targets", cache=cache)
     assert targets.returncode == 0
-    rows = {line.split()[1]: line for line in targets.stdout.splitlines() if line.startswith("│ ")}
+    rows = {line.split()[0]: line for line in targets.stdout.splitlines() if line.startswith(" ") and line.strip()}
     assert "yes" in rows["llvm"] and "yes" in rows["cuda"]
     assert "no" in rows["metal"] and "xcrun" in rows["metal"]
