@@ -31,14 +31,26 @@ BASELINE_COMMIT = "e9def168edc0e4f402aad3fecdcbca09fcfcddca"
 PROBE = r"""
 import os, sys, time
 t0 = time.perf_counter()
-import mlcbuild.execute.local as local
-real = local.LocalExecutor._execute
-def until_convert(self, node, inputs):
+
+def starts(node):
     if node.kind == "convert":
         print("CONVERT_STARTS_AT", time.perf_counter() - t0, flush=True)
         os._exit(0)
-    return real(self, node, inputs)
-local.LocalExecutor._execute = until_convert
+
+try:
+    import mlcbuild.execute.runner as runner  # the shared runner (since the scheduler split)
+    real = runner.execute_step
+    def until_convert(store, node, inputs, progress):
+        starts(node)
+        return real(store, node, inputs, progress)
+    runner.execute_step = until_convert
+except ImportError:  # the baseline commit
+    import mlcbuild.execute.local as local
+    real = local.LocalExecutor._execute
+    def until_convert(self, node, inputs):
+        starts(node)
+        return real(self, node, inputs)
+    local.LocalExecutor._execute = until_convert
 from mlcbuild.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
