@@ -98,6 +98,32 @@ def test_a_node_the_driver_cannot_build_goes_to_a_worker_that_can(cluster, tmp_p
     assert report.ok
 
 
+def test_a_node_no_one_here_can_build_is_fetched_from_the_remote(cluster, tmp_path: Path) -> None:
+    """A metal library some mac pushed: no worker offers xcrun, yet the cluster fetches it."""
+    from mlcbuild.execute.base import ELSEWHERE
+    from mlcbuild.execute.local import LocalExecutor
+    from mlcbuild.execute.runner import FETCHED
+    from mlcbuild.store.remote import RemoteCache
+
+    url = f"file://{tmp_path / 'remote'}"
+    mac = fake("mac", toolchain="xcrun")
+    user = fake("user", {"in": mac})
+    pushed = LocalExecutor(Store(tmp_path / "mac"), remote=RemoteCache(url)).run(graph_of(mac), {mac.id})
+    assert pushed.ok
+
+    graph = graph_of(mac, user)
+    graph.unbuildable[mac.id] = "needs xcrun: build it where that is"
+    report = RayExecutor(Store(tmp_path / "c"), address=cluster.address, remote=RemoteCache(url)).run(graph, set(graph.nodes))
+    assert (report.outcomes[mac.id].status, report.outcomes[mac.id].reason) == ("cached", FETCHED)
+    assert report.outcomes[user.id].status == "built" and report.ok
+
+    other = fake("other", toolchain="xcrun")
+    missing = graph_of(other)
+    missing.unbuildable[other.id] = "needs xcrun: build it where that is"
+    away = RayExecutor(Store(tmp_path / "d"), address=cluster.address, remote=RemoteCache(url)).run(missing, {other.id})
+    assert away.outcomes[other.id].status == ELSEWHERE and away.ok
+
+
 def test_noop_with_ray_executor_imports_no_ray(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -22,6 +22,9 @@ cuda ones only where a worker was started with `ray start --resources '{"toolcha
   `RemoteSettings` (URL, read-only, the signing and trusted keys, sent with the task: they stay
   inside the Ray cluster), cloud credentials come from the worker's own environment. The task
   returns what it transferred and any remote warning; the driver adds them to its summary.
+- A node that neither the driver nor any worker can build (no toolchain, or a key the driver cannot
+  compute) is, with a remote cache, a task on any worker that only fetches it; without one, or on a
+  miss, it ends `elsewhere` (exit 3) like everything that needs it.
 """
 from __future__ import annotations
 
@@ -78,9 +81,10 @@ def _run_on_worker(
     inputs: dict[str, Manifest],
     force: bool,
     remote_settings: "RemoteSettings | None" = None,
+    elsewhere: str | None = None,
 ) -> dict[str, Any]:
     """The Ray task: build the node into the shared cache (through the remote cache, if any);
-    return a record, never the bytes."""
+    return a record, never the bytes. `elsewhere`: no one here can build it, only fetch it."""
     import ray
 
     from mlcbuild.execute.runner import build_node
@@ -92,7 +96,9 @@ def _run_on_worker(
     decider = Decider(Store(cache_root), BuildGraph(), force)
     remote, warnings = _worker_remote(remote_settings)
     before = dataclasses.replace(remote.stats) if remote is not None else None
-    outcome = build_node(decider, decision, inputs, lambda fraction, message: None, worker=worker, remote=remote)
+    outcome = build_node(
+        decider, decision, inputs, lambda fraction, message: None, worker=worker, remote=remote, elsewhere=elsewhere
+    )
     record: dict[str, Any] = {
         "status": outcome.status, "key": outcome.key, "duration_s": outcome.duration_s, "reason": outcome.reason, "worker": worker,
     }
@@ -112,7 +118,7 @@ class RayBackend:
         self.address = address
         self.max_retries = max_retries
         self.slots = 1
-        self.fetches = False  # a task for a node no worker may build could wait forever for its resources
+        self.fetches = remote is not None
         self.running: dict[Any, Node] = {}
         self._ray: Any = None
         self._task: Any = None
@@ -176,7 +182,12 @@ class RayBackend:
         from mlcbuild.steps import step_specs
 
         self._connect()
-        needs = self.requirements(decision.node, inputs)
+        node = decision.node
+        away = self.decider.graph.unbuildable.get(node.id)
+        if away is not None and self.builds_elsewhere(node, inputs):
+            away = None
+        # a node nobody here can build only asks the remote cache: any worker, no toolchain
+        needs = {"CPU": 1.0} if away is not None else self.requirements(node, inputs)
         options: dict[str, Any] = {
             "num_cpus": needs.get("CPU", 1),
             "resources": _custom(needs),
@@ -190,7 +201,7 @@ class RayBackend:
             options["num_gpus"] = needs["GPU"]
         store = self.decider.store
         ref = self._task.options(**options).remote(
-            str(store.root), step_specs(), decision, dict(inputs), self.decider.force, self._remote_settings
+            str(store.root), step_specs(), decision, dict(inputs), self.decider.force, self._remote_settings, away
         )
         self.running[ref] = decision.node
         return ref
