@@ -1,9 +1,9 @@
 """mlcbuild's llvm schedule rules (mlcbuild/compiler/cpu_schedule.py).
 
 The matmul kernels of a real model library are parallel and vectorized and the library still
-computes what transformers does (the session's compiled tiny models: no extra compile); the rules
-leave kernels they do not understand alone; the float32 form of the float16 dequantize is
-bit-identical to float16 arithmetic for every scale.
+computes what transformers does (the session's compiled tiny models: no extra compile), gelu's erf
+included (topi's vectorizable polynomial, not libm); the rules leave kernels they do not understand
+alone; the float32 form of the float16 dequantize is bit-identical to float16 arithmetic for every scale.
 """
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
         assert "T.parallel(" in text and "T.vectorized(" in text, name
         assert ("dequantize" in text) == (quantization != "q0f32"), name
     assert "T.parallel(" in kernels["softmax"]
+    gelus = [text for name, text in kernels.items() if name.endswith("gelu") or "_gelu" in name]
+    assert gelus, sorted(kernels)
+    for text in gelus:  # erf is libm's scalar call; the polynomial vectorizes with the epilogue
+        assert "T.erf(" not in text and "T.vectorized(" in text
 
     engine = Engine.load(built.model_dir, built.lib)
     ids = _tokens(20, seed=3)

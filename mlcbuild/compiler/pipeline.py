@@ -79,6 +79,14 @@ def cpu_schedule_rules(level: int) -> list[Any]:
     return [Matmul(), dl.cpu.Reduction(), Injective()]
 
 
+def cpu_legalize_map(level: int) -> dict[str, Any] | None:
+    """Vectorizable legalizations for llvm (`cpu_schedule.LEGALIZE`: gelu with a polynomial erf)
+    wherever kernels are scheduled."""
+    from mlcbuild.compiler.cpu_schedule import LEGALIZE
+
+    return dict(LEGALIZE) if level >= 1 else None
+
+
 def apply_schedule_rules(rules: Sequence[Any]):
     """dlight's ApplyDefaultSchedule, except that a rule which raises on a kernel is skipped
     (the next rule, ending with Fallback on GPUs, gets it) instead of failing the build."""
@@ -126,7 +134,7 @@ def schedule_passes(target: Any, options: CompileOptions, bounds: Mapping[str, i
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         *([rewrite_transpose_matmul()] if level >= 1 else []),
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(cpu_legalize_map(level) if "cpu" in target.keys else None),
         relax.transform.AnnotateTIROpPattern(),
         *([fuse_dequantize_matmul()] if level >= 1 else []),
         relax.transform.FoldConstant(),
