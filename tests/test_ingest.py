@@ -196,6 +196,24 @@ def test_source_edited_between_planning_and_ingest_is_refused(tmp_path, monkeypa
     assert not list((tmp_path / "cache" / "ac").glob("*/*.json"))
 
 
+def test_a_file_hard_linked_by_another_node_while_hashed_is_not_called_changed(tmp_path, monkeypatch):
+    """Two downloads adopt the same HF blob; one hard-links it into the cache (its ctime moves)
+    while the other hashes it: same bytes, same inode, same mtime: stored, not refused."""
+    src = tmp_path / "blob"
+    src.write_bytes(b"generation config")
+    os.utime(src, (AN_HOUR_AGO, AN_HOUR_AGO))
+    real = hashing.sha256_file
+
+    def hashing_while_linked(path):
+        os.link(path, tmp_path / "other-node-link")
+        return real(path)
+
+    monkeypatch.setattr(hashing, "sha256_file", hashing_while_linked)
+    store = Store(tmp_path / "cache")
+    entry, how = ingest_file(store, SourceFile("generation_config.json", str(src), None, "corrupt"), ("hardlink",))
+    assert entry.digest == sha256(src) and how == "hardlink"
+
+
 def test_link_types_fall_back_in_order(tmp_path, hashed):
     """No reflink on this file system (ext4 here): reflink,hardlink -> hardlink; a cache on another
     file system (tmpfs /dev/shm) -> copy; a list with nothing that works -> one line."""

@@ -35,7 +35,6 @@ from mlcbuild.errors import StepError, UserError
 from mlcbuild.store import hashing
 from mlcbuild.store.fs import fs_errors, reflink, seal
 from mlcbuild.store.manifest import FileEntry, Manifest
-from mlcbuild.store.signatures import signature
 
 if TYPE_CHECKING:
     from mlcbuild.store.cas import Store
@@ -96,7 +95,7 @@ def ingest_file(store: "Store", file: SourceFile, types: Sequence[str]) -> tuple
     digest = store.stat_index.known(src, before)
     if digest is None:
         digest = hashing.sha256_file(src)
-        if signature(os.stat(src)) != signature(before):
+        if _content_moved(os.stat(src), before):
             raise StepError(file.changed or f"{file.path} changed while it was hashed")
         if file.sha256 in (None, digest):
             store.stat_index.note(src, before, digest)
@@ -109,8 +108,7 @@ def ingest_file(store: "Store", file: SourceFile, types: Sequence[str]) -> tuple
     with fs_errors("cache", store.root), store.new_object(digest) as tmp:
         how = _place(src, tmp, types)
         after = os.stat(src)
-        moved = (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
-        if moved or (how != "hardlink" and after.st_ctime_ns != before.st_ctime_ns):
+        if _content_moved(after, before) or (how != "hardlink" and after.st_ctime_ns != before.st_ctime_ns):
             raise StepError(file.changed or f"{file.path} changed while it was stored")
         if how != "hardlink":
             seal(tmp, entry.executable)
@@ -119,6 +117,12 @@ def ingest_file(store: "Store", file: SourceFile, types: Sequence[str]) -> tuple
         store.signatures.record(digest, placed)
         store.stat_index.note(src, placed, digest)
     return entry, how
+
+
+def _content_moved(after: os.stat_result, before: os.stat_result) -> bool:
+    """Inode, size or mtime moved: the bytes may have. ctime alone is not: another node of this
+    build hard-linking the same file (an HF blob two downloads adopt) moves it."""
+    return (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
 
 
 LINK_FAILURES = frozenset({errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOSYS, errno.ETXTBSY})
