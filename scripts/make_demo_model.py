@@ -121,12 +121,18 @@ def make_weights(out: Path) -> None:
     (transformers 5 calls it lm_head in memory and maps the old name on load).
     """
     import torch
-    from safetensors.torch import save_file
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(SEED)
     config = GPTNeoXConfig(**{k: v for k, v in CONFIG.items() if k not in ("architectures", "torch_dtype")})
-    model = GPTNeoXForCausalLM(config).eval()
+    save_weights(GPTNeoXForCausalLM(config).eval(), out)
+
+
+def save_weights(model, out: Path) -> None:
+    """Sorted safetensors; the head named `embed_out.weight` as in real Pythia/RedPajama checkpoints."""
+    import torch
+    from safetensors.torch import save_file
+
     tensors = {
         name: t.detach().to(torch.float32).contiguous().clone()
         for name, t in sorted(model.state_dict().items())

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from make_demo_model import GENERATION_CONFIG, TOKENIZER_CONFIG, gpt_neox_config, make_tokenizer, write_json
+from make_demo_model import GENERATION_CONFIG, TOKENIZER_CONFIG, gpt_neox_config, make_tokenizer, save_weights, write_json
 
 SEED = 1234
 VOCAB_SIZE = 512
@@ -86,20 +86,6 @@ def train(token_ids: list[int], steps: int):
         if step % 100 == 0 or step == steps - 1:
             print(f"step {step:4d} loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
     return model.eval()
-
-
-def save_weights(model, out: Path) -> None:
-    """Sorted safetensors; the head named `embed_out.weight` as in real Pythia/RedPajama checkpoints."""
-    import torch
-    from safetensors.torch import save_file
-
-    tensors = {
-        name: t.detach().to(torch.float32).contiguous().clone()
-        for name, t in sorted(model.state_dict().items())
-        if not name.endswith((".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq"))
-    }
-    tensors["embed_out.weight"] = tensors.pop("lm_head.weight")
-    save_file(dict(sorted(tensors.items())), str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,12 +15,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import Manifest, canonical_json
 from mlcbuild.store.remote import RemoteCache, open_backend
 from mlcbuild.store.remote import signing
+from test_build import write_recipe as build_recipe
 
 try:
     from remote_servers import AWS_ENV, Moto, Nginx, free_port
@@ -29,7 +28,6 @@ except ImportError:
     from tests.remote_servers import AWS_ENV, Moto, Nginx, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_MODEL = REPO / "recipes" / "models" / "tiny-redpajama"
 HF_SECRET = "hf_mustNeverLeakTokenf00dfeed"
 URL_SECRET = "pw-must-never-leak-c0ffee"
 SECRETS = [HF_SECRET, URL_SECRET, AWS_ENV["AWS_SECRET_ACCESS_KEY"]]
@@ -39,21 +37,7 @@ pytestmark = pytest.mark.slow
 
 # --- helpers ------------------------------------------------------------------------------------
 def write_recipe(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "model").exists():
-        shutil.copytree(DEMO_MODEL, folder / "model")
-    data = {
-        "name": "tiny",
-        "source": {"path": "model"},
-        "quantizations": ["q0f32"],
-        "targets": ["llvm"],
-        "conv_template": "redpajama_chat",
-        "overrides": {"context_window_size": 256, "prefill_chunk_size": 64, "max_batch_size": 1},
-        "output": "dist",
-    }
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return build_recipe(folder, overrides={"context_window_size": 256, "prefill_chunk_size": 64, "max_batch_size": 1})
 
 
 def mlcbuild(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

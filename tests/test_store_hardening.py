@@ -24,17 +24,9 @@ from mlcbuild.store import cas, hashing
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.fs import StoreError
 from mlcbuild.store.hashing import sha256_file
-from mlcbuild.store.manifest import Manifest
 from mlcbuild.store.placed import RECORD
 from test_build import mlcbuild, statuses, write_recipe
-
-
-def _put(store: Store, tmp_path: Path, files: dict[str, bytes]) -> Manifest:
-    out = tmp_path / f"out-{time.monotonic_ns()}"
-    for rel, data in files.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(data)
-    return store.put_dir(out, move=True)
+from test_store import _put
 
 
 def _variant(store: Store, tmp_path: Path, dest: Path, weights: dict[str, bytes], config: dict[str, bytes]):
