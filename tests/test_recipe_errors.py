@@ -21,7 +21,7 @@ CASES = [
     ("unknown-override", GOOD + "overrides:\n  temprature: 0.7\n", 8, 3, "overrides.temprature", "did you mean 'temperature'?"),
     ("unknown-source-key", "source:\n  hf: org/model\n  branch: dev\n" + BODY, 3, 3, "source.branch", "unknown field; allowed: hf, revision, path"),
     ("unknown-compile-key", GOOD + "compile: {opt_level: O3}\n", 7, 11, "compile.opt_level", "did you mean 'opt'?"),
-    ("missing-conv-template", HEAD + "quantizations: [q4f16_1]\ntargets: [llvm]\n", 1, 1, "conv_template", "required field is missing"),
+    ("missing-targets", HEAD + "quantizations: [q4f16_1]\nconv_template: chatml\n", 1, 1, "targets", "required field is missing"),
     ("missing-source", BODY, 1, 1, "source", "required field is missing"),
     ("source-neither", "source:\n  revision: main\n" + BODY, 2, 3, "source", "needs 'hf' (a Hugging Face repo id) or 'path'"),
     ("source-both", "source:\n  hf: org/model\n  path: model\n" + BODY, 3, 3, "source.path", "'hf' and 'path' are mutually exclusive"),

@@ -74,11 +74,12 @@ def test_config_and_cache_quantization_are_checked(tmp_path: Path) -> None:
 def test_top_p_keeps_the_nucleus() -> None:
     rng = np.random.default_rng(0)
     probs = np.array([0.6, 0.3, 0.1])
-    assert {sample_from_probs(probs, 0.5, rng) for _ in range(50)} == {0}
-    assert {sample_from_probs(probs, 0.8, rng) for _ in range(200)} == {0, 1}
-    draws = [sample_from_probs(probs, 1.0, rng) for _ in range(3000)]
+    assert {sample_from_probs(probs, 0.5, rng.random()) for _ in range(50)} == {0}
+    assert {sample_from_probs(probs, 0.8, rng.random()) for _ in range(200)} == {0, 1}
+    draws = [sample_from_probs(probs, 1.0, rng.random()) for _ in range(3000)]
     assert abs(np.mean(np.array(draws) == 2) - 0.1) < 0.03
-    assert sample_from_probs(np.zeros(4), 0.9, rng) == 0
+    assert sample_from_probs(np.zeros(4), 0.9, 0.5) == 0
+    assert [sample_from_probs(probs, 1.0, u) for u in (0.0, 0.59, 0.61, 0.89, 0.91, 0.999)] == [0, 0, 1, 1, 2, 2]
 
 
 def _word_tokenizer(folder: Path, vocab: int = 256) -> None:

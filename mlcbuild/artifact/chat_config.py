@@ -294,13 +294,17 @@ class ChatConfig:
     # --- views -------------------------------------------------------------------------------
 
     def architecture(self) -> dict[str, Any]:
-        """What compile depends on: sampling, templates and tokenizer excluded."""
-        return {
+        """What compile depends on: sampling, templates and tokenizer excluded, except the
+        tokenizer's size (`active_vocab_size`), which the library's softmax masks at."""
+        arch = {
             "model_type": self.model_type,
             "quantization": self.quantization,
             "model_config": dict(self.model_config),
             **self.sizes.to_json(),
         }
+        if self.active_vocab_size is not None:
+            arch["active_vocab_size"] = self.active_vocab_size
+        return arch
 
     def model_sizes(self) -> RuntimeSizes:
         """The sizes as the compiled model saw them: model_config first, then the top level."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 CHAT_CONFIG = "mlc-chat-config.json"
 TENSOR_CACHE = "tensor-cache.json"
+LEGACY_TENSOR_CACHE = "ndarray-cache.json"
+"""The same index under its name before TVM's 2025 rename; MLC-published folders still carry it."""
 SHARD_PREFIX = "params_shard"
 TOKENIZER_JSON = "tokenizer.json"
 

@@ -8,13 +8,15 @@ before, so repeated loads do not re-hash gigabytes. Every problem is one line na
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Mapping
 
-from mlcbuild.artifact.names import TENSOR_CACHE
+from mlcbuild.artifact.names import LEGACY_TENSOR_CACHE, TENSOR_CACHE
 from mlcbuild.errors import Location, UserError
 
 if TYPE_CHECKING:
@@ -73,10 +75,12 @@ class TensorCacheIndex:
     records: dict[str, TensorRecord]
     metadata: Mapping[str, Any]
     shards: tuple[Shard, ...] = ()
+    index_name: str = TENSOR_CACHE
+    """`tensor-cache.json`, or `ndarray-cache.json` in a folder written before the rename."""
 
     @property
     def path(self) -> Path:
-        return self.folder / TENSOR_CACHE
+        return self.folder / self.index_name
 
     @classmethod
     def read(cls, folder: Path | str) -> "TensorCacheIndex":
@@ -88,6 +92,8 @@ class TensorCacheIndex:
         if folder.is_file():
             folder = folder.parent
         path = folder / TENSOR_CACHE
+        if not path.exists() and (folder / LEGACY_TENSOR_CACHE).exists():
+            path = folder / LEGACY_TENSOR_CACHE
         if not path.exists():
             raise TensorCacheError(f"no {TENSOR_CACHE} (is this a converted weights folder?)", Location(path))
         try:
@@ -96,7 +102,7 @@ class TensorCacheIndex:
             raise
         except UserError as exc:
             raise TensorCacheError(exc.message, exc.location, exc.field) from None
-        return cls.from_json(data, folder)
+        return dataclasses.replace(cls.from_json(data, folder), index_name=path.name)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], folder: Path) -> "TensorCacheIndex":

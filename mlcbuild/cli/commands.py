@@ -511,6 +511,41 @@ def targets_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("templates")
+def templates_cmd(args: argparse.Namespace) -> int:
+    """Each template: its roles and one line of what it renders (a table; tab-separated off a terminal)."""
+    from mlcbuild.templates import AUTO, CONV_TEMPLATES, describe
+
+    rows = [(AUTO, "-", "fitted to the checkpoint's own chat template at gen-config time", "the default")]
+    for name in sorted(CONV_TEMPLATES):
+        conv = CONV_TEMPLATES[name]
+        notes = []
+        if conv.strip_reasoning_in_history:
+            notes.append("strips <think> from history")
+        if conv.system_prefix_token_ids:
+            notes.append(f"bos ids {conv.system_prefix_token_ids}")
+        notes.append(f"stop ids {conv.stop_token_ids}")
+        roles = " / ".join(f"{r}={v!r}" for r, v in conv.roles.items())
+        rows.append((name, roles, describe(conv), ", ".join(notes)))
+    out = console()
+    if not out.is_terminal:
+        for row in rows:
+            print("\t".join(row))
+        return 0
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="conversation templates (S: system message, U: user message)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, title_justify="left")
+    for col in ("template", "roles", "renders", "notes"):
+        table.add_column(col, no_wrap=col == "template", overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    out.print(table)
+    return 0
+
+
 def _shown(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))

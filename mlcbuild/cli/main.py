@@ -246,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("artifacts", nargs="+", type=Path, help="a model folder, a library, or a .provenance.json")
 
     subcommand("targets", help="which targets this machine can build, and why not")
+    subcommand("templates", help="conversation templates a recipe's conv_template may name (default: auto)")
 
     from mlcbuild.cli.runtime_commands import add_parsers
 

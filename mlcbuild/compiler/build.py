@@ -35,8 +35,17 @@ def make_tvm_target(target: ResolvedTarget) -> Any:
     return tvm.target.Target(target.tvm_target_config())
 
 
-def system_lib_prefix(chat_config: Mapping[str, Any]) -> str:
-    """Symbol prefix for static (`.tar`) libraries, so several models link into one app (as MLC)."""
+MOBILE_HOSTS = ("ios", "macabi", "android")
+"""Hosts whose apps link several static model libraries into one binary (MLC's iphone, macabi,
+android targets): only there are symbols prefixed. TVM's JS runtime (WebLLM) calls `SystemLib()`
+without a prefix, so a `.wasm` has none."""
+
+
+def system_lib_prefix(chat_config: Mapping[str, Any], target: ResolvedTarget) -> str:
+    """`{model_type}_{quant}_` for a mobile static library (as MLC names it), else ""."""
+    triple = str((target.host or {}).get("mtriple", "")) if isinstance(target.host, Mapping) else ""
+    if target.suffix != "tar" or not any(h in triple for h in MOBILE_HOSTS):
+        return ""
     raw = f"{chat_config['model_type']}_{chat_config['quantization']}_"
     return "".join(c if c.isalnum() else "_" for c in raw)
 
@@ -89,10 +98,12 @@ def build_model_lib(
         variable_bounds(metadata),
         memory_usage,
         after_memory_plan=[attach_metadata_pass(metadata, memory_usage)],
+        metadata=metadata,
     )
     static = target.suffix in ("tar", "wasm")
-    if static:
-        mod = mod.with_attr("system_lib_prefix", system_lib_prefix(chat_config))
+    prefix = system_lib_prefix(chat_config, target) if static else ""
+    if prefix:
+        mod = mod.with_attr("system_lib_prefix", prefix)
     progress(0.15, "relax build")
     t1 = time.perf_counter()
     config = {"relax.backend.use_cuda_graph": options.use_cudagraph(target.tvm_target["kind"])}

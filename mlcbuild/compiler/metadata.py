@@ -1,7 +1,10 @@
 """The `_metadata` function of a model library: what a loader checks before running anything.
 
-MLC runtimes call `_metadata()` and parse the JSON it returns; we keep MLC's field names and add
-the parameter dtypes/shapes that let `mlcbuild.runtime` reject mismatched weights up front.
+MLC runtimes call `_metadata()` and parse the JSON it returns (`cpp/metadata/model.cc` requires
+model_type, quantization, context_window_size, prefill_chunk_size, max_batch_size,
+tensor_parallel_shards, kv_cache, params with name/shape/dtype/preprocs, memory_usage; WebLLM reads
+kv_state_kind, params and prefill_chunk_size). We write every key MLC's `interface/compile.py`
+writes, plus `vocab_size` and an `mlcbuild` block that MLC's parsers ignore.
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ def kv_cache_dims(model_config: Mapping[str, Any], config_obj: Any = None) -> di
 
 
 def param_entries(named_params: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """[{name, shape, dtype}] in the order the library takes its packed parameters."""
+    """[{name, shape, dtype, preprocs, pipeline_stages}] in the order the library takes its packed
+    parameters. No parameter is transformed at load time (`preprocs` empty: convert stores the final
+    layout) and there is one pipeline stage."""
     out = []
     for name, param in named_params:
         shape = [_dim(d) for d in param.shape]
-        out.append({"name": name, "shape": shape, "dtype": str(param.dtype)})
+        out.append({"name": name, "shape": shape, "dtype": str(param.dtype), "preprocs": [], "pipeline_stages": [0]})
     return out
 
 
@@ -56,6 +61,8 @@ def make_metadata(
 ) -> dict[str, Any]:
     """Everything but memory_usage (known only after memory planning)."""
     config = chat_config if isinstance(chat_config, ChatConfig) else ChatConfig.from_json(chat_config)
+    vocab_size = int(config.model_config.get("vocab_size") or config.vocab_size or 0)
+    active = config.active_vocab_size
     return {
         "model_type": config.model_type,
         "quantization": config.quantization,
@@ -64,7 +71,9 @@ def make_metadata(
         "disaggregation": False,
         "kv_state_kind": "kv_cache",
         "kv_cache": kv_cache_dims(config.model_config, config_obj),
-        "vocab_size": int(config.model_config.get("vocab_size") or config.vocab_size or 0),
+        "vocab_size": vocab_size,
+        "active_vocab_size": active if active and 0 < active < vocab_size else None,
+        "model_task": "chat",
         "params": param_entries(named_params),
         "memory_usage": {},
         "mlcbuild": {"target": dict(target or {}), "apache_tvm": tvm_version},

@@ -115,10 +115,14 @@ def apply_schedule_rules(rules: Sequence[Any]):
     return apply
 
 
-def schedule_passes(target: Any, options: CompileOptions, bounds: Mapping[str, int]) -> list[Any]:
-    """The pipeline's passes up to scheduled kernels (legalize, fuse, schedule rules); run them
-    under `with target:` to see the TIR a library is compiled from."""
+def schedule_passes(
+    target: Any, options: CompileOptions, bounds: Mapping[str, int], metadata: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """The pipeline's passes up to scheduled kernels (MLC's ABI functions, legalize, fuse, schedule
+    rules); run them under `with target:` to see the TIR a library is compiled from."""
     from tvm import relax
+
+    from mlcbuild.compiler.abi import abi_passes
 
     from mlcbuild.compiler.fusion import (
         fuse_dequantize_matmul,
@@ -130,6 +134,7 @@ def schedule_passes(target: Any, options: CompileOptions, bounds: Mapping[str, i
     arch = str(target.attrs.get("arch", "")) if kind == "cuda" else ""
     rules = gpu_schedule_rules(level, kind, arch) if "gpu" in target.keys else cpu_schedule_rules(level)
     return [
+        *(abi_passes(target, metadata) if metadata is not None else []),
         _attach_variable_bounds(bounds),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
@@ -150,9 +155,11 @@ def build_pipeline(
     bounds: Mapping[str, int],
     memory_usage: dict[str, int],
     after_memory_plan: Sequence[Any] = (),
+    metadata: Mapping[str, Any] | None = None,
 ):
     """The Relax pipeline pass; `memory_usage` is filled with per-function planned bytes and
-    `after_memory_plan` passes (e.g. attaching `_metadata`) run right after it is known."""
+    `after_memory_plan` passes (e.g. attaching `_metadata`) run right after it is known. With
+    `metadata` (prefill_chunk_size, max_batch_size, active_vocab_size), MLC's ABI functions are added."""
     import tvm
     from tvm import relax
 
@@ -165,7 +172,7 @@ def build_pipeline(
         with target:
             seq = tvm.transform.Sequential(
                 [
-                    *schedule_passes(target, options, bounds),
+                    *schedule_passes(target, options, bounds, metadata),
                     relax.transform.RewriteDataflowReshape(),
                     relax.transform.ToNonDataflow(),
                     relax.transform.RemovePurityChecking(),

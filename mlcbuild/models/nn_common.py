@@ -77,10 +77,11 @@ class CausalLMBase(nn.Module):
     def batch_verify(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> tuple[Tensor, PagedKVCache]:
         return self.batch_forward(input_embeds, paged_kv_cache), paged_kv_cache
 
-    def softmax_with_temperature(self, logits: Tensor, temperature: Tensor) -> Tensor:
-        """Sampling probabilities; temperature 0 (greedy) is the runtime's job, as in MLC."""
-        b, _, _ = logits.shape
-        return op.softmax(logits / op.reshape(temperature, (b, 1, 1)), axis=-1)
+    def embed_checked(self, input_ids: Tensor) -> Tensor:
+        """`embed` on ids clamped into [0, vocab_size): the gather never reads outside the table,
+        whatever id a runtime passes (runtimes refuse such ids before they get here)."""
+        ids = op.wrap_nested(rx.op.clip(input_ids._expr, rx.prim_value(0), rx.prim_value(self.vocab_size - 1)), name="input_ids_in_vocab")
+        return self.embed(ids)
 
     def create_tir_paged_kv_cache(
         self,
@@ -117,13 +118,14 @@ class CausalLMBase(nn.Module):
         )
 
     def get_default_spec(self) -> nn.spec.ModuleSpec:
-        """MLC's function set: embed, prefill, decode, batch_*, create_tir_paged_kv_cache, softmax_with_temperature."""
+        """The model's part of MLC's function set: embed, prefill, decode, batch_*,
+        create_tir_paged_kv_cache (the rest is added at compile time, `compiler/abi`)."""
         kv = nn.spec.Object(object_type=PagedKVCache)
         packed = {"param_mode": "packed", "effect_mode": "none"}
         none = {"param_mode": "none", "effect_mode": "none"}
         h, dt = self.hidden_size, self.dtype
         spec = {
-            "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
+            "embed": nn.spec.MethodSpec.from_raw({"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed}, self.embed_checked),
             "prefill": {"input_embed": nn.spec.Tensor([1, "seq_len", h], dt), "paged_kv_cache": kv, "$": packed},
             "decode": {"input_embed": nn.spec.Tensor(["batch_size", 1, h], dt), "paged_kv_cache": kv, "$": packed},
             "batch_prefill": {
@@ -140,11 +142,6 @@ class CausalLMBase(nn.Module):
                 "prefill_chunk_size": int,
                 "page_size": int,
                 "support_sliding_window": int,
-                "$": none,
-            },
-            "softmax_with_temperature": {
-                "logits": nn.spec.Tensor(["batch_size", 1, "vocab_size"], "float32"),
-                "temperature": nn.spec.Tensor(["batch_size"], "float32"),
                 "$": none,
             },
         }

@@ -235,7 +235,7 @@ def _validate(file: Path, shown: str, text: str) -> Recipe:
     except YamlProblem as e:
         raise UserError(e.message, Location(shown, e.line, e.column), field_name(e.path)) from None
     if doc is None:
-        raise UserError("recipe is empty; it needs source, quantizations, targets and conv_template", Location(shown, 1, 1))
+        raise UserError("recipe is empty; it needs source, quantizations and targets", Location(shown, 1, 1))
     check = _Checker(shown, doc)
     data = doc.data
     if not isinstance(data, dict):
@@ -357,8 +357,11 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
         problems.append(_known(check, ("quantizations", i), "quantization", quant, schemes))
     refs = _targets_of(check, data["targets"], problems)
     templates = _registry(_templates, "conversation templates")
+    from mlcbuild.templates import AUTO  # the default: fitted to the checkpoint at gen-config time
+
+    conv_template = data.get("conv_template", AUTO)
     if templates is not None:
-        problems.append(_known(check, ("conv_template",), "conv_template", data["conv_template"], templates))
+        problems.append(_known(check, ("conv_template",), "conv_template", conv_template, [*templates, AUTO]))
     model_type = data.get("model_type")
     if model_type is not None:
         models = _registry(_models, "model families")
@@ -379,7 +382,7 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
         source=source,
         quantizations=tuple(data["quantizations"]),
         targets=tuple(refs),
-        conv_template=data["conv_template"],
+        conv_template=conv_template,
         overrides=overrides,
         compile_options=_compile_options(data.get("compile") or {}),
         output=_resolve(base, data.get("output", DEFAULT_OUTPUT)),

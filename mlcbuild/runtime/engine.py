@@ -18,7 +18,8 @@ from mlcbuild.runtime.loader import (
     open_model_folder,
     read_library_metadata,
 )
-from mlcbuild.runtime.sampling import SamplingParams, sample_from_probs
+from mlcbuild.runtime.library_sampler import LibrarySampler, Row
+from mlcbuild.runtime.sampling import SamplingParams
 
 PAGE_SIZE = 16
 
@@ -49,6 +50,8 @@ class Engine:
     tokenizer: Any = None
     _kv: Any = field(default=None, repr=False)
     _seq_len: int = 0
+    _funcs: dict[str, Any] = field(default_factory=dict, repr=False)
+    _sampler: LibrarySampler | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -99,13 +102,40 @@ class Engine:
 
     # --- KV cache ----------------------------------------------------------------------------
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding table: the ids the library accepts."""
+        return int(self.metadata.get("vocab_size") or self.chat_config.get("vocab_size") or 0)
+
+    def lookup(self, name: str) -> Any:
+        """A library function by name, or None; TIR kernels (apply_*_inplace) are found in the
+        library's imports, as MLC's runtimes find them (`GetFunction(name, query_imports=true)`)."""
+        if name not in self._funcs:
+            try:
+                self._funcs[name] = self.vm.module.get_function(name, query_imports=True)
+            except (AttributeError, KeyError, RuntimeError, ValueError):
+                self._funcs[name] = None
+        return self._funcs[name]
+
     def _func(self, *names: str) -> Any:
         for name in names:
-            try:
-                return self.vm[name]
-            except (AttributeError, KeyError, RuntimeError, ValueError):
-                continue
+            func = self.lookup(name)
+            if func is not None:
+                return func
         raise UserError(f"the model library exports none of {', '.join(names)}")
+
+    @property
+    def sampler(self) -> LibrarySampler:
+        if self._sampler is None:
+            self._sampler = LibrarySampler(self.lookup, self.device)
+        return self._sampler
+
+    def check_token_ids(self, tokens: Sequence[int], field: str = "prompt") -> None:
+        """One line for an id the model has no embedding for (it would read outside the table)."""
+        vocab = self.vocab_size
+        for i, t in enumerate(tokens):
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < (vocab or 1 << 31):
+                raise UserError(f"token id {t!r} at position {i} is outside the model's vocabulary [0, {vocab})", field=field)
 
     def create_kv_cache(self, max_batch_size: int, max_total_seq_len: int) -> Any:
         """A fresh paged KV cache from the library's own constructor (MLC's argument order)."""
@@ -153,8 +183,9 @@ class Engine:
         import numpy as np
         import tvm
 
+        self.check_token_ids(tokens)
         ids = tvm.runtime.tensor(np.asarray(tokens, dtype="int32"), self.device)
-        return self.vm["embed"](ids, self.params)
+        return self._func("embed")(ids, self.params)
 
     def batch_prefill(self, kv: Any, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> Any:
         """Append each sequence's chunk in one call (total ≤ prefill_chunk_size); logits [n, vocab] after each."""
@@ -285,13 +316,13 @@ class Engine:
         sampling = sampling or self.sampling_defaults()
         rng = np.random.default_rng(sampling.seed)
         stops = self.stop_token_ids() if stop else set()
+        prompt = list(prompt_tokens)
+        generated: dict[int, int] = {}
         self.reset()
-        logits = self.prefill(list(prompt_tokens))
+        logits = self.prefill(prompt)
         for i in range(max_tokens):
-            if sampling.temperature <= 0:
-                token = int(np.argmax(logits))
-            else:
-                token = sample_from_probs(self._probs(logits, sampling.temperature), sampling.top_p, rng)
+            (token,), _ = self.sampler.sample(logits[None], [Row(sampling, generated, prompt, float(rng.random()))])
+            generated[token] = generated.get(token, 0) + 1
             yield token
             if token in stops or i == max_tokens - 1:
                 return

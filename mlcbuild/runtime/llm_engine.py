@@ -40,7 +40,8 @@ from mlcbuild.runtime.protocol import (
     TokenLogprob,
     TopLogprob,
 )
-from mlcbuild.runtime.sampling import SamplingParams, apply_penalties, log_softmax, sample_from_probs
+from mlcbuild.runtime.library_sampler import Row
+from mlcbuild.runtime.sampling import SamplingParams, log_softmax
 from mlcbuild.runtime.textstream import TextStream
 
 if TYPE_CHECKING:
@@ -201,7 +202,9 @@ class LLMEngine:
     def completion_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         """Raw continuation: the tokenizer's own special tokens, plus BOS where the model expects one."""
         if not isinstance(prompt, str):
-            return [int(t) for t in prompt]
+            ids = list(prompt)
+            self.engine.check_token_ids(ids)
+            return ids
         ids = self.engine.tokenizer.encode(prompt).ids
         bos = self.engine.chat_config.get("bos_token_id")
         if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self.engine._adds_bos():
@@ -253,6 +256,7 @@ class LLMEngine:
         window = self.context_window_size
         if not prompt:
             raise UserError("the prompt is empty", field="prompt")
+        self.engine.check_token_ids(prompt)
         if window > 0 and len(prompt) >= window:
             raise UserError(
                 f"the prompt has {len(prompt)} tokens but the context window is {window} tokens "
@@ -437,22 +441,14 @@ class LLMEngine:
         self._sample(live, list(logits))
 
     def _sample(self, reqs: list[_Request], rows: list[Any]) -> None:
+        """Penalties, softmax and top-p sampling through the library (`LibrarySampler`)."""
         import numpy as np
 
         if not reqs:
             return
-        rows = [
-            apply_penalties(row, r.params, r.counts, set(r.prompt) | set(r.counts)) if r.params.penalized else row
-            for r, row in zip(reqs, rows)
-        ]
-        hot = [i for i, r in enumerate(reqs) if r.params.temperature > 0]
-        probs = self.engine.probs(np.stack([rows[i] for i in hot]), [reqs[i].params.temperature for i in hot]) if hot else []
-        by_index = dict(zip(hot, probs))
-        for i, (req, row) in enumerate(zip(reqs, rows)):
-            if i in by_index:
-                token = sample_from_probs(by_index[i], req.params.top_p, req.rng)
-            else:
-                token = int(np.argmax(row))
+        choices = [Row(r.params, r.counts, r.prompt, float(r.rng.random())) for r in reqs]
+        tokens, processed = self.engine.sampler.sample(np.stack(rows), choices)
+        for req, token, row in zip(reqs, tokens, processed):
             self._accept(req, token, row)
 
     def _accept(self, req: _Request, token: int, row: Any) -> None:

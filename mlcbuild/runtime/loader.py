@@ -6,10 +6,13 @@ compared with `tensor-cache.json` first, and the first difference is reported in
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from mlcbuild.artifact import CHAT_CONFIG, TENSOR_CACHE, TOKENIZER_JSON, ChatConfig
 from mlcbuild.artifact.tensor_cache import TensorCacheIndex, TensorRecord
@@ -70,29 +73,39 @@ def check_weights(
             )
 
 
-def load_params(metadata: Mapping[str, Any], index: TensorCacheIndex, device: Any) -> list[Any]:
-    """The library's parameters, in its order, as TVM tensors on `device` (one shard read at a time)."""
-    import numpy as np
+_TENSOR_CACHE_LOCK = threading.Lock()
+"""TVM's tensor cache is one per process: a load, the lookups and the clear happen together."""
+
+
+def load_params(metadata: Mapping[str, Any], index: TensorCacheIndex, device: Any) -> Any:
+    """The library's parameters, by name in its `_metadata` order, on `device`: read by TVM's own
+    tensor-cache builtins as MLC's runtimes read them (so each record's `format`, e.g. MLC's
+    f32-to-bf16, is decoded by the same code). A folder indexed by `ndarray-cache.json` is read
+    through a view that names it `tensor-cache.json`."""
     import tvm
 
-    by_shard: dict[str, list[tuple[int, TensorRecord]]] = {}
-    order = [entry["name"] for entry in metadata.get("params") or []]
-    for i, name in enumerate(order):
-        rec = index.records[name]
-        by_shard.setdefault(rec.shard, []).append((i, rec))
-    out: list[Any] = [None] * len(order)
-    for shard, recs in by_shard.items():
-        raw = index.read_shard(shard)
-        for i, rec in recs:
-            buf = raw[rec.offset : rec.offset + rec.nbytes]
-            if rec.dtype == "bfloat16":
-                host = np.frombuffer(buf, dtype="uint16").reshape(rec.shape)
-            else:
-                host = np.frombuffer(buf, dtype=rec.dtype).reshape(rec.shape)
-            arr = tvm.runtime.empty(rec.shape, rec.dtype, device=device)
-            arr.copyfrom(np.ascontiguousarray(host))
-            out[i] = arr
-    return out
+    names = [entry["name"] for entry in metadata.get("params") or []]
+    with _TENSOR_CACHE_LOCK, _tensor_cache_folder(index) as folder:
+        tvm.get_global_func("vm.builtin.tensor_cache.load")(str(folder), device.dlpack_device_type(), device.index)
+        try:
+            return tvm.get_global_func("vm.builtin.param_array_from_cache_by_name")(names)
+        finally:
+            tvm.get_global_func("vm.builtin.tensor_cache.clear")()
+
+
+@contextlib.contextmanager
+def _tensor_cache_folder(index: TensorCacheIndex) -> Iterator[Path]:
+    if index.index_name == TENSOR_CACHE:
+        yield index.folder
+        return
+    with tempfile.TemporaryDirectory(prefix="mlcbuild-legacy-cache-") as tmp:
+        view = Path(tmp)
+        (view / TENSOR_CACHE).symlink_to(index.path.resolve())
+        for shard in index.shards:
+            target = view / shard.data_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to((index.folder / shard.data_path).resolve())
+        yield view
 
 
 def read_library_metadata(vm: Any) -> dict[str, Any]:

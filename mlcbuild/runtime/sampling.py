@@ -64,19 +64,26 @@ def log_softmax(logits: Any) -> Any:
     return shifted - np.log(np.exp(shifted).sum())
 
 
-def sample_from_probs(probs: Any, top_p: float, rng: Any) -> int:
-    """Nucleus sampling: sort, keep the prefix whose mass first reaches top_p, renormalize, draw."""
+def softmax(logits: Any) -> Any:
+    import numpy as np
+
+    shifted = np.asarray(logits, dtype="float64") - np.max(logits)
+    e = np.exp(shifted)
+    return e / e.sum()
+
+
+def sample_from_probs(probs: Any, top_p: float, uniform: float) -> int:
+    """Nucleus sampling by inverse CDF, with the semantics of the library's `sample_with_top_p`:
+    sort descending, keep the prefix whose mass first reaches top_p, take the first token whose
+    renormalized cumulative mass exceeds `uniform` ∈ [0, 1)."""
     import numpy as np
 
     probs = np.asarray(probs, dtype="float64")
-    if top_p >= 1.0:
-        kept_ids, kept = np.arange(probs.size), probs
-    else:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        cut = int(np.searchsorted(cumulative, top_p, side="left")) + 1
-        kept_ids, kept = order[:cut], probs[order[:cut]]
-    total = kept.sum()
+    order = np.argsort(-probs, kind="stable")
+    cumulative = np.cumsum(probs[order])
+    total = cumulative[-1] if cumulative.size else 0.0
     if not np.isfinite(total) or total <= 0:
         return int(np.argmax(probs))
-    return int(kept_ids[rng.choice(kept.size, p=kept / total)])
+    cut = min(int(np.searchsorted(cumulative, top_p * total, side="left")), probs.size - 1)
+    kept = cumulative[: cut + 1] / cumulative[cut]
+    return int(order[min(int(np.searchsorted(kept, uniform, side="right")), cut)])

@@ -119,10 +119,10 @@ class GenConfigStep(Step):
     version: ClassVar[str] = "1"
 
     def check(self, params: Mapping[str, JSON]) -> None:
-        from mlcbuild.templates import get_template
+        from mlcbuild.templates import AUTO, get_template
 
         template = params.get("conv_template")
-        if isinstance(template, str):
+        if isinstance(template, str) and template != AUTO:
             get_template(template)
         unknown = sorted(set(params.get("overrides") or {}) - OVERRIDE_KEYS)
         if unknown:
@@ -142,9 +142,21 @@ class GenConfigStep(Step):
     def run(self, ctx: RunContext) -> None:
         source = Path(ctx.inputs["source"])
         self.check(ctx.params)
-        config = build_config(source, ctx.out, ctx.params)
+        config = build_config(source, ctx.out, ctx.params, report=lambda line: ctx.progress(0.5, line))
         (ctx.out / CHAT_CONFIG).write_bytes(config.dumps())
         ctx.progress(1.0, CHAT_CONFIG)
+
+
+def _auto_template(source: Path, out: Path, eos_token_id: Any, report: Callable[[str], None] | None) -> dict[str, Any]:
+    """`conv_template: auto`: fitted to the checkpoint's own chat template (mlcbuild.templates.auto)."""
+    from mlcbuild.templates.auto import fit_folder
+
+    eos_ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
+    fit = fit_folder(source, out / TOKENIZER_JSON, [i for i in eos_ids if isinstance(i, int) and i >= 0])
+    (log.info if fit.exact else log.warning)("%s", fit.summary())
+    if report is not None:
+        report(fit.summary())
+    return fit.conversation.to_json()
 
 
 def _conv_template(spec: Any) -> dict[str, Any]:
@@ -160,8 +172,12 @@ def _conv_template(spec: Any) -> dict[str, Any]:
     raise UserError(f"conv_template must be a template name, got {spec!r}", field="conv_template")
 
 
-def build_config(source: Path, out: Path, params: Mapping[str, Any]) -> ChatConfig:
-    """Write tokenizer files into `out` and return the mlc-chat-config.json object."""
+def build_config(
+    source: Path, out: Path, params: Mapping[str, Any], report: Callable[[str], None] | None = None
+) -> ChatConfig:
+    """Write tokenizer files into `out` and return the mlc-chat-config.json object; `report` hears
+    how `conv_template: auto` (also what no conv_template means) fitted."""
+    from mlcbuild.templates import AUTO
     from mlcbuild.models import detect_model_type, get_family
 
     overrides = dict(params.get("overrides") or {})
@@ -190,7 +206,11 @@ def build_config(source: Path, out: Path, params: Mapping[str, Any]) -> ChatConf
         sizes=RuntimeSizes(**{k: int(mc[k]) for k in RUNTIME_SIZE_FIELDS if k in mc}),
         tokenizer_files=tuple(tokenizer_files),
         tokenizer_info=detect_tokenizer_info(tokenizer_json),
-        conv_template=_conv_template(params.get("conv_template")),
+        conv_template=(
+            _auto_template(source, out, generation["eos_token_id"], report)
+            if params.get("conv_template", AUTO) in (AUTO, None)
+            else _conv_template(params.get("conv_template"))
+        ),
         sampling=Sampling(**{k: generation[k] for k in SAMPLING_DEFAULTS}),
         token_ids=TokenIds(**{k: generation[k] for k in TOKEN_ID_DEFAULTS}),
     )

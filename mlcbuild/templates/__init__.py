@@ -132,6 +132,65 @@ _ALL = [
         stop_token_ids=[2],
     ),
     Conversation(
+        name="qwen2",
+        system_template=f"<|im_start|>system\n{SYSTEM}<|im_end|>\n",
+        system_message="You are a helpful assistant.",
+        roles={"user": "<|im_start|>user", "assistant": "<|im_start|>assistant"},
+        seps=["<|im_end|>\n"],
+        role_content_sep="\n",
+        role_empty_sep="\n",
+        stop_str=["<|endoftext|>", "<|im_end|>"],
+        stop_token_ids=[151643, 151645],
+    ),
+    Conversation(
+        name="qwen3",
+        system_template=f"<|im_start|>system\n{SYSTEM}<|im_end|>\n",
+        system_message="You are a helpful assistant.",
+        roles={"user": "<|im_start|>user", "assistant": "<|im_start|>assistant"},
+        seps=["<|im_end|>\n"],
+        role_content_sep="\n",
+        role_empty_sep="\n",
+        stop_str=["<|endoftext|>", "<|im_end|>"],
+        stop_token_ids=[151643, 151645],
+        strip_reasoning_in_history=True,
+    ),
+    Conversation(
+        name="gemma_instruction",
+        system_template=SYSTEM,
+        system_message="",
+        roles={"user": "<start_of_turn>user", "assistant": "<start_of_turn>model"},
+        seps=["<end_of_turn>\n"],
+        role_content_sep="\n",
+        role_empty_sep="\n",
+        stop_str=["<end_of_turn>"],
+        stop_token_ids=[1, 107],
+        system_prefix_token_ids=[2],
+    ),
+    Conversation(
+        name="gemma3_instruction",
+        system_template=SYSTEM,
+        system_message="",
+        roles={"user": "<start_of_turn>user", "assistant": "<start_of_turn>model"},
+        seps=["<end_of_turn>\n"],
+        role_content_sep="\n",
+        role_empty_sep="\n",
+        stop_str=["<end_of_turn>"],
+        stop_token_ids=[1, 106],
+        system_prefix_token_ids=[2],
+    ),
+    Conversation(
+        name="phi-3",
+        system_template=f"<|system|>\n{SYSTEM}",
+        system_message="You are a helpful digital assistant. Please provide safe, ethical and accurate information to the user.",
+        roles={"user": "<|user|>", "assistant": "<|assistant|>"},
+        seps=["<|end|>\n"],
+        role_content_sep="\n",
+        role_empty_sep="\n",
+        system_prefix_token_ids=[1],
+        stop_str=["<|endoftext|>"],
+        stop_token_ids=[2, 32000, 32001, 32007],
+    ),
+    Conversation(
         name="tinyllama_v1_0",
         system_template=f"<|system|>\n{SYSTEM}</s>",
         system_message="You are a helpful chatbot.",
@@ -171,6 +230,10 @@ _ALL = [
 
 CONV_TEMPLATES: dict[str, Conversation] = {c.name: c for c in _ALL if c.name}
 
+AUTO = "auto"
+"""`conv_template: auto` (the default): fit a template to the checkpoint's own chat template at
+gen-config time (`mlcbuild.templates.auto`)."""
+
 
 def template_names() -> list[str]:
     return sorted(CONV_TEMPLATES)
@@ -180,9 +243,21 @@ def get_template(name: str) -> Conversation:
     """A fresh copy of a registered template (callers may edit it), or a UserError naming the choices."""
     if name in CONV_TEMPLATES:
         return CONV_TEMPLATES[name].copy()
+    if name == AUTO:
+        raise UserError("'auto' is fitted to a checkpoint at gen-config time; it names no template", field="conv_template")
     from mlcbuild.suggest import unknown
 
-    raise UserError(unknown("conversation template", name, CONV_TEMPLATES), field="conv_template")
+    raise UserError(unknown("conversation template", name, [*CONV_TEMPLATES, AUTO]), field="conv_template")
 
 
-__all__ = ["CONV_TEMPLATES", "Conversation", "get_template", "template_names"]
+def describe(conv: Conversation) -> str:
+    """One line: a system message, one user turn and the generation prompt, as the template renders
+    them (S, U: the messages; newlines shown as \\n)."""
+    probe = conv.copy(messages=[("user", "U"), ("assistant", None)])
+    if SYSTEM in conv.system_template:
+        probe.system_message = "S"
+    bos = "<bos ids>" if conv.system_prefix_token_ids else ""
+    return (bos + probe.as_prompt()).replace("\n", "\\n")
+
+
+__all__ = ["AUTO", "CONV_TEMPLATES", "Conversation", "describe", "get_template", "template_names"]

@@ -41,6 +41,9 @@ class Conversation:
     role_empty_sep: str = ""
     stop_str: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    strip_reasoning_in_history: bool | None = None
+    """MLC's flag (Qwen3): drop `<think>...</think>` from assistant turns before the last user turn.
+    None (MLC: False) is left out of the JSON, so templates without it serialize as before."""
     function_string: str = ""
     use_function_calling: bool = False
 
@@ -80,7 +83,8 @@ class Conversation:
         system = self.system_template.replace(SYSTEM, self.system_message)
         seps = list(self.seps) if len(self.seps) == 2 else [self.seps[0], self.seps[0]]
         parts = [system] if system else []
-        for i, (role, content) in enumerate(self.messages):
+        messages = strip_reasoning(self.messages) if self.strip_reasoning_in_history else self.messages
+        for i, (role, content) in enumerate(messages):
             if role not in self.roles:
                 raise ValueError(f"role {role!r} not in template {self.name!r} (has {', '.join(self.roles)})")
             if content is None:
@@ -95,3 +99,15 @@ class Conversation:
         if sep:
             prompt = head + self.function_string + tail
         return prompt.replace(FUNCTION, "")
+
+
+def strip_reasoning(messages: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """MLC's `_strip_reasoning_in_history`: an assistant turn before the last user turn keeps only
+    what follows its last `</think>` (leading newlines dropped), as Qwen3's chat template renders it."""
+    last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=-1)
+    out: list[tuple[str, str | None]] = []
+    for i, (role, content) in enumerate(messages):
+        if role == "assistant" and i < last_user and isinstance(content, str) and "</think>" in content:
+            content = content.split("</think>")[-1].lstrip("\n")
+        out.append((role, content))
+    return out

@@ -19,6 +19,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "special_tokens_map.json",
     "added_tokens.json",
+    "chat_template.jinja",  # transformers >= 4.48 saves the chat template here (conv_template: auto reads it)
 )
 SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")

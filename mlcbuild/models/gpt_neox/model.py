@@ -36,12 +36,15 @@ class GPTNeoXMLP(nn.Module):
     def __init__(self, cfg: GPTNeoXConfig, dtype: str):
         self.act = cfg.hidden_act
         self.dtype = dtype
-        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype)
         out_dtype = ffn_out_dtype(cfg, dtype)
+        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, out_dtype=out_dtype)
         self.dense_4h_to_h = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype, out_dtype=out_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.dense_4h_to_h(_gelu(self.dense_h_to_4h(x), self.act))
+        """As MLC: both projections accumulate into ffn_out_dtype, gelu runs there, and each result
+        is cast back to the model dtype."""
+        y = _gelu(self.dense_h_to_4h(x), self.act)
+        y = self.dense_4h_to_h(y if y.dtype == self.dtype else y.astype(self.dtype))
         return y if y.dtype == self.dtype else y.astype(self.dtype)
 
 

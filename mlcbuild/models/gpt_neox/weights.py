@@ -22,7 +22,7 @@ def _regroup_qkv(heads: int, head_dim: int):
 
 
 def ffn_out_dtype(cfg: GPTNeoXConfig, model_dtype: str) -> str | None:
-    """MLC computes dense_4h_to_h (K = 4·hidden) into float32 for fp16 models; its bias is stored so."""
+    """MLC computes both MLP projections into float32 for fp16 models; their biases are stored so."""
     return cfg.ffn_out_dtype if cfg.ffn_out_dtype != model_dtype else None
 
 
@@ -49,7 +49,7 @@ def weight_plan(cfg: GPTNeoXConfig, scheme: QuantizationScheme) -> WeightPlan:
             same(f"{p}.post_attention_layernorm.weight", (h,)),
             same(f"{p}.post_attention_layernorm.bias", (h,)),
             same(f"{p}.mlp.dense_h_to_4h.weight", (i, h), "linear"),
-            same(f"{p}.mlp.dense_h_to_4h.bias", (i,)),
+            same(f"{p}.mlp.dense_h_to_4h.bias", (i,), dtype=ffn_out),
             same(f"{p}.mlp.dense_4h_to_h.weight", (h, i), "linear"),
             same(f"{p}.mlp.dense_4h_to_h.bias", (h,), dtype=ffn_out),
         ]

@@ -1,0 +1,115 @@
+"""Logit processing and sampling through the model library's own ABI functions, as MLC runs them.
+
+MLC's runtimes never sample in their own code when the library can: WebLLM calls
+`apply_penalty_inplace` → `softmax_with_temperature` → `argsort_probs` → `sample_with_top_p`, and MLC's
+C++ engine does the same on GPUs. Our engine takes that path too, so every run exercises the ABI
+that MLC's runtimes will call. A library built before these functions existed falls back to numpy
+with the same semantics (one uniform draw per token either way, so seeded runs reproduce).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from mlcbuild.runtime.sampling import SamplingParams, apply_penalties, sample_from_probs, softmax
+
+FUNCTIONS = ("apply_penalty_inplace", "softmax_with_temperature", "argsort_probs", "sample_with_top_p")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sequence's next-token choice: its settings, token history and uniform draw in [0, 1)."""
+
+    params: SamplingParams
+    generated: Mapping[int, int]
+    prompt: Sequence[int]
+    uniform: float
+
+    def prompt_only(self) -> list[int]:
+        return sorted(set(self.prompt) - set(self.generated))
+
+
+class LibrarySampler:
+    def __init__(self, lookup: Callable[[str], Any], device: Any):
+        self.device = device
+        self.funcs = {name: lookup(name) for name in FUNCTIONS}
+
+    @property
+    def on_library(self) -> bool:
+        return all(f is not None for f in self.funcs.values())
+
+    def sample(self, logits: Any, rows: Sequence[Row]) -> tuple[list[int], Any]:
+        """Next tokens for `logits` [n, vocab] (float32 numpy) and the logits after penalties."""
+        import numpy as np
+
+        logits = np.ascontiguousarray(logits, dtype="float32")
+        if not self.on_library:
+            processed = np.stack([apply_penalties(l, r.params, r.generated, set(r.prompt) | set(r.generated)) for l, r in zip(logits, rows)])
+            tokens = [self._host_sample(l, r) for l, r in zip(processed, rows)]
+            return tokens, processed
+        return self._device_sample(logits, rows)
+
+    def _host_sample(self, logits: Any, row: Row) -> int:
+        import numpy as np
+
+        if row.params.temperature <= 1e-5:
+            return int(np.argmax(logits))
+        return sample_from_probs(softmax(logits / row.params.temperature), row.params.top_p, row.uniform)
+
+    def _tensor(self, array: Any, dtype: str) -> Any:
+        import numpy as np
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(array, dtype=dtype), self.device)
+
+    def _device_sample(self, logits: Any, rows: Sequence[Row]) -> tuple[list[int], Any]:
+        import numpy as np
+
+        n, vocab = logits.shape
+        dev_logits = self._tensor(logits, "float32")
+        self._apply_penalties(dev_logits, rows)
+        temps = np.array([r.params.temperature for r in rows], dtype="float32")
+        probs = self.funcs["softmax_with_temperature"](dev_logits._create_view((n, 1, vocab)), self._tensor(temps, "float32"))
+        sorted_probs, sorted_indices = self.funcs["argsort_probs"](probs._create_view((n, vocab)))
+        tokens = self.funcs["sample_with_top_p"](
+            sorted_probs,
+            sorted_indices,
+            self._tensor([r.uniform for r in rows], "float32"),
+            self._tensor(np.arange(n), "int32"),
+            self._tensor([r.params.top_p for r in rows], "float32"),
+        )
+        return [int(t) for t in tokens.numpy()], dev_logits.numpy()
+
+    def _apply_penalties(self, dev_logits: Any, rows: Sequence[Row]) -> None:
+        """MLC's apply_penalty_inplace, two penalty rows per sequence: (presence, frequency,
+        repetition) over generated tokens with their counts, (0, 0, repetition) over prompt tokens
+        not generated — OpenAI's penalties on the output, Hugging Face's repetition on both."""
+        seq_ids, pos2seq, token_ids, counts, penalties = [], [], [], [], []
+        for i, row in enumerate(rows):
+            p = row.params
+            if not p.penalized:
+                continue
+            groups = ((list(row.generated), [row.generated[t] for t in row.generated], (p.presence_penalty, p.frequency_penalty)),)
+            if p.repetition_penalty != 1.0:
+                prompt_only = row.prompt_only()
+                groups += ((prompt_only, [0] * len(prompt_only), (0.0, 0.0)),)
+            for tokens, cnts, (presence, frequency) in groups:
+                if not tokens:
+                    continue
+                pos2seq += [len(seq_ids)] * len(tokens)
+                seq_ids.append(i)
+                penalties.append((presence, frequency, p.repetition_penalty))
+                token_ids += tokens
+                counts += cnts
+        if token_ids:
+            self.funcs["apply_penalty_inplace"](
+                dev_logits,
+                self._tensor(seq_ids, "int32"),
+                self._tensor(pos2seq, "int32"),
+                self._tensor(token_ids, "int32"),
+                self._tensor(counts, "int32"),
+                self._tensor(penalties, "float32"),
+            )
+
+
+__all__ = ["FUNCTIONS", "LibrarySampler", "Row"]
