@@ -125,7 +125,9 @@ def _renormalize_te(probs: Any, sorted_probs: Any, cumulative: Any, top_p: Any) 
         (b,), lambda i: te.min(tirx.if_then_else(kept(i, j), sorted_probs[i, j], tirx.max_value("float32")), axis=j), name="top_p_cutoff"
     )
     j2 = te.reduce_axis((0, v), name="j2")
-    mass = te.compute((b,), lambda i: te.sum(tirx.if_then_else(kept(i, j2), sorted_probs[i, j2], tirx.const(0, "float32")), axis=j2), name="top_p_mass")
+    mass = te.compute(
+        (b,), lambda i: te.sum(tirx.if_then_else(probs[i, j2] >= cutoff[i], probs[i, j2], tirx.const(0, "float32")), axis=j2), name="top_p_mass"
+    )
     return te.compute(
         (b, v),
         lambda i, k: tirx.if_then_else(probs[i, k] >= cutoff[i], probs[i, k] / mass[i], tirx.const(0, "float32")),
