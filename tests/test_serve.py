@@ -143,6 +143,11 @@ def test_three_client_processes_in_parallel_are_batched(server) -> None:
         ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "list"),
         ("/v1/completions", {"model": MODEL}, 400, "prompt", "missing"),
         ("/v1/completions", {"prompt": "hi", "stream": "yes"}, 400, "stream", "boolean"),
+        ("/v1/completions", {"prompt": [99999999]}, 400, "prompt", "not in the model's vocabulary [0, 512)"),
+        ("/v1/completions", {"prompt": [3, -1]}, 400, "prompt", "token id -1 at position 1"),
+        ("/v1/completions", {"prompt": [512]}, 400, "prompt", "not in the model's vocabulary"),
+        ("/v1/completions", {"prompt": [5, 2.5]}, 400, "prompt", "list of token ids"),
+        ("/v1/completions", {"prompt": [True]}, 400, "prompt", "list of token ids"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_server_keeps_serving(server, path, body, status, param, words) -> None:

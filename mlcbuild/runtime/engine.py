@@ -135,7 +135,7 @@ class Engine:
         vocab = self.vocab_size
         for i, t in enumerate(tokens):
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < (vocab or 1 << 31):
-                raise UserError(f"token id {t!r} at position {i} is outside the model's vocabulary [0, {vocab})", field=field)
+                raise UserError(f"token id {t!r} at position {i} is not in the model's vocabulary [0, {vocab})", field=field)
 
     def create_kv_cache(self, max_batch_size: int, max_total_seq_len: int) -> Any:
         """A fresh paged KV cache from the library's own constructor (MLC's argument order)."""

@@ -197,7 +197,7 @@ def build_config(
         _check_added_tokens(tokenizer_json)
     vocab_size = int(mc.get("vocab_size") or hf_config.get("vocab_size") or 0)
     generation = resolve_generation_fields(overrides, generation_config, hf_config)
-    return ChatConfig(
+    config = ChatConfig(
         model_type=family.name,
         quantization=params["quantization"],
         model_config=mc,
@@ -214,6 +214,40 @@ def build_config(
         sampling=Sampling(**{k: generation[k] for k in SAMPLING_DEFAULTS}),
         token_ids=TokenIds(**{k: generation[k] for k in TOKEN_ID_DEFAULTS}),
     )
+    check_ids_fit(config)
+    return config
+
+
+def check_ids_fit(config: ChatConfig) -> None:
+    """Every token id the runtime will feed the model must have an embedding row: a template's stop
+    or system-prefix ids, bos/eos/pad, and every id the tokenizer can produce. Otherwise MLC's
+    runtimes read past the embedding table (a crash, or garbage) on the first chat turn."""
+    vocab = config.vocab_size
+    if vocab <= 0:
+        return
+    active = config.active_vocab_size
+    if active is not None and active > vocab:
+        raise UserError(
+            f"the tokenizer has {active} tokens but the model's vocabulary (config.json vocab_size) is {vocab}: "
+            "tokenizer and weights do not belong together",
+            field="source",
+        )
+    template = config.conv_template if isinstance(config.conv_template, Mapping) else {}
+    name = template.get("name", "?")
+    sources: list[tuple[str, str, Any]] = [
+        ("conv_template", f"template {name!r} stop_token_ids", template.get("stop_token_ids")),
+        ("conv_template", f"template {name!r} system_prefix_token_ids", template.get("system_prefix_token_ids")),
+        *((f"overrides.{k}", k, getattr(config.token_ids, k)) for k in ("bos_token_id", "eos_token_id")),
+    ]
+    for field_name, what, ids in sources:
+        for token in ids if isinstance(ids, list) else [ids]:
+            if isinstance(token, int) and not isinstance(token, bool) and token >= vocab:
+                raise UserError(
+                    f"{what}: token id {token} is outside the model's vocabulary [0, {vocab}); "
+                    "pick a template made for this model (`mlcbuild templates`)" if field_name == "conv_template" else
+                    f"{what}: token id {token} is outside the model's vocabulary [0, {vocab})",
+                    field=field_name,
+                )
 
 
 def copy_tokenizer_files(source: Path, out: Path) -> list[str]:
