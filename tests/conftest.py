@@ -54,6 +54,29 @@ def fake_hub(tmp_path_factory):
 
 
 # --- compiled model libraries (owned by tests/test_compile*.py, tests/test_runtime*.py) ---------
+TINY_FAMILIES = ("gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+"""Every registered family, as a tiny random checkpoint (the makers live beside each family's tests)."""
+
+
+def _tiny_maker(family):
+    import importlib
+
+    module, name = {
+        "gpt_neox": ("tiny_models", "make_tiny_gpt_neox"),
+        "llama": ("tiny_models", "make_tiny_llama"),
+        "mistral": ("tiny_models", "make_tiny_mistral"),
+        "qwen2": ("tiny_qwen", "make_tiny_qwen2"),
+        "qwen3": ("tiny_qwen", "make_tiny_qwen3"),
+        "gemma2": ("test_family_gemma", "make_tiny_gemma2"),
+        "gemma3": ("test_family_gemma", "make_tiny_gemma3"),
+        "phi3": ("test_family_phi3", "make_tiny_phi3"),
+    }[family]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return getattr(importlib.import_module(f"tests.{module}"), name)
+
+
 class _CompiledModels:
     """Tiny HF model → converted weights + mlc-chat-config.json → library, each built once per session."""
 
@@ -64,12 +87,7 @@ class _CompiledModels:
 
     def hf_dir(self, family):
         if family not in self._hf:
-            try:
-                import tiny_models
-            except ImportError:
-                from tests import tiny_models
-            maker = {"gpt_neox": tiny_models.make_tiny_gpt_neox, "llama": tiny_models.make_tiny_llama}[family]
-            self._hf[family] = maker(self.root / family / "hf")
+            self._hf[family] = _tiny_maker(family)(self.root / family / "hf")
         return self._hf[family]
 
     def model_dir(self, family, quantization, overrides=None):
@@ -121,7 +139,7 @@ class _CompiledModels:
 def compiled_model(tmp_path_factory):
     """compiled_model(family, quantization, target="llvm") -> namespace(hf_dir, model_dir, lib, metadata).
 
-    family is "gpt_neox" or "llama" (tests/tiny_models.py); context_window_size 128, prefill chunk 16.
+    family is one of TINY_FAMILIES; context_window_size 128, prefill chunk 16.
     """
     return _CompiledModels(tmp_path_factory.mktemp("compiled"))
 

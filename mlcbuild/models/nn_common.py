@@ -83,6 +83,11 @@ class CausalLMBase(nn.Module):
         ids = op.wrap_nested(rx.op.clip(input_ids._expr, rx.prim_value(0), rx.prim_value(self.vocab_size - 1)), name="input_ids_in_vocab")
         return self.embed(ids)
 
+    def kv_cache_overrides(self) -> dict[str, Any]:
+        """Arguments of TIRPagedKVCache a family changes (per-layer attention kinds, rope mode,
+        rope_ext_factors...); everything else comes from the model's sizes."""
+        return {}
+
     def create_tir_paged_kv_cache(
         self,
         max_batch_size: tirx.Var,
@@ -91,31 +96,32 @@ class CausalLMBase(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        return TIRPagedKVCache(
-            attn_kind="mha",
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=rx.ShapeExpr([0, self.num_hidden_layers]),
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            qk_head_dim=self.head_dim,
-            v_head_dim=self.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
-            rope_scale=1,
-            rope_theta=self.rope_theta,
-            rope_scaling=self.rope_scaling,
-            rope_ext_factors=rx.prim_value(0),
-            rotary_dim=self.rotary_dim,
-            enable_disaggregation=False,
-            dtype=self.dtype,
-            target=resolve_target(self.target),
-        )
+        args: dict[str, Any] = {
+            "attn_kind": "mha",
+            "max_batch_size": max_batch_size,
+            "max_total_seq_len": max_total_seq_len,
+            "prefill_chunk_size": prefill_chunk_size,
+            "page_size": page_size,
+            "support_sliding_window": support_sliding_window,
+            "layer_partition": rx.ShapeExpr([0, self.num_hidden_layers]),
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "qk_head_dim": self.head_dim,
+            "v_head_dim": self.head_dim,
+            "mla_original_qk_head_dim": 0,
+            "mla_original_v_head_dim": 0,
+            "rope_mode": RopeMode.NORMAL,
+            "rope_scale": 1,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling,
+            "rope_ext_factors": rx.prim_value(0),
+            "rotary_dim": self.rotary_dim,
+            "enable_disaggregation": False,
+            "dtype": self.dtype,
+            "target": resolve_target(self.target),
+        }
+        return TIRPagedKVCache(**{**args, **self.kv_cache_overrides()})
 
     def get_default_spec(self) -> nn.spec.ModuleSpec:
         """The model's part of MLC's function set: embed, prefill, decode, batch_*,

@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 from mlcbuild.runtime.sampling import SamplingParams, apply_penalties, sample_from_probs, softmax
 
 FUNCTIONS = ("apply_penalty_inplace", "softmax_with_temperature", "argsort_probs", "sample_with_top_p")
+GREEDY_BELOW = 1e-5
+"""MLC's softmax_with_temperature treats temperatures up to this as greedy (a one-hot)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class LibrarySampler:
     def _host_sample(self, logits: Any, row: Row) -> int:
         import numpy as np
 
-        if row.params.temperature <= 1e-5:
+        if row.params.temperature <= GREEDY_BELOW:
             return int(np.argmax(logits))
         return sample_from_probs(softmax(logits / row.params.temperature), row.params.top_p, row.uniform)
 
@@ -63,22 +65,33 @@ class LibrarySampler:
         return tvm.runtime.tensor(np.ascontiguousarray(array, dtype=dtype), self.device)
 
     def _device_sample(self, logits: Any, rows: Sequence[Row]) -> tuple[list[int], Any]:
+        """Penalties on the library for every row; greedy rows then take the first argmax (as
+        transformers does: the library's one-hot would split exact ties), the others go through
+        softmax_with_temperature → argsort_probs → sample_with_top_p."""
         import numpy as np
 
         n, vocab = logits.shape
         dev_logits = self._tensor(logits, "float32")
         self._apply_penalties(dev_logits, rows)
-        temps = np.array([r.params.temperature for r in rows], dtype="float32")
-        probs = self.funcs["softmax_with_temperature"](dev_logits._create_view((n, 1, vocab)), self._tensor(temps, "float32"))
-        sorted_probs, sorted_indices = self.funcs["argsort_probs"](probs._create_view((n, vocab)))
-        tokens = self.funcs["sample_with_top_p"](
-            sorted_probs,
-            sorted_indices,
-            self._tensor([r.uniform for r in rows], "float32"),
-            self._tensor(np.arange(n), "int32"),
-            self._tensor([r.params.top_p for r in rows], "float32"),
-        )
-        return [int(t) for t in tokens.numpy()], dev_logits.numpy()
+        processed = dev_logits.numpy()
+        tokens = [int(np.argmax(row)) for row in processed]
+        hot = [i for i, r in enumerate(rows) if r.params.temperature > GREEDY_BELOW]
+        if hot:
+            m = len(hot)
+            temps = np.array([rows[i].params.temperature for i in hot], dtype="float32")
+            source = dev_logits if m == n else self._tensor(processed[hot], "float32")
+            probs = self.funcs["softmax_with_temperature"](source._create_view((m, 1, vocab)), self._tensor(temps, "float32"))
+            sorted_probs, sorted_indices = self.funcs["argsort_probs"](probs._create_view((m, vocab)))
+            sampled = self.funcs["sample_with_top_p"](
+                sorted_probs,
+                sorted_indices,
+                self._tensor([rows[i].uniform for i in hot], "float32"),
+                self._tensor(np.arange(m), "int32"),
+                self._tensor([rows[i].params.top_p for i in hot], "float32"),
+            )
+            for i, token in zip(hot, sampled.numpy()):
+                tokens[i] = int(token)
+        return tokens, processed
 
     def _apply_penalties(self, dev_logits: Any, rows: Sequence[Row]) -> None:
         """MLC's apply_penalty_inplace, two penalty rows per sequence: (presence, frequency,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from mlcbuild.artifact import CHAT_CONFIG, TENSOR_CACHE, TOKENIZER_JSON, ChatConfig
-from mlcbuild.artifact.tensor_cache import TensorCacheIndex, TensorRecord
+from mlcbuild.artifact.tensor_cache import TensorCacheIndex
 from mlcbuild.errors import Location, UserError
 
 

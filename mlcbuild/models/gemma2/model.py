@@ -20,7 +20,7 @@ from tvm import relax as rx
 from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode
 
 from mlcbuild.models.gemma2.config import Gemma2Config
 from mlcbuild.models.nn_common import CausalLMBase, Embedding, resolve_target
@@ -133,6 +133,16 @@ class GemmaCausalLMBase(CausalLMBase):
             logits = op.tanh(logits / cap) * cap
         return logits
 
+    def kv_cache_overrides(self) -> dict[str, Any]:
+        """Windows are per layer (attn_kinds + layer_window); the whole-sequence sliding window
+        (page eviction on every layer, inline RoPE) stays off whatever the caller asks."""
+        return {
+            "attn_kind": list(self.attn_kinds),
+            "support_sliding_window": 0,
+            "rope_mode": self.kv_rope_mode,
+            "layer_sliding_window_size": self.layer_window,
+        }
+
     def create_tir_paged_kv_cache(
         self,
         max_batch_size: tirx.Var,
@@ -141,39 +151,10 @@ class GemmaCausalLMBase(CausalLMBase):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        # Windows are per layer (attn_kinds); the whole-sequence sliding window (page eviction on
-        # every layer, inline RoPE) must stay off whatever the caller asks, so 0 is passed.
-        target = resolve_target(self.target)
-        cache = TIRPagedKVCache(
-            attn_kind=list(self.attn_kinds),
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=0,
-            layer_partition=rx.ShapeExpr([0, self.num_hidden_layers]),
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            qk_head_dim=self.head_dim,
-            v_head_dim=self.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=self.kv_rope_mode,
-            rope_scale=1,
-            rope_theta=self.rope_theta,
-            rope_scaling=self.rope_scaling,
-            rope_ext_factors=rx.prim_value(0),
-            rotary_dim=self.rotary_dim,
-            enable_disaggregation=False,
-            dtype=self.dtype,
-            target=target,
-            layer_sliding_window_size=self.layer_window,
-        )
-        if target.kind.name == "llvm" and "mha_sliding" in self.attn_kinds:
+        cache = super().create_tir_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
+        if resolve_target(self.target).kind.name == "llvm" and "mha_sliding" in self.attn_kinds:
             _fix_cpu_sliding_prefill(rx.BlockBuilder.current())
         return cache
-
 
 _MASKED_BRANCH = re.compile(
     r"(\n\s*new_m\[0\] = T\.max\(m_val\[0\], S_val\[0\]\)\n\s*else:\n(\s*)S_val\[0\] = T\.float32\(-50000\.0\)\n)"

@@ -18,12 +18,12 @@ from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm import kv_cache as tvm_kv_cache
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from tvm.relax.frontend.nn.llm.position_embedding import rope_freq_longrope
 from tvm.script import tirx as T
 
 from mlcbuild.models.llama.model import LlamaMLP
-from mlcbuild.models.nn_common import CausalLMBase, Embedding, resolve_target
+from mlcbuild.models.nn_common import CausalLMBase, Embedding
 from mlcbuild.models.phi3.config import Phi3Config
 from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
@@ -104,6 +104,12 @@ class Phi3ForCausalLM(CausalLMBase):
             logits = self.lm_head(hidden)
         return logits if logits.dtype == "float32" else logits.astype("float32")
 
+    def kv_cache_overrides(self) -> dict[str, Any]:
+        """The longrope factor table (float32 [rotary_dim]: long, then short), as MLC passes it."""
+        if not self.rope_ext_factors:
+            return {}
+        return {"rope_ext_factors": rx.const(np.array(self.rope_ext_factors, "float32"))}
+
     def create_tir_paged_kv_cache(
         self,
         max_batch_size: tirx.Var,
@@ -112,35 +118,8 @@ class Phi3ForCausalLM(CausalLMBase):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        """CausalLMBase's cache plus the longrope factor table (float32 [rotary_dim]: long, then short)."""
-        ext = rx.const(np.array(self.rope_ext_factors, "float32")) if self.rope_ext_factors else rx.prim_value(0)
         with _longrope_split_rotary() if self.rope_ext_factors else contextlib.nullcontext():
-            return TIRPagedKVCache(
-                attn_kind="mha",
-                max_batch_size=max_batch_size,
-                max_total_seq_len=max_total_seq_len,
-                prefill_chunk_size=prefill_chunk_size,
-                page_size=page_size,
-                support_sliding_window=support_sliding_window,
-                layer_partition=rx.ShapeExpr([0, self.num_hidden_layers]),
-                num_hidden_layers=self.num_hidden_layers,
-                num_attention_heads=self.num_attention_heads,
-                num_key_value_heads=self.num_key_value_heads,
-                qk_head_dim=self.head_dim,
-                v_head_dim=self.head_dim,
-                mla_original_qk_head_dim=0,
-                mla_original_v_head_dim=0,
-                rope_mode=RopeMode.NORMAL,
-                rope_scale=1,
-                rope_theta=self.rope_theta,
-                rope_scaling=self.rope_scaling,
-                rope_ext_factors=ext,
-                rotary_dim=self.rotary_dim,
-                enable_disaggregation=False,
-                dtype=self.dtype,
-                target=resolve_target(self.target),
-            )
-
+            return super().create_tir_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
 
 class _LongOrShort:
     """The factor TVM's rope_freq_longrope reads as `ext_factors[i]`: table[i] (long) when `use_long`,
