@@ -39,7 +39,7 @@ def scheduled_kernels(model_dir) -> dict[str, str]:
     target = _llvm()
     mod, _, _ = export_model(config, target)
     with target, tvm.transform.PassContext(opt_level=3):
-        mod = tvm.transform.Sequential(schedule_passes(target, CompileOptions(), variable_bounds(config)))(mod)
+        mod = tvm.transform.Sequential(schedule_passes(target, CompileOptions(), variable_bounds(config), config))(mod)
     return {gv.name_hint: f.script() for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
@@ -55,7 +55,7 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
     for name, text in matmuls.items():
         assert "T.parallel(" in text and "T.vectorized(" in text, name
         assert ("dequantize" in text) == (quantization != "q0f32"), name
-    assert "T.parallel(" in kernels["softmax"]
+    assert "T.parallel(" in kernels["temperature_softmax"]
     gelus = [text for name, text in kernels.items() if name.endswith("gelu") or "_gelu" in name]
     assert gelus, sorted(kernels)
     for text in gelus:  # erf is libm's scalar call; the polynomial vectorizes with the epilogue

@@ -103,12 +103,29 @@ def test_unknown_override_and_template(tmp_path):
 
 
 def test_template_object_is_mlc_conversation(tmp_path):
-    cfg = gen(DEMO, tmp_path / "out", conv_template="llama-3")
-    assert cfg["conv_template"] == CONV_TEMPLATES["llama-3"].to_json()
+    cfg = gen(DEMO, tmp_path / "out", conv_template="llama-2")
+    assert cfg["conv_template"] == CONV_TEMPLATES["llama-2"].to_json()
     t = cfg["conv_template"]
-    assert t["system_prefix_token_ids"] == [128000] and t["stop_token_ids"] == [128001, 128009]
+    assert t["system_prefix_token_ids"] == [1] and t["stop_token_ids"] == [2]
     assert t["role_templates"] == {"user": "{user_message}", "assistant": "{assistant_message}", "tool": "{tool_message}"}
-    assert Conversation.from_json(t) == CONV_TEMPLATES["llama-3"]
+    assert Conversation.from_json(t) == CONV_TEMPLATES["llama-2"]
+
+
+def test_template_ids_outside_the_vocabulary_are_refused(tmp_path):
+    """llama-3's ids (128000...) on a 384-token model would read past the embedding table at run time."""
+    with pytest.raises(UserError, match=r"template 'llama-3' stop_token_ids: token id 128001 is outside the model's vocabulary \[0, 384\)") as info:
+        gen(DEMO, tmp_path / "out", conv_template="llama-3")
+    assert info.value.field == "conv_template"
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(DEMO, src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "vocab_size": 300}))
+    with pytest.raises(UserError, match="the tokenizer has 3[0-9][0-9] tokens but the model's vocabulary .* is 300") as info:
+        gen(src, tmp_path / "out", conv_template="redpajama_chat")
+    assert info.value.field == "source"
 
 
 def test_output_is_deterministic(tmp_path):

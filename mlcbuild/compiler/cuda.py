@@ -82,7 +82,8 @@ def compile_cuda_source(source: str, arch: str, *, embed_ptx: bool = False, work
         cmd = [nvcc, "--fatbin", *gencode_flags(arch, embed_ptx), *NVCC_FLAGS, "-o", str(out), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not out.exists():
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            tail = [ln for ln in lines if ": error" in ln][:5] + lines[-2:]
             raise StepError(f"nvcc failed for {arch}: " + " | ".join(tail))
         return out.read_bytes()
 

@@ -83,7 +83,9 @@ def _sample_with_top_p(bb: Any) -> None:
     top_p = relax.Var("top_p", relax.TensorType((b,), "float32"))
     with bb.function("sample_with_top_p", [sorted_probs, sorted_indices, uniform, rows, top_p]):
         with bb.dataflow():
-            top_k = bb.emit_te(lambda p: te.compute((b, 1), lambda i, _: p.shape[1].astype("int32"), name="top_k_all"), sorted_probs)
+            top_k = bb.emit_te(
+                lambda p: te.compute((b, 1), lambda i, _: p.shape[1].astype("int32"), name="top_k_all"), sorted_probs, primfunc_name_hint="top_k_all"
+            )
             tokens = nn.sample_top_p_top_k_from_sorted_prob(
                 nn.wrap_nested(sorted_probs, name="sorted_probs"),
                 nn.wrap_nested(sorted_indices, name="sorted_indices"),
@@ -146,7 +148,7 @@ def _renormalize_by_top_p(bb: Any) -> None:
         with bb.dataflow():
             ordered = bb.emit(relax.op.sort(probs, axis=-1, descending=True))
             cumulative = bb.emit(relax.op.cumsum(ordered, axis=-1))
-            out = bb.emit_output(bb.call_te(_renormalize_te, probs, ordered, cumulative, top_p, primfunc_name_hint="renormalize_by_top_p"))
+            out = bb.emit_output(bb.call_te(_renormalize_te, probs, ordered, cumulative, top_p, primfunc_name_hint="top_p_renormalize"))
         bb.emit_func_output(out)
 
 

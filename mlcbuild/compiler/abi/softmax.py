@@ -56,7 +56,7 @@ def attach(active_vocab_size: int | None) -> Any:
         temperature = relax.Var("temperature", relax.TensorType([batch_size], "float32"))
         with bb.function("softmax_with_temperature", [logits, temperature]):
             with bb.dataflow():
-                probs = bb.emit_te(_softmax_te, logits, temperature, active_vocab_size, primfunc_name_hint="softmax_with_temperature")
+                probs = bb.emit_te(_softmax_te, logits, temperature, active_vocab_size, primfunc_name_hint="temperature_softmax")
                 out = bb.emit_output(probs)
             bb.emit_func_output(out)
         return bb.finalize()
