@@ -390,3 +390,49 @@ def test_gather_and_scatter(funcs) -> None:
     hidden = funcs.t(np.zeros((3, 6)), "float16")
     out = funcs.fn("gather_hidden_states")(funcs.t(src, "float16"), funcs.t(idx, "int32"), hidden)
     np.testing.assert_array_equal(out.numpy(), src.astype(np.float16)[idx])
+
+
+# ---- WebGPU: TVM's GPU sort does not compile there, our bitonic sort does ---------------------
+
+
+def test_bitonic_argsort_network_sorts_any_length() -> None:
+    """The network WebGPU's argsort_probs runs, as serial loops on llvm: descending, ties by index."""
+    import tvm
+
+    from mlcbuild.compiler.abi.bitonic import bitonic_argsort
+
+    llvm = tvm.target.Target({"kind": "llvm"})
+    lib = tvm.compile(tvm.IRModule({"bitonic": bitonic_argsort(llvm).with_attr("global_symbol", "bitonic")}), target=llvm)
+    rng = np.random.default_rng(8)
+    for v in (1, 2, 3, 5, 16, 17, 100, 257, 1000):
+        probs = rng.random((3, v)).astype(np.float32)
+        probs[0, : v // 2] = 0.5
+        values, indices = tvm.runtime.empty((3, v), "float32"), tvm.runtime.empty((3, v), "int32")
+        lib["bitonic"](tvm.runtime.tensor(probs), values, indices)
+        want = np.stack([np.lexsort((np.arange(v), -row)) for row in probs])
+        np.testing.assert_array_equal(indices.numpy(), want)
+        np.testing.assert_array_equal(values.numpy(), np.take_along_axis(probs, want, 1))
+
+
+@pytest.mark.slow
+def test_webgpu_library_generates_code_with_webllms_functions(compiled_model) -> None:
+    """The whole pipeline for webgpu up to WGSL (linking the .wasm needs Emscripten, absent here):
+    argsort_probs and sample_with_top_p are there, the int8-using sampler functions are not (as MLC)."""
+    import tvm
+    from tvm import relax
+
+    from mlcbuild.compiler.build import export_model, make_tvm_target
+    from mlcbuild.compiler.metadata import attach_metadata_pass, make_metadata
+    from mlcbuild.compiler.pipeline import CompileOptions, build_pipeline, variable_bounds
+    from mlcbuild.targets import resolve_target
+
+    config = json.loads((compiled_model.model_dir("llama", "q4f16_1") / "mlc-chat-config.json").read_text())
+    target = make_tvm_target(resolve_target("webgpu", None))
+    mod, named, config_obj = export_model(config, target)
+    metadata = make_metadata(config, named, config_obj=config_obj)
+    usage: dict[str, int] = {}
+    pipeline = build_pipeline(target, CompileOptions(), variable_bounds(metadata), usage, [attach_metadata_pass(metadata, usage)], metadata=metadata)
+    with tvm.transform.PassContext(opt_level=3):
+        text = relax.build(mod, target=target, relax_pipeline=pipeline, system_lib=True).as_text()
+    assert "argsort_probs" in text and "sample_with_top_p" in text and "softmax_with_temperature" in text
+    assert "multinomial_from_uniform" not in text and "sampler_take_probs" not in text

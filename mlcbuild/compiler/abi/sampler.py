@@ -14,6 +14,7 @@
 MLC attaches these for GPU targets only; we attach them everywhere (the CPU kernels are serial), so
 our own engine samples through them on every library and the tests exercise them on llvm.
 renormalize_by_top_p ignores `init_pivots` (MLC's starting guesses for its pivot search): it sorts.
+On WebGPU argsort_probs is `bitonic.py` (TVM's GPU sort does not compile there).
 """
 from __future__ import annotations
 
@@ -53,21 +54,28 @@ def _flat(bb: Any, t: Any, n: Any) -> Any:
     return bb.emit(relax.op.reshape(t._expr, relax.ShapeExpr([n])))
 
 
-def _argsort(bb: Any) -> None:
+def _argsort(bb: Any, target: Any) -> None:
     from tvm import relax, te
+
+    from mlcbuild.compiler.abi.bitonic import bitonic_argsort
 
     b, v = _vars("batch_size", "vocab_size")
     probs = relax.Var("probs", relax.TensorType((b, v), "float32"))
     with bb.function("argsort_probs", [probs]):
         with bb.dataflow():
-            order = bb.emit(relax.op.argsort(probs, descending=True, dtype="int32"))
-            values = bb.emit_te(
-                lambda p, o: te.compute((b, v), lambda i, j: p[i, o[i, j]], name="take_sorted_probs"),
-                probs,
-                order,
-                primfunc_name_hint="take_sorted_probs",
-            )
-            out = bb.emit_output(relax.Tuple([values, order]))
+            if target.kind.name == "webgpu":
+                kernel = bb.add_func(bitonic_argsort(target), "bitonic_argsort")
+                out_ty = [relax.TensorType((b, v), "float32"), relax.TensorType((b, v), "int32")]
+                out = bb.emit_output(relax.call_tir(kernel, [probs], out_ty=out_ty))
+            else:
+                order = bb.emit(relax.op.argsort(probs, descending=True, dtype="int32"))
+                values = bb.emit_te(
+                    lambda p, o: te.compute((b, v), lambda i, j: p[i, o[i, j]], name="take_sorted_probs"),
+                    probs,
+                    order,
+                    primfunc_name_hint="take_sorted_probs",
+                )
+                out = bb.emit_output(relax.Tuple([values, order]))
         bb.emit_func_output(out)
 
 
@@ -326,7 +334,7 @@ def attach(target: Any, max_batch_size: int, only: Sequence[str] | None = None) 
     from tvm import relax
 
     makers = {
-        "argsort_probs": _argsort,
+        "argsort_probs": lambda bb: _argsort(bb, target),
         "sample_with_top_p": _sample_with_top_p,
         "multinomial_from_uniform": _multinomial,
         "renormalize_by_top_p": _renormalize_by_top_p,
