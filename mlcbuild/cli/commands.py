@@ -77,6 +77,7 @@ def _prepare(args: argparse.Namespace, recipes_arg: list[Path], offline: bool = 
         quantizations=tuple(getattr(args, "quant", []) or ()),
         targets=tuple(getattr(args, "target", []) or ()),
         revisions=pin_revisions(recipes, frozen=getattr(args, "frozen", False), offline=offline),
+        fetch_config=not offline,
     )
     graph = plan(recipes, store, options, check=_check)
     return recipes, store, graph

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 
 from mlcbuild.artifact.layout import lib_path, model_dir
 from mlcbuild.errors import UserError
+from mlcbuild.plan.architecture import check_architecture
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
 from mlcbuild.recipe.model import Recipe
 from mlcbuild.steps import get_step
@@ -23,6 +24,8 @@ class PlanOptions:
     quantizations: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     revisions: dict[str, str] = field(default_factory=dict)
+    fetch_config: bool = False
+    """Fetch a Hub source's config.json to check its architecture (build), or only look in the cache."""
 
 
 def source_nodes(recipe: Recipe, store: Store, revision: str | None) -> tuple[Node, Node]:
@@ -102,7 +105,9 @@ def plan(recipes: list[Recipe], store: Store, options: PlanOptions, check: Calla
     graph = BuildGraph()
     for recipe in recipes:
         first_artifact = len(graph.artifacts)
-        full, meta = source_nodes(recipe, store, options.revisions.get(str(recipe.path)))
+        revision = options.revisions.get(str(recipe.path))
+        check_architecture(recipe, revision, options.fetch_config)
+        full, meta = source_nodes(recipe, store, revision)
         download, download_meta = graph.add(full), graph.add(meta)
         for quant in _selected(recipe.quantizations, options.quantizations, "quantization"):
             folder = model_dir(recipe, quant)

@@ -1,0 +1,65 @@
+"""An architecture no family builds is a recipe mistake, found before any weight file moves.
+
+`plan` reads config.json wherever it is at hand without the network (a local folder, the Hugging
+Face cache at the pinned commit); `build` also fetches that one small file for a Hub source, so an
+unsupported model is exit 2 with the recipe's file:line, never a failed node after the download.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlcbuild.errors import MlcbuildError, UserError
+from mlcbuild.recipe.model import Recipe
+
+CONFIG = "config.json"
+
+
+def config_at_hand(recipe: Recipe, revision: str | None, fetch: bool) -> tuple[Mapping[str, Any], str] | None:
+    """(config.json as data, where it was read), or None where it cannot be had (yet)."""
+    from mlcbuild.inputs import read_json
+
+    src = recipe.source
+    if src.path is not None:
+        path = Path(src.path) / CONFIG
+    elif revision is not None:
+        found = _hub_config(src.hf, revision, fetch)
+        if found is None:
+            return None
+        path = found
+    else:
+        return None
+    if not path.is_file():
+        return None
+    return read_json(path, str(path)), str(path)
+
+
+def _hub_config(repo: str, revision: str, fetch: bool) -> Path | None:
+    from mlcbuild.hub import cache_dir, hub_errors, snapshot_path
+
+    cached = snapshot_path(repo, revision) / CONFIG
+    if cached.is_file() or not fetch:
+        return cached if cached.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        from mlcbuild.hub import endpoint, hf_token
+
+        with hub_errors(repo, revision):
+            return Path(hf_hub_download(repo, CONFIG, revision=revision, cache_dir=cache_dir(), endpoint=endpoint(), token=hf_token()))
+    except MlcbuildError:
+        return None  # the download node reports what is wrong with the source
+
+
+def check_architecture(recipe: Recipe, revision: str | None, fetch: bool) -> None:
+    """The recipe's `model_type`, or the one config.json names, must be a family mlcbuild builds."""
+    from mlcbuild.models import detect_model_type
+
+    found = config_at_hand(recipe, revision, fetch)
+    if found is None or recipe.model_type is not None:
+        return
+    hf_config, where = found
+    try:
+        detect_model_type(hf_config)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc.message}", recipe.where("source"), "source") from None
