@@ -237,7 +237,8 @@ def write_checkpoint(folder: Path, family: str, template: str | None = None, as_
         tc["chat_template"] = tmpl
     (folder / "tokenizer_config.json").write_text(json.dumps(tc))
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": gen_eos}))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 384, "hidden_size": 64,
+    vocab = max(556, *(i + 1 for i in ids.values()))  # the byte alphabet sits at 300..555
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": 64,
               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
               "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}

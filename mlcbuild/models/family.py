@@ -23,6 +23,9 @@ class ModelFamily:
     config_cls_name: str
     hf_model_types: tuple[str, ...]
     hf_architectures: tuple[str, ...] = ()
+    conv_templates: tuple[str, ...] = ()
+    """MLC's conversation templates for this family, most recent first: `conv_template: auto`
+    prefers them among templates that fit the checkpoint equally well."""
 
     def _module(self, leaf: str) -> Any:
         return importlib.import_module(f"{self.package}.{leaf}")

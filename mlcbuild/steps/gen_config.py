@@ -10,7 +10,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from mlcbuild.artifact import (
     CHAT_CONFIG,
@@ -147,12 +147,14 @@ class GenConfigStep(Step):
         ctx.progress(1.0, CHAT_CONFIG)
 
 
-def _auto_template(source: Path, out: Path, eos_token_id: Any, report: Callable[[str], None] | None) -> dict[str, Any]:
+def _auto_template(
+    source: Path, out: Path, eos_token_id: Any, report: Callable[[str], None] | None, preferred: Sequence[str] = ()
+) -> dict[str, Any]:
     """`conv_template: auto`: fitted to the checkpoint's own chat template (mlcbuild.templates.auto)."""
     from mlcbuild.templates.auto import fit_folder
 
     eos_ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
-    fit = fit_folder(source, out / TOKENIZER_JSON, [i for i in eos_ids if isinstance(i, int) and i >= 0])
+    fit = fit_folder(source, out / TOKENIZER_JSON, [i for i in eos_ids if isinstance(i, int) and i >= 0], preferred)
     (log.info if fit.exact else log.warning)("%s", fit.summary())
     if report is not None:
         report(fit.summary())
@@ -207,7 +209,7 @@ def build_config(
         tokenizer_files=tuple(tokenizer_files),
         tokenizer_info=detect_tokenizer_info(tokenizer_json),
         conv_template=(
-            _auto_template(source, out, generation["eos_token_id"], report)
+            _auto_template(source, out, generation["eos_token_id"], report, family.conv_templates)
             if params.get("conv_template", AUTO) in (AUTO, None)
             else _conv_template(params.get("conv_template"))
         ),
@@ -289,7 +291,9 @@ def _check_added_tokens(tokenizer_json: Mapping[str, Any]) -> None:
 
 
 def _active_vocab_size(out: Path, tokenizer_json: Mapping[str, Any] | None) -> int | None:
-    """Tokens the tokenizer can emit (base vocab + added tokens), as MLC gets from len(hf_tokenizer)."""
+    """One past the highest id the tokenizer can emit (base vocab + added tokens): MLC's
+    len(hf_tokenizer) for the usual dense vocabulary, and still every id for a sparse one (the
+    softmax gives ids at or past it probability 0)."""
     if not tokenizer_json:
         return None
     try:
@@ -297,7 +301,8 @@ def _active_vocab_size(out: Path, tokenizer_json: Mapping[str, Any] | None) -> i
     except ImportError:
         return None
     try:
-        return Tokenizer.from_file(str(out / TOKENIZER_JSON)).get_vocab_size(with_added_tokens=True)
+        vocab = Tokenizer.from_file(str(out / TOKENIZER_JSON)).get_vocab(with_added_tokens=True)
+        return max(vocab.values()) + 1 if vocab else None
     except Exception as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise StepError(f"tokenizer.json: not a tokenizer the `tokenizers` library can load ({first})") from None

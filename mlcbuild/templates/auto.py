@@ -466,9 +466,11 @@ def fit_template(
     special: Mapping[str, str],
     eos_ids: Sequence[int] = (),
     templates: Mapping[str, Conversation] | None = None,
+    preferred: Sequence[str] = (),
 ) -> Fit:
     """The best fit over the registered templates, or a one-line UserError (field conv_template)
-    naming the closest one and where it differs."""
+    naming the closest one and where it differs. Between fits that share as many fields with their
+    template, the first of `preferred` (the model family's own, most recent first) wins."""
     if templates is None:
         from mlcbuild.templates import CONV_TEMPLATES
 
@@ -482,9 +484,10 @@ def fit_template(
         except NoFit as e:
             reasons[name] = str(e)
             continue
-        fits.append((_score(fit.conversation, base) + (not fit.notes), -i, fit))
+        rank = -list(preferred).index(name) if name in preferred else -len(preferred)
+        fits.append((_score(fit.conversation, base) + (not fit.notes), rank, -i, fit))
     if fits:
-        return max(fits, key=lambda f: f[:2])[2]
+        return max(fits, key=lambda f: f[:3])[3]
     first = cp.texts["one turn"]
     if isinstance(first, TemplateRaised):
         raise UserError(f"auto: the checkpoint's chat template raised on a plain user message ({first}); name a template (`mlcbuild templates`)", field=FIELD)
@@ -495,7 +498,7 @@ def fit_template(
     )
 
 
-def fit_folder(folder: Path, tokenizer_json: Path, eos_ids: Sequence[int] = ()) -> Fit:
+def fit_folder(folder: Path, tokenizer_json: Path, eos_ids: Sequence[int] = (), preferred: Sequence[str] = ()) -> Fit:
     """gen-config's entry: the chat template and special tokens of a model folder, and its tokenizer."""
     found = read_chat_template(folder)
     if found is None:
@@ -507,4 +510,4 @@ def fit_folder(folder: Path, tokenizer_json: Path, eos_ids: Sequence[int] = ()) 
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    return fit_template(found[0], tokenizer, special_tokens(folder), eos_ids)
+    return fit_template(found[0], tokenizer, special_tokens(folder), eos_ids, preferred=preferred)
