@@ -78,3 +78,16 @@ def test_run_uses_the_template_unless_raw_and_rejects_negative_temperature(demo_
     assert raw.returncode == 0 and not raw.stdout.startswith(" Quantization stores"), raw.stdout
     bad = subprocess.run([*base[:-2], "--temperature", "-0.5"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--temperature: must be ≥ 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bytes_that_are_not_utf8_are_one_line_and_keep_the_conversation(demo_artifacts) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    chat = [sys.executable, "-m", "mlcbuild", "chat", str(demo_artifacts.recipe), "-q", "q0f32", "--temperature", "0", "--max-tokens", "12"]
+    done = subprocess.run(chat, input=b"What is mlcbuild?\nhi \xff\n/stats\n", capture_output=True, env=env, timeout=300)
+    out = done.stdout.decode("utf-8", "replace")
+    assert done.returncode == 0, done.stderr
+    assert "mlcbuild is a build system" in out and "not valid Unicode text" in out and "decode" in out.split("not valid Unicode")[1]
+    run = [sys.executable, "-m", "mlcbuild", "run", str(demo_artifacts.recipe), "-q", "q0f32", "--prompt", b"hi \xed\xa0\x80"]
+    bad = subprocess.run(run, capture_output=True, env=env, timeout=300)
+    assert bad.returncode == 2 and b"not valid Unicode text" in bad.stderr and b"Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

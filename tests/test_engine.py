@@ -200,3 +200,29 @@ def test_stop_strings_and_logprobs(talker) -> None:
     assert len(content) == 3 and all(len(c.top_logprobs) == 2 for c in content)
     assert all(c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob for c in content)
     assert "".join(c.token for c in content) == chat.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_a_request_that_fails_mid_batch_fails_alone(talker, monkeypatch) -> None:
+    """A failure while finishing one request's step (here: injected into its token bookkeeping) ends
+    that request with the error; the other requests in the same batch go on to the same answer."""
+    from mlcbuild.runtime.llm_engine import LLMEngine
+
+    solo = talker.completions.create("The lighthouse keeper", max_tokens=30, temperature=0, ignore_eos=True).choices[0].text
+    real = LLMEngine._accept
+
+    def accept(self, req, token, row):
+        if req.prompt == victim_prompt and len(req.generated) >= 3:
+            raise RuntimeError("injected failure")
+        return real(self, req, token, row)
+
+    victim_prompt = talker.completion_tokens("Once upon a time there was")
+    monkeypatch.setattr(LLMEngine, "_accept", accept)
+    survivor = talker.completions.create("The lighthouse keeper", stream=True, max_tokens=30, temperature=0, ignore_eos=True)
+    got = [next(survivor).choices[0].text]
+    with pytest.raises(RuntimeError, match="injected failure"):
+        talker.completions.create("Once upon a time there was", max_tokens=30, temperature=0, ignore_eos=True)
+    got += [c.choices[0].text for c in survivor]
+    assert "".join(got) == solo
+    monkeypatch.undo()
+    assert talker.completions.create("The lighthouse", max_tokens=4, temperature=0).usage.completion_tokens == 4

@@ -148,6 +148,20 @@ def test_three_client_processes_in_parallel_are_batched(server) -> None:
         ("/v1/completions", {"prompt": [512]}, 400, "prompt", "not in the model's vocabulary"),
         ("/v1/completions", {"prompt": [5, 2.5]}, 400, "prompt", "list of token ids"),
         ("/v1/completions", {"prompt": [True]}, 400, "prompt", "list of token ids"),
+        ("/v1/completions", {"prompt": "hi", "seed": -1}, 400, "seed", "[0, 2^63)"),
+        ("/v1/completions", {"prompt": "hi", "logprobs": "x"}, 400, "logprobs", "integer in [0, 20]"),
+        ("/v1/completions", {"prompt": "hi", "logprobs": 2.5}, 400, "logprobs", "integer in [0, 20]"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": 2.5}, 400, "logprobs", "true or false"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": "5"}, 400, "top_logprobs", "integer"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": [1]}, 400, "top_logprobs", "integer"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 2.5}, 400, "top_logprobs", "integer"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "messages[0].content", "not valid Unicode"),
+        ("/v1/completions", b'{"prompt": "\\udfff"}', 400, "prompt", "not valid Unicode"),
+        ("/v1/completions", b"[" * 50000 + b"]" * 50000, 400, None, "nests too deeply"),
+        ("/v1/completions", b'{"prompt": "hi", "temperature": NaN}', 400, None, "not a JSON number"),
+        ("/v1/completions", {"prompt": "hi", "repetition_penalty": 1e-300, "logprobs": 2}, 400, "repetition_penalty", "[0.01, 100]"),
+        ("/v1/completions", {"prompt": "hi", "ignore_eos": "yes"}, 400, "ignore_eos", "true or false"),
+        ("/v1/completions", {"prompt": "star " * 40000}, 400, "prompt", "more than any 512-token context window"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_server_keeps_serving(server, path, body, status, param, words) -> None:
@@ -171,3 +185,64 @@ def test_unknown_route_and_loopback_bind(server) -> None:
     port = int(server.rsplit(":", 1)[1])
     listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
     assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]
+
+
+@pytest.mark.slow
+def test_oversized_body_is_413_without_reading_it_all(server) -> None:
+    import httpx
+
+    body = b'{"prompt": "' + b"a" * (9 << 20) + b'"}'
+    r = httpx.post(server + "/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    assert httpx.get(server + "/health", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_errors_keep_the_connection_usable(server) -> None:
+    """After any error response the next request on the same keep-alive connection is served."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    bodies = [b'{"prompt": [99999999]}', b"[" * 50000, b'{"prompt": "hi", "seed": -1}', b'{"prompt": "The lighthouse", "max_tokens": 2, "temperature": 0}']
+    statuses = []
+    sock = None
+    for body in bodies:
+        conn.request("POST", "/v1/completions", body=body, headers={"content-type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        sock = sock or conn.sock
+        assert conn.sock is sock  # the same connection throughout
+    assert statuses == [400, 400, 400, 200]
+
+
+@pytest.mark.slow
+def test_a_tiny_temperature_is_greedy_not_empty(server) -> None:
+    import httpx
+
+    def text(temperature: float) -> str:
+        body = {"prompt": "Twinkle, twinkle, little star,", "max_tokens": 8, "temperature": temperature}
+        r = httpx.post(server + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    assert text(1e-45) == text(0) != ""
+
+
+def _mlcbuild(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "mlcbuild", *args], capture_output=True, env=env, timeout=300, **kw)
+
+
+@pytest.mark.slow
+def test_serve_flags_and_a_busy_port_are_one_line(demo_artifacts, server) -> None:
+    folder = str(demo_artifacts.model_dir("q0f32"))
+    bad = _mlcbuild("serve", folder, "--port", "99999")
+    assert bad.returncode == 2 and b"65535" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 3
+    busy_port = server.rsplit(":", 1)[1]
+    busy = _mlcbuild("serve", folder, "--port", busy_port)
+    assert busy.returncode == 2, busy.stderr
+    assert busy.stderr.strip().count(b"\n") == 0 and b"cannot listen on 127.0.0.1:" + busy_port.encode() in busy.stderr
+    assert b"serving" not in busy.stdout

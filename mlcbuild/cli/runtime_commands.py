@@ -42,7 +42,15 @@ def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
     s = subcommand("serve", help="serve a built artifact over the OpenAI HTTP API")
     model(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    s.add_argument("--port", type=tcp_port, default=8000, help="TCP port (default: %(default)s)")
+
+
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be ≤ 65535, got {value}")
+    return value
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -106,6 +114,8 @@ def chat_cmd(args: argparse.Namespace) -> int:
         import readline  # noqa: F401  (line editing for input())
     except ImportError:
         pass
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 reach the engine, which says so
     with _engine(args) as engine:
         print(f"mlcbuild chat: {engine.model} ({CHAT_HELP})", flush=True)
         history: list[dict[str, str]] = []
@@ -148,8 +158,13 @@ def chat_cmd(args: argparse.Namespace) -> int:
 
 @command("serve")
 def serve_cmd(args: argparse.Namespace) -> int:
-    from mlcbuild.serve import serve
+    """The port is taken before the model loads, so a busy port is one line at once."""
+    try:
+        from mlcbuild.serve import listen, serve
+    except ImportError as exc:
+        raise UserError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'mlcbuild[serve]'") from None
 
+    sock = listen(args.host, args.port)
     with _engine(args) as engine:
-        serve(engine, args.host, args.port)
+        serve(engine, sock)
     return 0

@@ -47,6 +47,9 @@ from mlcbuild.runtime.textstream import TextStream
 if TYPE_CHECKING:
     from mlcbuild.recipe.model import Recipe
 
+MAX_CHARS_PER_TOKEN = 64
+"""An upper bound on the characters one token stands for, to bound prompts before tokenizing."""
+
 RETAINED_SEQUENCES = 4
 """Finished sequences kept in the KV cache for prefix reuse (evicted first when pages run out)."""
 
@@ -195,7 +198,7 @@ class LLMEngine:
         if not turns or turns[-1][0] != "user":
             raise UserError("the last message must come from the user", field="messages")
         conv.messages = [*turns, ("assistant", None)]
-        text = conv.as_prompt()
+        text = self._bounded(conv.as_prompt(), "messages")
         prefix = list(conv.system_prefix_token_ids or [])
         return prefix + self.engine.tokenizer.encode(text, add_special_tokens=False).ids
 
@@ -205,11 +208,23 @@ class LLMEngine:
             ids = list(prompt)
             self.engine.check_token_ids(ids)
             return ids
-        ids = self.engine.tokenizer.encode(prompt).ids
+        ids = self.engine.tokenizer.encode(self._bounded(unicode_text(prompt, "prompt"), "prompt")).ids
         bos = self.engine.chat_config.get("bos_token_id")
         if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self.engine._adds_bos():
             ids = [bos] + ids
         return ids
+
+    def _bounded(self, text: str, field: str) -> str:
+        """Refuse, before tokenizing, a text too long to fit the context window however it tokenizes
+        (no token of a real tokenizer spans more than MAX_CHARS_PER_TOKEN characters): tokenizing
+        100 MB would take minutes and gigabytes to end in the same refusal."""
+        window = self.context_window_size if self.context_window_size > 0 else self.engine.sliding_window_size
+        if window > 0 and len(text) > window * MAX_CHARS_PER_TOKEN:
+            raise UserError(
+                f"the prompt has {len(text)} characters, more than any {window}-token context window holds",
+                field=field,
+            )
+        return text
 
     def stop_strings(self) -> list[str]:
         return list(self._template.stop_str or [])
@@ -265,11 +280,13 @@ class LLMEngine:
             )
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
             raise UserError(f"must be a positive integer (got {max_tokens!r})", field="max_tokens")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else [] if stop is None else [stop]
         if not all(isinstance(s, str) for s in stops) or len(stops) > 16:
             raise UserError("must be a string or a list of at most 16 strings", field="stop")
-        if top_logprobs is not None and not 0 <= top_logprobs <= 20:
-            raise UserError(f"must be between 0 and 20 (got {top_logprobs})", field="top_logprobs")
+        stops = [unicode_text(s, "stop") for s in stops]
+        if top_logprobs is not None:
+            _int_in(top_logprobs, 0, 20, "top_logprobs")
+        _flag(ignore_eos, "ignore_eos")
         limit = (window - len(prompt)) if window > 0 else 1 << 30
         stop_ids = set() if ignore_eos else self.engine.stop_token_ids()
         req = _Request(
@@ -449,7 +466,17 @@ class LLMEngine:
         choices = [Row(r.params, r.counts, r.prompt, float(r.rng.random())) for r in reqs]
         tokens, processed = self.engine.sampler.sample(np.stack(rows), choices)
         for req, token, row in zip(reqs, tokens, processed):
-            self._accept(req, token, row)
+            try:
+                self._accept(req, token, row)
+            except Exception as exc:  # noqa: BLE001 - one request's failure ends that request only
+                self._fail(req, exc)
+
+    def _fail(self, req: _Request, exc: BaseException) -> None:
+        for group in (self._prefilling, self._running):
+            if req in group:
+                group.remove(req)
+        req.out.put(exc)
+        self._drop(req, retain=False)
 
     def _accept(self, req: _Request, token: int, row: Any) -> None:
         req.generated.append(token)
@@ -486,8 +513,8 @@ class LLMEngine:
         tops = []
         for t in np.argsort(-logp, kind="stable")[:top]:
             t_text, t_raw = entry(int(t))
-            tops.append(TopLogprob(t_text, float(logp[t]), t_raw))
-        return TokenLogprob(text, float(logp[token]), raw, tops)
+            tops.append(TopLogprob(t_text, _finite_logprob(logp[t]), t_raw))
+        return TokenLogprob(text, _finite_logprob(logp[token]), raw, tops)
 
     def _finish(self, req: _Request) -> CompletionUsage:
         if req in self._running:
@@ -522,6 +549,14 @@ class LLMEngine:
         req.seq_id = -1
 
 
+def _finite_logprob(value: Any) -> float:
+    """A log-probability JSON can carry: -inf (and NaN) become -9999.0, as OpenAI reports them."""
+    import math
+
+    value = float(value)
+    return value if math.isfinite(value) else -9999.0
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -533,11 +568,33 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 def _text_content(content: Any, i: int) -> str:
     """OpenAI message content: a string, or a list of {"type": "text", "text": ...} parts."""
+    where = f"messages[{i}].content"
     if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise UserError("content must be a string or a list of text parts", field=f"messages[{i}].content")
+        return unicode_text(content, where)
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text", ""), str) for p in content):
+        return unicode_text("".join(p.get("text", "") for p in content), where)
+    raise UserError("content must be a string or a list of text parts", field=where)
+
+
+def unicode_text(text: str, field: str) -> str:
+    """`text` if it is valid Unicode: a lone surrogate ("\\ud800", legal in JSON) cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"is not valid Unicode text ({exc.reason} at character {exc.start})", field=field) from None
+    return text
+
+
+def _int_in(value: Any, low: int, high: int, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserError(f"must be an integer in [{low}, {high}] (got {value!r})", field=field)
+    return value
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"must be true or false (got {value!r})", field=field)
+    return value
 
 
 def device_for_library(lib: Path) -> str:
@@ -617,6 +674,8 @@ class _Completions:
             isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
         ):
             raise UserError("must be a string or a list of token ids", field="prompt")
+        if logprobs is not None:
+            _int_in(logprobs, 0, 20, "logprobs")
         req = llm.submit(llm.completion_tokens(prompt), params, max_tokens, stop, logprobs, ignore_eos, template_stops=False)
         rid, created = _new_id("cmpl"), int(time.time())
         if stream:
@@ -648,7 +707,10 @@ def _request_params(llm: LLMEngine, model: str | None, n: int, sampling: Mapping
 
 
 def _top(logprobs: bool, top_logprobs: int | None) -> int | None:
-    if not logprobs:
+    """Chat's logprobs (a flag) and top_logprobs (0..20), checked before the request is queued."""
+    if top_logprobs is not None:
+        _int_in(top_logprobs, 0, 20, "top_logprobs")
+    if not _flag(logprobs, "logprobs"):
         if top_logprobs:
             raise UserError("top_logprobs needs logprobs=true", field="top_logprobs")
         return None

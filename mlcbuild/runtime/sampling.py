@@ -1,6 +1,7 @@
 """Sampling on the host from the probabilities the library's softmax_with_temperature returns."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -12,7 +13,8 @@ class SamplingParams:
     """temperature 0 means greedy; top_p keeps the smallest set of tokens with mass ≥ top_p.
 
     Penalties follow OpenAI (frequency, presence: over generated tokens, subtracted from logits)
-    and Hugging Face (repetition: over prompt and generated tokens, divides positive logits).
+    and Hugging Face (repetition: over prompt and generated tokens, divides positive logits); the
+    repetition bound keeps float32 logits finite (1e-300 is 0 in float32, a division by zero).
     """
 
     temperature: float = 0.0
@@ -28,8 +30,13 @@ class SamplingParams:
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
             ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0"),
+            ("repetition_penalty", 0.01 <= self.repetition_penalty <= 100, "must be in [0.01, 100]"),
         ]
+        if not all(math.isfinite(getattr(self, name)) for name, _, _ in checks):
+            bad = next(name for name, _, _ in checks if not math.isfinite(getattr(self, name)))
+            raise UserError(f"{bad} must be a finite number (got {getattr(self, bad)})", field=bad)
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UserError(f"must be in [0, 2^63) (got {self.seed})", field="seed")
         for name, ok, why in checks:
             if not ok:
                 raise UserError(f"{name} {why} (got {getattr(self, name)})", field=name)

@@ -1,4 +1,4 @@
 """`mlcbuild serve`: the OpenAI-compatible HTTP layer over `mlcbuild.runtime.LLMEngine` (nothing else)."""
-from mlcbuild.serve.app import create_app, serve
+from mlcbuild.serve.app import create_app, listen, serve
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "listen", "serve"]

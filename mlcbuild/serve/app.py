@@ -6,8 +6,11 @@ own scheduler thread batches concurrent requests.
 """
 from __future__ import annotations
 
+import functools
 import json
-from typing import TYPE_CHECKING, Any, Iterator
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -25,6 +28,19 @@ CHAT_FIELDS = {
 }
 COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "top_logprobs"}) | {"prompt"}
 IGNORED = {"user", "stream_options", "stream"}
+MAX_BODY_BYTES = 8 << 20
+"""Larger than any prompt a context window holds (MAX_CHARS_PER_TOKEN × 128k tokens is 8 MiB)."""
+INTERNAL = "the server failed on this request (details are in the server's log)"
+
+log = logging.getLogger("mlcbuild.serve")
+
+
+class BodyTooLarge(UserError):
+    """HTTP 413."""
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def error_body(message: str, param: str | None = None, kind: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
@@ -38,13 +54,43 @@ def create_app(engine: "LLMEngine") -> FastAPI:
     app = FastAPI(title="mlcbuild", docs_url=None, redoc_url=None)
 
     def fail(exc: UserError) -> JSONResponse:
-        status, code = (404, "model_not_found") if isinstance(exc, UnknownModelError) else (400, None)
+        status, code = (404, "model_not_found") if isinstance(exc, UnknownModelError) else (413, None) if isinstance(exc, BodyTooLarge) else (400, None)
         return JSONResponse(error_body(exc.message, exc.field, code=code), status_code=status)
 
+    def guarded(endpoint: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Any]]:
+        """Client mistakes are 4xx; anything else is a 500 without the exception's text, logged here.
+        Handled inside the endpoint, so the connection stays usable for the next request."""
+
+        @functools.wraps(endpoint)
+        async def run(request: Request) -> Any:
+            try:
+                return await endpoint(request)
+            except UserError as exc:
+                return fail(exc)
+            except Exception:  # noqa: BLE001
+                log.exception("%s %s failed", request.method, request.url.path)
+                return JSONResponse(error_body(INTERNAL, kind="server_error"), status_code=500)
+
+        return run
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BodyTooLarge(f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def body_of(request: Request, allowed: set[str], required: str) -> dict[str, Any]:
-        raw = await request.body()
+        raw = await read_body(request)
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_no_constants)
+        except RecursionError:
+            raise UserError("the request body nests too deeply") from None
         except ValueError as exc:
             raise UserError(f"the request body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
@@ -66,8 +112,9 @@ def create_app(engine: "LLMEngine") -> FastAPI:
                     yield f"data: {json.dumps(chunk.to_dict())}\n\n"
             except UserError as exc:
                 yield f"data: {json.dumps(error_body(exc.message, exc.field))}\n\n"
-            except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
-                yield f"data: {json.dumps(error_body(str(exc), kind='server_error'))}\n\n"
+            except Exception:  # noqa: BLE001 - the stream has started; report in-band
+                log.exception("stream failed")
+                yield f"data: {json.dumps(error_body(INTERNAL, kind='server_error'))}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(iterate_in_threadpool(lines()), media_type="text/event-stream")
@@ -87,25 +134,21 @@ def create_app(engine: "LLMEngine") -> FastAPI:
         return {"object": "list", "data": [Model(engine.model, engine.created).to_dict()]}
 
     @app.post("/v1/chat/completions")
+    @guarded
     async def chat_completions(request: Request) -> Any:
-        try:
-            body = await body_of(request, CHAT_FIELDS, "messages")
-            if not isinstance(body["messages"], list) or not all(isinstance(m, dict) for m in body["messages"]):
-                raise UserError("must be a list of message objects", field="messages")
-            stream = body.get("stream", False)
-            result = await run_in_threadpool(lambda: engine.chat.completions.create(stream=stream, **kwargs_of(body)))
-        except UserError as exc:
-            return fail(exc)
+        body = await body_of(request, CHAT_FIELDS, "messages")
+        if not isinstance(body["messages"], list) or not all(isinstance(m, dict) for m in body["messages"]):
+            raise UserError("must be a list of message objects", field="messages")
+        stream = body.get("stream", False)
+        result = await run_in_threadpool(lambda: engine.chat.completions.create(stream=stream, **kwargs_of(body)))
         return sse(result) if stream else result.to_dict()
 
     @app.post("/v1/completions")
+    @guarded
     async def completions(request: Request) -> Any:
-        try:
-            body = await body_of(request, COMPLETION_FIELDS, "prompt")
-            stream = body.get("stream", False)
-            result = await run_in_threadpool(lambda: engine.completions.create(stream=stream, **kwargs_of(body)))
-        except UserError as exc:
-            return fail(exc)
+        body = await body_of(request, COMPLETION_FIELDS, "prompt")
+        stream = body.get("stream", False)
+        result = await run_in_threadpool(lambda: engine.completions.create(stream=stream, **kwargs_of(body)))
         return sse(result) if stream else result.to_dict()
 
     @app.exception_handler(404)
@@ -118,14 +161,36 @@ def create_app(engine: "LLMEngine") -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"{type(exc).__name__}: {exc}", kind="server_error"), status_code=500)
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body(INTERNAL, kind="server_error"), status_code=500)
 
     return app
 
 
-def serve(engine: "LLMEngine", host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (uvicorn, one process; the engine batches concurrent requests)."""
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not (busy port, unknown address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", field="--port") from None
+    return sock
+
+
+SERVER_LIMITS = {"limit_concurrency": 512, "timeout_keep_alive": 5, "h11_max_incomplete_event_size": 64 * 1024}
+"""uvicorn's guards against slow or greedy clients: at most 512 connections at once (more get 503),
+idle keep-alive connections closed after 5 s, request heads over 64 KiB refused."""
+
+
+def serve(engine: "LLMEngine", sock: socket.socket) -> None:
+    """Serve on `sock` until interrupted (uvicorn, one process; the engine batches concurrent requests)."""
     import uvicorn
 
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(create_app(engine), log_level="warning", **SERVER_LIMITS)
     print(f"mlcbuild: serving {engine.model} on http://{host}:{port}/v1", flush=True)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
