@@ -50,7 +50,7 @@ def server(demo_artifacts, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "mlcbuild", "serve", str(demo_artifacts.model_dir("q0f32")), "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlcbuild", "serve", str(demo_artifacts.model_dir("q0f32")), "--port", str(port), "--request-timeout", "3"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -246,3 +246,35 @@ def test_serve_flags_and_a_busy_port_are_one_line(demo_artifacts, server) -> Non
     assert busy.returncode == 2, busy.stderr
     assert busy.stderr.strip().count(b"\n") == 0 and b"cannot listen on 127.0.0.1:" + busy_port.encode() in busy.stderr
     assert b"serving" not in busy.stdout
+
+
+@pytest.mark.slow
+def test_slow_clients_are_cut_off_and_others_are_served(server) -> None:
+    """50 connections trickling a request head, and one trickling a body: each is closed about
+    --request-timeout (3 s) after it opened, while a normal request is answered meanwhile."""
+    import httpx
+    from urllib.parse import urlparse
+
+    url = urlparse(server)
+    slow = []
+    for i in range(51):
+        s = socket.create_connection((url.hostname, url.port), timeout=10)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" if i else b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        slow.append(s)
+    started = time.monotonic()
+    ok = httpx.post(server + "/v1/completions", json={"prompt": "The lighthouse", "max_tokens": 3, "temperature": 0}, timeout=30)
+    assert ok.status_code == 200
+    for s in slow:
+        s.sendall(b"X")  # still trickling
+    closed = 0
+    for s in slow:
+        try:
+            data = s.recv(1024)
+        except ConnectionResetError:
+            data = b""
+        except socket.timeout:
+            data = None
+        closed += data == b""
+        s.close()
+    elapsed = time.monotonic() - started
+    assert closed == len(slow) and elapsed < 10, (closed, elapsed)

@@ -83,6 +83,14 @@ def _finite(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number ≥ 0 (no nan, no inf)."""
     value = _finite(text)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mlcbuild.cli.main import command, non_negative_float, positive_int, probability
+from mlcbuild.cli.main import command, non_negative_float, positive_float, positive_int, probability
 from mlcbuild.errors import UserError
 
 CHAT_HELP = "commands: /reset (forget the conversation), /stats (speed of the last reply), /exit"
@@ -43,6 +43,10 @@ def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
     model(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=tcp_port, default=8000, help="TCP port (default: %(default)s)")
+    s.add_argument(
+        "--request-timeout", type=positive_float, default=15.0, metavar="SECONDS",
+        help="close a connection whose request has not fully arrived after this long (default: %(default)s)",
+    )
 
 
 def tcp_port(text: str) -> int:
@@ -166,5 +170,5 @@ def serve_cmd(args: argparse.Namespace) -> int:
 
     sock = listen(args.host, args.port)
     with _engine(args) as engine:
-        serve(engine, sock)
+        serve(engine, sock, args.request_timeout)
     return 0

@@ -186,11 +186,14 @@ SERVER_LIMITS = {"limit_concurrency": 512, "timeout_keep_alive": 5, "h11_max_inc
 idle keep-alive connections closed after 5 s, request heads over 64 KiB refused."""
 
 
-def serve(engine: "LLMEngine", sock: socket.socket) -> None:
-    """Serve on `sock` until interrupted (uvicorn, one process; the engine batches concurrent requests)."""
+def serve(engine: "LLMEngine", sock: socket.socket, request_timeout: float = 15.0) -> None:
+    """Serve on `sock` until interrupted (uvicorn, one process; the engine batches concurrent
+    requests). A request must arrive whole within `request_timeout` seconds (serve/protocol.py)."""
     import uvicorn
 
+    from mlcbuild.serve.protocol import with_timeout
+
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(create_app(engine), log_level="warning", **SERVER_LIMITS)
+    config = uvicorn.Config(create_app(engine), log_level="warning", http=with_timeout(request_timeout), **SERVER_LIMITS)
     print(f"mlcbuild: serving {engine.model} on http://{host}:{port}/v1", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
