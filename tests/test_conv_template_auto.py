@@ -252,7 +252,8 @@ def runtime_tokens(conv: Conversation, tokenizer, messages: list[dict]) -> list[
 
     llm = object.__new__(LLMEngine)
     llm._template = Conversation.from_json(json.loads(json.dumps(conv.to_json())))  # as read from mlc-chat-config.json
-    llm.engine = SimpleNamespace(tokenizer=tokenizer)
+    llm.engine = SimpleNamespace(tokenizer=tokenizer, sliding_window_size=-1)
+    llm.context_window_size = 4096
     return llm.chat_tokens(messages)
 
 
