@@ -226,3 +226,21 @@ def test_a_request_that_fails_mid_batch_fails_alone(talker, monkeypatch) -> None
     assert "".join(got) == solo
     monkeypatch.undo()
     assert talker.completions.create("The lighthouse", max_tokens=4, temperature=0).usage.completion_tokens == 4
+
+
+@pytest.mark.slow
+def test_logit_bias_goes_through_the_library(talker) -> None:
+    """OpenAI's logit_bias, applied by the library's apply_logit_bias_inplace (then penalties, softmax)."""
+    decode = talker.engine.tokenizer.decode
+    forced = talker.completions.create([5, 6, 7], max_tokens=6, temperature=0, logit_bias={"42": 100}, ignore_eos=True)
+    assert forced.choices[0].text == decode([42] * 6)
+    sampled = talker.completions.create([5, 6, 7], max_tokens=6, temperature=1.0, seed=3, logit_bias={"42": 100}, ignore_eos=True)
+    assert sampled.choices[0].text == forced.choices[0].text
+    greedy = talker.completions.create([5, 6, 7], max_tokens=1, temperature=0, logprobs=0).choices[0].logprobs.tokens[0]
+    first = next(t for t in range(talker.engine.vocab_size) if decode([t], skip_special_tokens=False) == greedy)
+    banned = talker.completions.create([5, 6, 7], max_tokens=1, temperature=0, logprobs=0, logit_bias={str(first): -100})
+    assert banned.choices[0].logprobs.tokens[0] != greedy
+    for bad in ({"99999": 1}, {"5": 200}, {"x": 1}, [1]):
+        with pytest.raises(UserError) as info:
+            talker.completions.create("hi", logit_bias=bad)
+        assert info.value.field == "logit_bias"

@@ -436,3 +436,17 @@ def test_webgpu_library_generates_code_with_webllms_functions(compiled_model) ->
         text = relax.build(mod, target=target, relax_pipeline=pipeline, system_lib=True).as_text()
     assert "argsort_probs" in text and "sample_with_top_p" in text and "softmax_with_temperature" in text
     assert "multinomial_from_uniform" not in text and "sampler_take_probs" not in text
+
+
+@pytest.mark.parametrize(
+    "target, variant, prefix",
+    [("metal", "ios", "qwen2_q4f16_1_"), ("opencl", "android", "qwen2_q4f16_1_"), ("vulkan", "android", "qwen2_q4f16_1_"),
+     ("webgpu", None, ""), ("llvm", None, ""), ("metal", "macos", "")],
+)
+def test_system_lib_prefix_only_where_mlc_uses_one(target: str, variant: str | None, prefix: str) -> None:
+    """MLC prefixes static libraries for iOS/macabi/Android apps (several models in one binary); TVM's
+    JS runtime, which WebLLM uses, calls SystemLib() without a prefix."""
+    from mlcbuild.compiler.build import system_lib_prefix
+    from mlcbuild.targets import resolve_target
+
+    assert system_lib_prefix({"model_type": "qwen2", "quantization": "q4f16_1"}, resolve_target(target, variant)) == prefix

@@ -1,7 +1,8 @@
 """Logit processing and sampling through the model library's own ABI functions, as MLC runs them.
 
 MLC's runtimes never sample in their own code when the library can: WebLLM calls
-`apply_penalty_inplace` → `softmax_with_temperature` → `argsort_probs` → `sample_with_top_p`, and MLC's
+`apply_logit_bias_inplace` → `apply_penalty_inplace` → `softmax_with_temperature` → `argsort_probs` →
+`sample_with_top_p`, and MLC's
 C++ engine does the same on GPUs. Our engine takes that path too, so every run exercises the ABI
 that MLC's runtimes will call. A library built before these functions existed falls back to numpy
 with the same semantics (one uniform draw per token either way, so seeded runs reproduce).
@@ -13,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mlcbuild.runtime.sampling import SamplingParams, apply_penalties, sample_from_probs, softmax
 
-FUNCTIONS = ("apply_penalty_inplace", "softmax_with_temperature", "argsort_probs", "sample_with_top_p")
+FUNCTIONS = ("apply_logit_bias_inplace", "apply_penalty_inplace", "softmax_with_temperature", "argsort_probs", "sample_with_top_p")
 GREEDY_BELOW = 1e-5
 """MLC's softmax_with_temperature treats temperatures up to this as greedy (a one-hot)."""
 
@@ -72,6 +73,7 @@ class LibrarySampler:
 
         n, vocab = logits.shape
         dev_logits = self._tensor(logits, "float32")
+        self._apply_logit_bias(dev_logits, rows)
         self._apply_penalties(dev_logits, rows)
         processed = dev_logits.numpy()
         tokens = [int(np.argmax(row)) for row in processed]
@@ -92,6 +94,15 @@ class LibrarySampler:
             for i, token in zip(hot, sampled.numpy()):
                 tokens[i] = int(token)
         return tokens, processed
+
+    def _apply_logit_bias(self, dev_logits: Any, rows: Sequence[Row]) -> None:
+        """MLC's apply_logit_bias_inplace: logits[row, token] += bias, WebLLM's order (before penalties)."""
+        entries = [(i, token, bias) for i, row in enumerate(rows) for token, bias in row.params.logit_bias]
+        if entries:
+            rows_, tokens, biases = zip(*entries)
+            self.funcs["apply_logit_bias_inplace"](
+                dev_logits, self._tensor(rows_, "int32"), self._tensor(tokens, "int32"), self._tensor(biases, "float32")
+            )
 
     def _apply_penalties(self, dev_logits: Any, rows: Sequence[Row]) -> None:
         """MLC's apply_penalty_inplace, two penalty rows per sequence: (presence, frequency,

@@ -251,7 +251,22 @@ class LLMEngine:
         seed = given.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise UserError(f"must be an integer (got {seed!r})", field="seed")
-        return SamplingParams(seed=seed, **values)
+        return SamplingParams(seed=seed, logit_bias=self._logit_bias(given.get("logit_bias")), **values)
+
+    def _logit_bias(self, given: Any) -> tuple[tuple[int, float], ...]:
+        """OpenAI's {"token id": bias} (JSON keys are strings) as checked (id, bias) pairs."""
+        if given is None:
+            return ()
+        if not isinstance(given, Mapping) or len(given) > 300:
+            raise UserError("must be an object of at most 300 token ids to biases", field="logit_bias")
+        pairs = []
+        for key, bias in given.items():
+            token = int(key) if isinstance(key, str) and key.isdigit() else key
+            if isinstance(token, bool) or not isinstance(token, int):
+                raise UserError(f"keys must be token ids (got {key!r})", field="logit_bias")
+            pairs.append((token, bias))
+        self.engine.check_token_ids([t for t, _ in pairs], field="logit_bias")
+        return tuple(sorted(pairs))
 
     def submit(
         self,
@@ -606,7 +621,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-_COMMON = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed")
+_COMMON = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed", "logit_bias")
 
 
 class _ChatCompletions:

@@ -23,8 +23,15 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """OpenAI's logit_bias: (token id, bias in [-100, 100]) added to the logits before penalties."""
 
     def __post_init__(self) -> None:
+        for token, bias in self.logit_bias:
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise UserError(f"keys must be token ids (got {token!r})", field="logit_bias")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise UserError(f"biases must be numbers in [-100, 100] (got {bias!r} for token {token})", field="logit_bias")
         checks = [
             ("temperature", self.temperature >= 0, "must be ≥ 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
@@ -47,12 +54,14 @@ class SamplingParams:
 
 
 def apply_penalties(logits: Any, params: SamplingParams, generated: Mapping[int, int], seen: set[int]) -> Any:
-    """Logits after penalties; `generated` counts generated tokens, `seen` is prompt ∪ generated."""
+    """Logits after logit bias and penalties; `generated` counts generated tokens, `seen` is prompt ∪ generated."""
     import numpy as np
 
-    if not params.penalized:
+    if not params.penalized and not params.logit_bias:
         return logits
     out = np.array(logits, dtype="float32", copy=True)
+    for token, bias in params.logit_bias:
+        out[token] += bias
     if generated and (params.frequency_penalty or params.presence_penalty):
         ids = np.fromiter(generated.keys(), dtype="int64")
         counts = np.fromiter(generated.values(), dtype="float32")
