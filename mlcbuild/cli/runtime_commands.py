@@ -39,8 +39,13 @@ def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
     model(c)
     sampling(c)
 
-    s = subcommand("serve", help="serve a built artifact over the OpenAI HTTP API")
-    model(s)
+    s = subcommand("serve", help="serve built artifacts over the OpenAI HTTP API")
+    s.add_argument("model", type=Path, nargs="+", metavar="RECIPE|ARTIFACT", help="recipe files or built artifact folders (each is one model, or one per -q)")
+    s.add_argument("-q", "--quant", action="append", default=None, help="quantization to serve from a recipe (repeat for several; default: its first)")
+    s.add_argument("-t", "--target", default=None, help="target whose library to load (default: llvm if built, else the first)")
+    s.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the library's kind)")
+    s.add_argument("--model-lib", type=Path, default=None, help="the library to load with one artifact folder (default: ../libs/<name>-<target>*)")
+    s.add_argument("--quiet", action="store_true", help="no request log line on stderr")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=tcp_port, default=8000, help="TCP port (default: %(default)s)")
     s.add_argument(
@@ -168,7 +173,21 @@ def serve_cmd(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UserError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'mlcbuild[serve]'") from None
 
+    from mlcbuild.runtime import open_engine
+
+    if args.model_lib is not None and len(args.model) > 1:
+        raise UserError("--model-lib goes with one artifact folder", field="--model-lib")
     sock = listen(args.host, args.port)
-    with _engine(args) as engine:
-        serve(engine, sock, args.request_timeout)
+    engines: list[Any] = []
+    try:
+        for spec in args.model:
+            for quant in args.quant or [None]:
+                engine = open_engine(spec, quant, args.target, args.device, args.model_lib)
+                engines.append(engine)
+                if engine.model in {e.model for e in engines[:-1]}:
+                    raise UserError(f"{engine.model} is given twice", field="model")
+        serve(engines, sock, args.request_timeout, args.quiet)
+    finally:
+        for engine in engines:
+            engine.close()
     return 0

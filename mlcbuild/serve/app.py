@@ -6,11 +6,10 @@ own scheduler thread batches concurrent requests.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -47,31 +46,57 @@ def error_body(message: str, param: str | None = None, kind: str = "invalid_requ
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine: "LLMEngine") -> FastAPI:
-    from mlcbuild.runtime.llm_engine import UnknownModelError
+def create_app(engines: "LLMEngine | Sequence[LLMEngine]", request_log: Callable[[str], None] | None = None) -> FastAPI:
+    """The app over one engine per model. With one model, any `model` name is served by it (as MLC's
+    REST server and llama.cpp's do; the reply names the real one); with several, `model` picks one.
+    `request_log` hears one line per request (method, path, model, tokens in/out, time, status)."""
+    import time
+
+    from mlcbuild.runtime.llm_engine import LLMEngine, UnknownModelError
     from mlcbuild.runtime.protocol import Model
 
+    by_name = {e.model: e for e in ([engines] if isinstance(engines, LLMEngine) else engines)}
     app = FastAPI(title="mlcbuild", docs_url=None, redoc_url=None)
 
     def fail(exc: UserError) -> JSONResponse:
         status, code = (404, "model_not_found") if isinstance(exc, UnknownModelError) else (413, None) if isinstance(exc, BodyTooLarge) else (400, None)
         return JSONResponse(error_body(exc.message, exc.field, code=code), status_code=status)
 
-    def guarded(endpoint: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Any]]:
+    def record(request: Request, started: float, status: int, model: str = "-", usage: Any = None) -> None:
+        if request_log is not None:
+            tokens = f"in={usage.prompt_tokens} out={usage.completion_tokens}" if usage is not None else "in=- out=-"
+            request_log(f"{request.method} {request.url.path} model={model} {tokens} {time.perf_counter() - started:.3f}s {status}")
+
+    def guarded(endpoint: Callable[[Request, float], Awaitable[Any]]) -> Callable[[Request], Awaitable[Any]]:
         """Client mistakes are 4xx; anything else is a 500 without the exception's text, logged here.
         Handled inside the endpoint, so the connection stays usable for the next request."""
 
-        @functools.wraps(endpoint)
         async def run(request: Request) -> Any:
+            started = time.perf_counter()
             try:
-                return await endpoint(request)
+                return await endpoint(request, started)
             except UserError as exc:
-                return fail(exc)
+                response = fail(exc)
             except Exception:  # noqa: BLE001
                 log.exception("%s %s failed", request.method, request.url.path)
-                return JSONResponse(error_body(INTERNAL, kind="server_error"), status_code=500)
+                response = JSONResponse(error_body(INTERNAL, kind="server_error"), status_code=500)
+            record(request, started, response.status_code)
+            return response
 
+        run.__name__ = endpoint.__name__  # FastAPI reads the signature of `run`: the request only
         return run
+
+    def engine_for(body: dict[str, Any]) -> "LLMEngine":
+        name = body.get("model")
+        if name is not None and not isinstance(name, str):
+            raise UserError(f"must be a string (got {name!r})", field="model")
+        if len(by_name) == 1:
+            return next(iter(by_name.values()))
+        if name is None:
+            raise UserError(f"this server has several models; name one: {', '.join(by_name)}", field="model")
+        if name not in by_name:
+            raise UnknownModelError(f"unknown model {name!r}; this server has {', '.join(by_name)}", field="model")
+        return by_name[name]
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
@@ -105,10 +130,12 @@ def create_app(engine: "LLMEngine") -> FastAPI:
             raise UserError(f"must be a boolean (got {stream!r})", field="stream")
         return body
 
-    def sse(chunks: Iterator[Any]) -> StreamingResponse:
+    def sse(chunks: Iterator[Any], request: Request, started: float, model: str) -> StreamingResponse:
         def lines() -> Iterator[str]:
+            usage = None
             try:
                 for chunk in chunks:
+                    usage = getattr(chunk, "usage", None) or usage
                     yield f"data: {json.dumps(chunk.to_dict())}\n\n"
             except UserError as exc:
                 yield f"data: {json.dumps(error_body(exc.message, exc.field))}\n\n"
@@ -116,40 +143,50 @@ def create_app(engine: "LLMEngine") -> FastAPI:
                 log.exception("stream failed")
                 yield f"data: {json.dumps(error_body(INTERNAL, kind='server_error'))}\n\n"
             yield "data: [DONE]\n\n"
+            record(request, started, 200, model, usage)
 
         return StreamingResponse(iterate_in_threadpool(lines()), media_type="text/event-stream")
 
     def kwargs_of(body: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in body.items() if k not in IGNORED}
+        out = {k: v for k, v in body.items() if k not in IGNORED and k != "model"}
         if "max_completion_tokens" in out:
             out["max_tokens"] = out.pop("max_completion_tokens")
         return out
 
+    def reply(result: Any, stream: bool, request: Request, started: float, engine: "LLMEngine") -> Any:
+        if stream:
+            return sse(result, request, started, engine.model)
+        record(request, started, 200, engine.model, result.usage)
+        return result.to_dict()
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model, "stats": engine.stats_dict()}
+        first = next(iter(by_name.values()))
+        return {"status": "ok", "model": first.model, "stats": first.stats_dict(), "models": {n: e.stats_dict() for n, e in by_name.items()}}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [Model(engine.model, engine.created).to_dict()]}
+        return {"object": "list", "data": [Model(e.model, e.created).to_dict() for e in by_name.values()]}
 
     @app.post("/v1/chat/completions")
     @guarded
-    async def chat_completions(request: Request) -> Any:
+    async def chat_completions(request: Request, started: float) -> Any:
         body = await body_of(request, CHAT_FIELDS, "messages")
+        engine = engine_for(body)
         if not isinstance(body["messages"], list) or not all(isinstance(m, dict) for m in body["messages"]):
             raise UserError("must be a list of message objects", field="messages")
         stream = body.get("stream", False)
         result = await run_in_threadpool(lambda: engine.chat.completions.create(stream=stream, **kwargs_of(body)))
-        return sse(result) if stream else result.to_dict()
+        return reply(result, stream, request, started, engine)
 
     @app.post("/v1/completions")
     @guarded
-    async def completions(request: Request) -> Any:
+    async def completions(request: Request, started: float) -> Any:
         body = await body_of(request, COMPLETION_FIELDS, "prompt")
+        engine = engine_for(body)
         stream = body.get("stream", False)
         result = await run_in_threadpool(lambda: engine.completions.create(stream=stream, **kwargs_of(body)))
-        return sse(result) if stream else result.to_dict()
+        return reply(result, stream, request, started, engine)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -186,14 +223,21 @@ SERVER_LIMITS = {"limit_concurrency": 512, "timeout_keep_alive": 5, "h11_max_inc
 idle keep-alive connections closed after 5 s, request heads over 64 KiB refused."""
 
 
-def serve(engine: "LLMEngine", sock: socket.socket, request_timeout: float = 15.0) -> None:
-    """Serve on `sock` until interrupted (uvicorn, one process; the engine batches concurrent
-    requests). A request must arrive whole within `request_timeout` seconds (serve/protocol.py)."""
+def serve(engines: "Sequence[LLMEngine]", sock: socket.socket, request_timeout: float = 15.0, quiet: bool = False) -> None:
+    """Serve on `sock` until interrupted (uvicorn, one process; each engine batches its own
+    requests). A request must arrive whole within `request_timeout` seconds (serve/protocol.py);
+    one line per request goes to stderr unless `quiet`."""
+    import sys
+
     import uvicorn
 
     from mlcbuild.serve.protocol import with_timeout
 
+    def request_log(line: str) -> None:
+        print(f"mlcbuild serve: {line}", file=sys.stderr, flush=True)
+
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(create_app(engine), log_level="warning", http=with_timeout(request_timeout), **SERVER_LIMITS)
-    print(f"mlcbuild: serving {engine.model} on http://{host}:{port}/v1", flush=True)
+    app = create_app(engines, None if quiet else request_log)
+    config = uvicorn.Config(app, log_level="warning", http=with_timeout(request_timeout), **SERVER_LIMITS)
+    print(f"mlcbuild: serving {', '.join(e.model for e in engines)} on http://{host}:{port}/v1", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
