@@ -53,7 +53,7 @@ def server_throughput(streams: tuple[int, ...] = (1, 4, 8), tokens: int = 128) -
     subprocess.run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(cache), "build", str(REPO / "recipes" / "demo.yaml"), "-q", "q0f32"],
                    check=True, env=env, capture_output=True)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlcbuild", "serve", str(REPO / "recipes" / "demo.yaml"), "-q", "q0f32", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "mlcbuild", "serve", str(REPO / "recipes" / "demo.yaml"), "-q", "q0f32", "--port", str(port), "--quiet"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

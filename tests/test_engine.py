@@ -244,3 +244,34 @@ def test_logit_bias_goes_through_the_library(talker) -> None:
         with pytest.raises(UserError) as info:
             talker.completions.create("hi", logit_bias=bad)
         assert info.value.field == "logit_bias"
+
+
+MLC_SNIPPET = """
+from mlcbuild.compat import ChatModule, GenerationConfig, StreamToStdout
+import sys
+cm = ChatModule(model=sys.argv[1], model_lib_path=sys.argv[2])
+greedy = GenerationConfig(temperature=0.0)
+output = cm.generate(prompt="What is mlcbuild?", generation_config=greedy, progress_callback=StreamToStdout(callback_interval=2))
+print("STATS", cm.stats())
+again = cm.generate(prompt="What is quantization?", generation_config=greedy)
+print("SECOND", again)
+cm.reset_chat()
+print("RESET", cm.generate(prompt="What is mlcbuild?", generation_config=greedy) == output)
+"""
+
+
+@pytest.mark.slow
+def test_mlc_chat_module_snippet_runs_unchanged(demo_artifacts) -> None:
+    """MLC's old Python example (ChatModule + StreamToStdout), with only the import line changed."""
+    import re
+    import subprocess
+    import sys
+
+    folder = demo_artifacts.model_dir("q0f32")
+    lib = next((folder.parent / "libs").glob(f"{folder.name[:-4]}-llvm*.so"))
+    done = subprocess.run([sys.executable, "-c", MLC_SNIPPET, str(folder), str(lib)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    streamed, rest = done.stdout.split("STATS ", 1)
+    assert streamed.strip().startswith(MLCBUILD_ANSWER.strip())
+    assert re.match(r"prefill: [\d.]+ tok/s, decode: [\d.]+ tok/s", rest)
+    assert "SECOND" in rest and "RESET True" in rest
