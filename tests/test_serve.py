@@ -342,3 +342,17 @@ def test_several_models_are_listed_and_routed(two_models, demo_artifacts) -> Non
     missing = httpx.post(url + "/v1/completions", json={"prompt": "hi"}, timeout=30)
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
     assert "mlcbuild serve: POST" not in log.read_text()  # --quiet
+
+
+@pytest.mark.slow
+def test_structured_output_over_http(client) -> None:
+    """The openai client's response_format (json_schema, strict) against the real server."""
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "mood": {"enum": ["calm", "glad"]}}, "required": ["ok", "mood"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], temperature=0, max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "mood", "schema": schema, "strict": True}},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)

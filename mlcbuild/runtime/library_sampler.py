@@ -14,7 +14,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mlcbuild.runtime.sampling import SamplingParams, apply_penalties, sample_from_probs, softmax
 
-FUNCTIONS = ("apply_logit_bias_inplace", "apply_penalty_inplace", "softmax_with_temperature", "argsort_probs", "sample_with_top_p")
+FUNCTIONS = (
+    "apply_bitmask_inplace",
+    "apply_logit_bias_inplace",
+    "apply_penalty_inplace",
+    "softmax_with_temperature",
+    "argsort_probs",
+    "sample_with_top_p",
+)
 GREEDY_BELOW = 1e-5
 """MLC's softmax_with_temperature treats temperatures up to this as greedy (a one-hot)."""
 
@@ -27,6 +34,8 @@ class Row:
     generated: Mapping[int, int]
     prompt: Sequence[int]
     uniform: float
+    bitmask: Any = None
+    """int32 [ceil(vocab / 32)] of the tokens a grammar allows next (`runtime/grammar.py`), or None."""
 
     def prompt_only(self) -> list[int]:
         return sorted(set(self.prompt) - set(self.generated))
@@ -47,7 +56,7 @@ class LibrarySampler:
 
         logits = np.ascontiguousarray(logits, dtype="float32")
         if not self.on_library:
-            processed = np.stack([apply_penalties(l, r.params, r.generated, set(r.prompt) | set(r.generated)) for l, r in zip(logits, rows)])
+            processed = np.stack([_masked(apply_penalties(l, r.params, r.generated, set(r.prompt) | set(r.generated)), r.bitmask) for l, r in zip(logits, rows)])
             tokens = [self._host_sample(l, r) for l, r in zip(processed, rows)]
             return tokens, processed
         return self._device_sample(logits, rows)
@@ -73,6 +82,7 @@ class LibrarySampler:
 
         n, vocab = logits.shape
         dev_logits = self._tensor(logits, "float32")
+        self._apply_bitmask(dev_logits, rows)
         self._apply_logit_bias(dev_logits, rows)
         self._apply_penalties(dev_logits, rows)
         processed = dev_logits.numpy()
@@ -94,6 +104,19 @@ class LibrarySampler:
             for i, token in zip(hot, sampled.numpy()):
                 tokens[i] = int(token)
         return tokens, processed
+
+    def _apply_bitmask(self, dev_logits: Any, rows: Sequence[Row]) -> None:
+        """MLC's apply_bitmask_inplace: tokens a row's grammar forbids get the lowest float32."""
+        import numpy as np
+
+        constrained = [i for i, r in enumerate(rows) if r.bitmask is not None]
+        if not constrained:
+            return
+        words = len(rows[constrained[0]].bitmask)
+        masks = np.full((len(rows), words), -1, dtype=np.int32)
+        for i in constrained:
+            masks[i] = rows[i].bitmask
+        self.funcs["apply_bitmask_inplace"](dev_logits, self._tensor(constrained, "int32"), self._tensor(masks, "int32"))
 
     def _apply_logit_bias(self, dev_logits: Any, rows: Sequence[Row]) -> None:
         """MLC's apply_logit_bias_inplace: logits[row, token] += bias, WebLLM's order (before penalties)."""
@@ -134,6 +157,15 @@ class LibrarySampler:
                 self._tensor(counts, "int32"),
                 self._tensor(penalties, "float32"),
             )
+
+
+def _masked(logits: Any, bitmask: Any) -> Any:
+    import numpy as np
+
+    if bitmask is None:
+        return logits
+    bits = np.unpackbits(np.asarray(bitmask, dtype="<i4").view(np.uint8), bitorder="little")[: logits.shape[-1]]
+    return np.where(bits.astype(bool), logits, np.finfo(np.float32).min).astype("float32")
 
 
 __all__ = ["FUNCTIONS", "LibrarySampler", "Row"]

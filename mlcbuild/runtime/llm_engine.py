@@ -81,6 +81,8 @@ class _Request:
     cancelled: bool = False
     t_start: float = 0.0
     t_first: float = 0.0
+    constraint: Any = None
+    """The request's grammar (`runtime/grammar.py`) when it asked for a response_format."""
 
     @property
     def kv_tokens(self) -> list[int]:
@@ -141,6 +143,7 @@ class LLMEngine:
         self._stats = EngineStats()
         self._lock = threading.Lock()
         self._closed = False
+        self._grammar_compiler: Any = None
         self._thread = threading.Thread(target=self._loop, name="mlcbuild-engine", daemon=True)
         self._thread.start()
         self.chat = _Chat(self)
@@ -226,6 +229,16 @@ class LLMEngine:
             )
         return text
 
+    def _grammars(self) -> Any:
+        if self._grammar_compiler is None:
+            from mlcbuild.runtime.grammar import Grammars
+
+            info = self.engine.chat_config.get("tokenizer_info") or {}
+            self._grammar_compiler = Grammars(
+                self.engine.tokenizer, self.engine.vocab_size, info.get("token_postproc_method", "byte_fallback"), self.engine.stop_token_ids()
+            )
+        return self._grammar_compiler
+
     def stop_strings(self) -> list[str]:
         return list(self._template.stop_str or [])
 
@@ -277,6 +290,7 @@ class LLMEngine:
         top_logprobs: int | None = None,
         ignore_eos: bool = False,
         template_stops: bool = True,
+        response_format: Any = None,
     ) -> _Request:
         """Queue a request; its events arrive on `request.out`. Errors in the request raise here."""
         import numpy as np
@@ -313,6 +327,7 @@ class LLMEngine:
             top_logprobs=top_logprobs,
             rng=np.random.default_rng(params.seed),
             t_start=time.perf_counter(),
+            constraint=self._grammars().constraint(response_format) if response_format is not None else None,
         )
         self._inbox.put(req)
         return req
@@ -478,7 +493,7 @@ class LLMEngine:
 
         if not reqs:
             return
-        choices = [Row(r.params, r.counts, r.prompt, float(r.rng.random())) for r in reqs]
+        choices = [Row(r.params, r.counts, r.prompt, float(r.rng.random()), r.constraint.bitmask() if r.constraint else None) for r in reqs]
         tokens, processed = self.engine.sampler.sample(np.stack(rows), choices)
         for req, token, row in zip(reqs, tokens, processed):
             try:
@@ -494,6 +509,8 @@ class LLMEngine:
         self._drop(req, retain=False)
 
     def _accept(self, req: _Request, token: int, row: Any) -> None:
+        if req.constraint is not None:
+            req.constraint.accept(token)
         req.generated.append(token)
         req.counts[token] += 1
         req.pending = token
@@ -640,13 +657,14 @@ class _ChatCompletions:
         top_logprobs: int | None = None,
         n: int = 1,
         ignore_eos: bool = False,
+        response_format: Mapping[str, Any] | None = None,
         **sampling: Any,
     ) -> ChatCompletion | Iterator[ChatCompletionChunk]:
         """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks with `stream=True`."""
         llm = self._llm
         params = _request_params(llm, model, n, sampling)
         req = llm.submit(
-            llm.chat_tokens(messages), params, max_tokens, stop, _top(logprobs, top_logprobs), ignore_eos
+            llm.chat_tokens(messages), params, max_tokens, stop, _top(logprobs, top_logprobs), ignore_eos, response_format=response_format
         )
         rid, created = _new_id("chatcmpl"), int(time.time())
         if stream:
@@ -680,6 +698,7 @@ class _Completions:
         logprobs: int | None = None,
         n: int = 1,
         ignore_eos: bool = False,
+        response_format: Mapping[str, Any] | None = None,
         **sampling: Any,
     ) -> Completion | Iterator[Completion]:
         """OpenAI's completions.create (raw continuation, no conversation template)."""
@@ -691,7 +710,9 @@ class _Completions:
             raise UserError("must be a string or a list of token ids", field="prompt")
         if logprobs is not None:
             _int_in(logprobs, 0, 20, "logprobs")
-        req = llm.submit(llm.completion_tokens(prompt), params, max_tokens, stop, logprobs, ignore_eos, template_stops=False)
+        req = llm.submit(
+            llm.completion_tokens(prompt), params, max_tokens, stop, logprobs, ignore_eos, template_stops=False, response_format=response_format
+        )
         rid, created = _new_id("cmpl"), int(time.time())
         if stream:
             return self._chunks(req, rid, created)

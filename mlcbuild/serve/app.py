@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 CHAT_FIELDS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop", "temperature",
     "top_p", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n",
-    "user", "ignore_eos", "logit_bias",
+    "user", "ignore_eos", "logit_bias", "response_format",
 }
 COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "top_logprobs"}) | {"prompt"}
 IGNORED = {"user", "stream_options", "stream"}
