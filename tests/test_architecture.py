@@ -49,3 +49,13 @@ def test_hub_source_fails_after_config_json_and_before_any_weight(tmp_path: Path
     fetched = [r.path for r in fake_hub.requests if "/resolve/" in r.path]
     assert fetched and all(p.endswith("/config.json") for p in fetched), fetched
     _one_line_at_source(mlcbuild("plan", str(recipe), cache=cache), recipe)  # config.json is now in the HF cache
+
+
+def test_a_named_template_that_does_not_fit_the_model_is_a_recipe_error(tmp_path: Path) -> None:
+    """llama-3's stop ids (128001...) on the 384-token demo model would read past its embedding table."""
+    recipe = write_recipe(tmp_path / "r", conv_template="llama-3")
+    for command in ("plan", "build"):
+        result = mlcbuild(command, str(recipe), cache=tmp_path / "cache")
+        assert result.returncode == 2, result.stderr
+        line = result.stderr.strip()
+        assert "\n" not in line and f"{recipe.name}:" in line and ": conv_template: template 'llama-3' stop_token_ids: token id 128001" in line

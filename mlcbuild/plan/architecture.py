@@ -1,4 +1,5 @@
-"""An architecture no family builds is a recipe mistake, found before any weight file moves.
+"""An architecture no family builds, or a template that does not fit the model, is a recipe
+mistake, found before any weight file moves.
 
 `plan` reads config.json wherever it is at hand without the network (a local folder, the Hugging
 Face cache at the pinned commit); `build` also fetches that one small file for a Hub source, so an
@@ -52,14 +53,38 @@ def _hub_config(repo: str, revision: str, fetch: bool) -> Path | None:
 
 
 def check_architecture(recipe: Recipe, revision: str | None, fetch: bool) -> None:
-    """The recipe's `model_type`, or the one config.json names, must be a family mlcbuild builds."""
+    """The recipe's `model_type`, or the one config.json names, must be a family mlcbuild builds,
+    and a template the recipe names must fit the model's vocabulary."""
     from mlcbuild.models import detect_model_type
 
     found = config_at_hand(recipe, revision, fetch)
-    if found is None or recipe.model_type is not None:
+    if found is None:
         return
     hf_config, where = found
-    try:
-        detect_model_type(hf_config)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc.message}", recipe.where("source"), "source") from None
+    if recipe.model_type is None:
+        try:
+            detect_model_type(hf_config)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc.message}", recipe.where("source"), "source") from None
+    check_template_fits(recipe, hf_config)
+
+
+def check_template_fits(recipe: Recipe, hf_config: Mapping[str, Any]) -> None:
+    """A named template's stop and system-prefix ids need embedding rows (gen-config checks the
+    fitted `auto` template, the tokenizer and generation_config's ids when it runs)."""
+    from mlcbuild.templates import AUTO, get_template
+
+    vocab = hf_config.get("vocab_size")
+    name = recipe.conv_template
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0 or not isinstance(name, str) or name == AUTO:
+        return
+    template = get_template(name)
+    for what, ids in (("stop_token_ids", template.stop_token_ids), ("system_prefix_token_ids", template.system_prefix_token_ids or [])):
+        outside = [i for i in ids if i >= vocab]
+        if outside:
+            raise UserError(
+                f"template {name!r} {what}: token id {outside[0]} is outside the model's vocabulary [0, {vocab}) "
+                "(config.json vocab_size); pick a template made for this model (`mlcbuild templates`)",
+                recipe.where("conv_template"),
+                "conv_template",
+            )
