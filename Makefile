@@ -25,9 +25,10 @@ demo: $(STAMP)
 	$(BIN)/mlcbuild run recipes/demo.yaml -q q4f16_1 --temperature 0 --prompt "What is mlcbuild?"
 	@echo "chat with it: $(BIN)/mlcbuild chat recipes/demo.yaml   serve it: $(BIN)/mlcbuild serve recipes/demo.yaml --port 8000"
 
-# tmux drives `mlcbuild chat` in the tests (CI runs as root on a clean machine).
+# tmux drives `mlcbuild chat` and headless Chromium the chat page in the tests (CI runs as root on a clean machine).
 tools:
 	command -v tmux > /dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
+	command -v chromium > /dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

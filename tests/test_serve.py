@@ -356,3 +356,40 @@ def test_structured_output_over_http(client) -> None:
     )
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+@pytest.mark.slow
+def test_chat_page_in_a_real_browser(server, tmp_path: Path) -> None:
+    """The page at / in headless Chromium: pick the model, set greedy, type, press Enter, watch the
+    reply stream in (it equals the API's answer), then a second question with Stop pressed mid-reply."""
+    import httpx
+
+    try:
+        from browser import Browser
+    except ImportError:
+        from tests.browser import Browser
+
+    question = "What is mlcbuild?"
+    want = httpx.post(server + "/v1/chat/completions", json={"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 40}, timeout=60).json()
+    with Browser() as page:
+        page.goto(server + "/")
+        assert page.wait_for("document.querySelector('#model').options.length") == 1
+        assert page.js("document.querySelector('#model').value") == MODEL
+        page.js("document.querySelector('#temperature').value = '0'; document.querySelector('#max_tokens').value = '40'")
+        page.type_into("#prompt", question)
+        page.press_enter()
+        page.wait_for("document.querySelector('.assistant') && document.querySelector('.assistant').dataset.done === 'true'")
+        reply = page.js("document.querySelector('.assistant').firstChild.textContent")
+        assert reply == want["choices"][0]["message"]["content"] and reply.strip()
+        assert page.js("document.querySelector('.user').textContent") == question
+        shot = page.screenshot(Path(os.environ.get("MLCBUILD_SCREENSHOT_DIR", tmp_path)) / "chat.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+        page.js("document.querySelector('#max_tokens').value = '400'; document.querySelector('#temperature').value = '1.5'")
+        page.type_into("#prompt", "Tell me a story.")
+        page.press_enter()
+        page.wait_for("!document.querySelector('#stop').disabled")
+        page.js("document.querySelector('#stop').click()")
+        page.wait_for("document.querySelectorAll('.assistant')[1].dataset.done === 'true'")
+        assert page.js("document.querySelector('#send').disabled") is False
+        assert not page.js("document.querySelector('.error')")

@@ -12,7 +12,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from mlcbuild.errors import UserError
@@ -159,6 +159,11 @@ def create_app(engines: "LLMEngine | Sequence[LLMEngine]", request_log: Callable
         record(request, started, 200, engine.model, result.usage)
         return result.to_dict()
 
+    @app.get("/")
+    async def chat_page() -> HTMLResponse:
+        """A chat page (streaming, stop, model picker, sampling settings) with no external assets."""
+        return HTMLResponse(_chat_page())
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         first = next(iter(by_name.values()))
@@ -202,6 +207,12 @@ def create_app(engines: "LLMEngine | Sequence[LLMEngine]", request_log: Callable
         return JSONResponse(error_body(INTERNAL, kind="server_error"), status_code=500)
 
     return app
+
+
+def _chat_page() -> str:
+    from importlib.resources import files
+
+    return files("mlcbuild.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
 
 def listen(host: str, port: int) -> socket.socket:
