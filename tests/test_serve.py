@@ -393,3 +393,39 @@ def test_chat_page_in_a_real_browser(server, tmp_path: Path) -> None:
         page.wait_for("document.querySelectorAll('.assistant')[1].dataset.done === 'true'")
         assert page.js("document.querySelector('#send').disabled") is False
         assert not page.js("document.querySelector('.error')")
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"], "additionalProperties": False},
+    },
+}
+
+
+@pytest.mark.slow
+def test_function_calling_with_the_openai_client(client, server) -> None:
+    """tools + tool_choice through the openai client: a required (or named) call comes back as
+    tool_calls whose arguments validate; the tool's result goes back in and the model answers in text."""
+    import httpx
+    import jsonschema
+
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        r = client.chat.completions.create(model=MODEL, messages=question, tools=[WEATHER], tool_choice=choice, temperature=0, max_tokens=200)
+        assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+        call = r.choices[0].message.tool_calls[0]
+        assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    follow = [*question, r.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "21 C and sunny"}]
+    answer = client.chat.completions.create(model=MODEL, messages=follow, tools=[WEATHER], temperature=0, max_tokens=12)
+    assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].message.content and not answer.choices[0].message.content.lstrip().startswith("{")
+    stream = list(client.chat.completions.create(model=MODEL, messages=question, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=200, stream=True))
+    calls = [tc for c in stream for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and stream[-1].choices[0].finish_reason == "tool_calls"
+    for body, param in (({"tool_choice": "maybe"}, "tool_choice"), ({"tools": [{"type": "function"}]}, "tools[0]"), ({"tools": "x"}, "tools")):
+        bad = httpx.post(server + "/v1/chat/completions", json={"messages": question, "tools": [WEATHER], **body}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text

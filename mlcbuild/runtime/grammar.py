@@ -72,6 +72,23 @@ class Grammars:
         return Constraint(xgr.GrammarMatcher(self._cache[key]), self.vocab_size)
 
 
+    def tool_constraint(self, tools: Any) -> "Constraint":
+        """A call to one of `tools` (runtime/tools.py), or with tool_choice "auto" also plain text
+        that does not start with "{"."""
+        import xgrammar as xgr
+
+        key = json.dumps([tools.schema(), tools.required], sort_keys=True)
+        if key not in self._cache:
+            try:
+                call = xgr.Grammar.from_json_schema(json.dumps(tools.schema()), any_whitespace=False)
+            except Exception as exc:  # noqa: BLE001
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"a tool's parameters cannot be used: {first}", field="tools") from None
+            grammar = call if tools.required else xgr.Grammar.union(call, xgr.Grammar.from_regex(r"[^{][\s\S]*"))
+            self._cache[key] = self._compiler.compile_grammar(grammar)
+        return Constraint(xgr.GrammarMatcher(self._cache[key]), self.vocab_size)
+
+
 @dataclass
 class Constraint:
     """One request's grammar state."""

@@ -37,15 +37,19 @@ from mlcbuild.runtime.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionUsage,
+    FunctionCall,
     TokenLogprob,
+    ToolCall,
     TopLogprob,
 )
 from mlcbuild.runtime.library_sampler import Row
 from mlcbuild.runtime.sampling import SamplingParams, log_softmax
 from mlcbuild.runtime.textstream import TextStream
+from mlcbuild.templates.conversation import FUNCTION
 
 if TYPE_CHECKING:
     from mlcbuild.recipe.model import Recipe
+    from mlcbuild.runtime.tools import Tools
 
 MAX_CHARS_PER_TOKEN = 64
 """An upper bound on the characters one token stands for, to bound prompts before tokenizing."""
@@ -180,13 +184,25 @@ class LLMEngine:
 
     # --- prompts ---------------------------------------------------------------------------------
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        """The prompt token ids for OpenAI-style messages under the conversation template."""
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], tools: "Tools | None" = None) -> list[int]:
+        """The prompt token ids for OpenAI-style messages under the conversation template (with
+        `tools`, described in the system message; earlier calls and tool results as text)."""
+        from mlcbuild.runtime.tools import history_text
+
         conv = self._template.copy()
         turns: list[tuple[str, str | None]] = []
         if not messages:
             raise UserError("messages must not be empty", field="messages")
         for i, msg in enumerate(messages):
+            if not isinstance(msg, Mapping):
+                raise UserError("must be a message object", field=f"messages[{i}]")
+            tool_turn = history_text(msg, i)
+            if tool_turn is not None:
+                role, text = tool_turn
+                if role == "tool" and "tool" not in conv.roles:
+                    role, text = "user", f"Function result: {text}"
+                turns.append((role, unicode_text(text, f"messages[{i}].content")))
+                continue
             role, content = msg.get("role"), _text_content(msg.get("content"), i)
             if role == "system":
                 if i != 0:
@@ -198,8 +214,13 @@ class LLMEngine:
                 turns.append((role, content.strip()))
             else:
                 raise UserError(f"role must be system, user or assistant (got {role!r})", field=f"messages[{i}].role")
-        if not turns or turns[-1][0] != "user":
+        if not turns or turns[-1][0] not in ("user", "tool"):
             raise UserError("the last message must come from the user", field="messages")
+        if tools is not None:
+            if FUNCTION in conv.system_template:
+                conv.function_string = tools.description()
+            else:
+                conv.system_message = f"{conv.system_message}\n\n{tools.description()}" if conv.system_message else tools.description()
         conv.messages = [*turns, ("assistant", None)]
         text = self._bounded(conv.as_prompt(), "messages")
         prefix = list(conv.system_prefix_token_ids or [])
@@ -228,6 +249,13 @@ class LLMEngine:
                 field=field,
             )
         return text
+
+    def _constraint(self, response_format: Any, tools: "Tools | None") -> Any:
+        if tools is not None:
+            if response_format is not None and response_format != {"type": "text"}:
+                raise UserError("response_format and tools cannot be combined", field="response_format")
+            return self._grammars().tool_constraint(tools)
+        return self._grammars().constraint(response_format) if response_format is not None else None
 
     def _grammars(self) -> Any:
         if self._grammar_compiler is None:
@@ -291,6 +319,7 @@ class LLMEngine:
         ignore_eos: bool = False,
         template_stops: bool = True,
         response_format: Any = None,
+        tools: "Tools | None" = None,
     ) -> _Request:
         """Queue a request; its events arrive on `request.out`. Errors in the request raise here."""
         import numpy as np
@@ -327,7 +356,7 @@ class LLMEngine:
             top_logprobs=top_logprobs,
             rng=np.random.default_rng(params.seed),
             t_start=time.perf_counter(),
-            constraint=self._grammars().constraint(response_format) if response_format is not None else None,
+            constraint=self._constraint(response_format, tools),
         )
         self._inbox.put(req)
         return req
@@ -658,20 +687,41 @@ class _ChatCompletions:
         n: int = 1,
         ignore_eos: bool = False,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
         **sampling: Any,
     ) -> ChatCompletion | Iterator[ChatCompletionChunk]:
         """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks with `stream=True`."""
+        from mlcbuild.runtime.tools import parse_tools
+
         llm = self._llm
         params = _request_params(llm, model, n, sampling)
+        if parallel_tool_calls is not None:
+            _flag(parallel_tool_calls, "parallel_tool_calls")
+        calls = parse_tools(tools, tool_choice)
         req = llm.submit(
-            llm.chat_tokens(messages), params, max_tokens, stop, _top(logprobs, top_logprobs), ignore_eos, response_format=response_format
+            llm.chat_tokens(messages, calls), params, max_tokens, stop, _top(logprobs, top_logprobs), ignore_eos,
+            response_format=response_format, tools=calls,
         )
         rid, created = _new_id("chatcmpl"), int(time.time())
         if stream:
-            return self._chunks(req, rid, created)
+            return self._tool_chunks(req, rid, created, calls) if calls else self._chunks(req, rid, created)
         text, lps, finish, usage = _collect(llm.events(req))
-        choice = Choice(0, ChatCompletionMessage(text), finish, ChoiceLogprobs(lps) if logprobs else None)
+        message, finish = _message(text, finish, calls)
+        choice = Choice(0, message, finish, ChoiceLogprobs(lps) if logprobs else None)
         return ChatCompletion(rid, [choice], created, llm.model, usage)
+
+    def _tool_chunks(self, req: _Request, rid: str, created: int, calls: "Tools") -> Iterator[ChatCompletionChunk]:
+        """With tools the reply is known to be a call or text only at its end: one delta then."""
+        llm = self._llm
+        yield ChatCompletionChunk(rid, [ChunkChoice(0, ChoiceDelta(content="", role="assistant"))], created, llm.model)
+        text, lps, finish, usage = _collect(llm.events(req))
+        message, finish = _message(text, finish, calls)
+        for i, call in enumerate(message.tool_calls or []):
+            call.index = i
+        delta = ChoiceDelta(content=message.content, tool_calls=message.tool_calls)
+        yield ChatCompletionChunk(rid, [ChunkChoice(0, delta, finish, ChoiceLogprobs(lps) if req.top_logprobs is not None else None)], created, llm.model, usage)
 
     def _chunks(self, req: _Request, rid: str, created: int) -> Iterator[ChatCompletionChunk]:
         llm = self._llm
@@ -751,6 +801,17 @@ def _top(logprobs: bool, top_logprobs: int | None) -> int | None:
             raise UserError("top_logprobs needs logprobs=true", field="top_logprobs")
         return None
     return top_logprobs or 0
+
+
+def _message(text: str, finish: str | None, calls: "Tools | None") -> tuple[ChatCompletionMessage, str | None]:
+    """The assistant message: a tool call when the reply is one (finish_reason "tool_calls")."""
+    from mlcbuild.runtime.tools import call_of, new_call_id
+
+    call = call_of(text, calls) if calls is not None else None
+    if call is None:
+        return ChatCompletionMessage(text), finish
+    name, arguments = call
+    return ChatCompletionMessage(None, tool_calls=[ToolCall(new_call_id(), FunctionCall(name, arguments))]), "tool_calls"
 
 
 def _collect(events: Iterator[_Event]) -> tuple[str, list[TokenLogprob], str | None, CompletionUsage | None]:

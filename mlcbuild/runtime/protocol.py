@@ -57,9 +57,26 @@ class CompletionUsage(_Json):
 
 
 @dataclass
+class FunctionCall(_Json):
+    name: str
+    arguments: str
+    """JSON text, as OpenAI sends it."""
+
+
+@dataclass
+class ToolCall(_Json):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+    index: int | None = None
+    """Set in streamed deltas only."""
+
+
+@dataclass
 class ChatCompletionMessage(_Json):
     content: str | None
     role: Literal["assistant"] = "assistant"
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass
@@ -84,6 +101,7 @@ class ChatCompletion(_Json):
 class ChoiceDelta(_Json):
     content: str | None = None
     role: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass

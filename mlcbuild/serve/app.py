@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 CHAT_FIELDS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop", "temperature",
     "top_p", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n",
-    "user", "ignore_eos", "logit_bias", "response_format",
+    "user", "ignore_eos", "logit_bias", "response_format", "tools", "tool_choice", "parallel_tool_calls",
 }
-COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "top_logprobs"}) | {"prompt"}
+COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"}) | {"prompt"}
 IGNORED = {"user", "stream_options", "stream"}
 MAX_BODY_BYTES = 8 << 20
 """Larger than any prompt a context window holds (MAX_CHARS_PER_TOKEN × 128k tokens is 8 MiB)."""
