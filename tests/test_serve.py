@@ -429,3 +429,11 @@ def test_function_calling_with_the_openai_client(client, server) -> None:
     for body, param in (({"tool_choice": "maybe"}, "tool_choice"), ({"tools": [{"type": "function"}]}, "tools[0]"), ({"tools": "x"}, "tools")):
         bad = httpx.post(server + "/v1/chat/completions", json={"messages": question, "tools": [WEATHER], **body}, timeout=30)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+
+
+@pytest.mark.slow
+def test_serve_without_fastapi_says_what_to_install(demo_artifacts) -> None:
+    code = "import sys; sys.modules['fastapi'] = None; from mlcbuild.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, "serve", str(demo_artifacts.model_dir("q0f32")), "--port", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "pip install 'mlcbuild[serve]'" in done.stderr and "Traceback" not in done.stderr, done.stderr
