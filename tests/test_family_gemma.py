@@ -28,9 +28,9 @@ from mlcbuild.models.config_base import ConfigValueError
 from mlcbuild.quantization import SCHEMES
 
 try:
-    from tiny_models import _save, hf_logits
+    from tiny_models import _save, compile_llvm, hf_logits
 except ImportError:
-    from tests.tiny_models import _save, hf_logits
+    from tests.tiny_models import _save, compile_llvm, hf_logits
 
 WINDOW = 16
 TINY: dict[str, Any] = {
@@ -308,31 +308,12 @@ class Runner:
 @pytest.fixture(scope="session")
 def gemma_compiled(gemma_sources: dict[str, Path]) -> Callable[[str, str], Runner]:
     """Convert and compile each (case, quantization) once per session."""
-    import tvm
-    from tvm import relax
-
-    from mlcbuild.artifact.tensor_cache import load_tensor_cache
-    from mlcbuild.steps.convert import convert_checkpoint
-
     cache: dict[tuple[str, str], Runner] = {}
 
     def get(case: str, quant: str) -> Runner:
         if (case, quant) not in cache:
-            src = gemma_sources[case]
-            out = src.parent / f"{case}-{quant}"
-            out.mkdir(exist_ok=True)
-            convert_checkpoint(src, out, quant)
-            weights = load_tensor_cache(out)
-            hf = _hf(src)
-            family = MODELS[detect_model_type(hf)]
-            cfg = family.config_from_hf(hf, {})
-            target = tvm.target.Target("llvm")
-            with target:
-                model = family.create_model(cfg, quant)
-                mod, named = model.export_tvm(spec=model.get_default_spec())
-            vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
-            params = [tvm.runtime.tensor(weights[name]) for name, _ in named]
-            cache[(case, quant)] = Runner(vm, params, src, cfg.vocab_size, cfg.prefill_chunk_size)
+            vm, params, cfg = compile_llvm(gemma_sources[case], quant)
+            cache[(case, quant)] = Runner(vm, params, gemma_sources[case], cfg.vocab_size, cfg.prefill_chunk_size)
         return cache[(case, quant)]
 
     return get

@@ -27,9 +27,9 @@ from mlcbuild.models.config_base import ConfigValueError
 from mlcbuild.quantization import SCHEMES
 
 try:
-    from tiny_models import _init, _save, hf_logits
+    from tiny_models import _init, _save, compile_llvm, hf_logits
 except ImportError:
-    from tests.tiny_models import _init, _save, hf_logits
+    from tests.tiny_models import _init, _save, compile_llvm, hf_logits
 
 ORIG = 64  # original_max_position_embeddings of the tiny models (max_position_embeddings 256)
 # the model's own exports (the compiler adds the rest of MLC's ABI)
@@ -292,29 +292,12 @@ class Compiled:
 @pytest.fixture(scope="session")
 def compiled(sources: dict[str, Path]) -> Callable[[str, str], Compiled]:
     """Compile each (case, quantization) once per session."""
-    import tvm
-    from tvm import relax
-
-    from mlcbuild.artifact.tensor_cache import load_tensor_cache
-    from mlcbuild.steps.convert import convert_checkpoint
-
     cache: dict[tuple[str, str], Compiled] = {}
 
     def get(case: str, quant: str) -> Compiled:
         if (case, quant) not in cache:
-            src = sources[case]
-            out = src.parent / f"{case}-{quant}"
-            out.mkdir(exist_ok=True)
-            convert_checkpoint(src, out, quant)
-            weights = load_tensor_cache(out)
-            family = MODELS["phi3"]
-            cfg = _cfg(src)
-            target = tvm.target.Target("llvm")
-            with target:
-                model = family.create_model(cfg, quant)
-                mod, named = model.export_tvm(spec=model.get_default_spec())
-            vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
-            cache[(case, quant)] = Compiled(vm, [tvm.runtime.tensor(weights[n]) for n, _ in named], src, cfg.vocab_size)
+            vm, params, cfg = compile_llvm(sources[case], quant)
+            cache[(case, quant)] = Compiled(vm, params, sources[case], cfg.vocab_size)
         return cache[(case, quant)]
 
     return get

@@ -20,11 +20,11 @@ from mlcbuild.quantization import SCHEMES
 
 try:
     from test_models_forward import Compiled, _ids
-    from tiny_models import hf_logits
+    from tiny_models import compile_llvm, hf_logits
     from tiny_qwen import make_tiny_qwen2, make_tiny_qwen3
 except ImportError:
     from tests.test_models_forward import Compiled, _ids
-    from tests.tiny_models import hf_logits
+    from tests.tiny_models import compile_llvm, hf_logits
     from tests.tiny_qwen import make_tiny_qwen2, make_tiny_qwen3
 
 MODEL_FUNCTIONS = {"embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_tir_paged_kv_cache"}
@@ -178,30 +178,12 @@ def test_detect_model_type_from_config_json(qwen_sources: dict[str, Path], tmp_p
 @pytest.fixture(scope="session")
 def qwen_compiled(qwen_sources: dict[str, Path]) -> Callable[[str, str], Compiled]:
     """Convert and compile each (case, quantization) once per session (llvm)."""
-    import tvm
-    from tvm import relax
-
-    from mlcbuild.artifact.tensor_cache import load_tensor_cache
-    from mlcbuild.steps.convert import convert_checkpoint
-
     cache: dict[tuple[str, str], Compiled] = {}
 
     def get(case: str, quant: str) -> Compiled:
         if (case, quant) not in cache:
-            src = qwen_sources[case]
-            out = src.parent / f"{case}-{quant}"
-            out.mkdir(exist_ok=True)
-            convert_checkpoint(src, out, quant)
-            weights = load_tensor_cache(out)
-            hf = _hf(src)
-            family = MODELS[detect_model_type(hf)]
-            cfg = family.config_from_hf(hf, {})
-            target = tvm.target.Target("llvm")
-            with target:
-                model = family.create_model(cfg, quant)
-                mod, named = model.export_tvm(spec=model.get_default_spec())
-            vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
-            cache[(case, quant)] = Compiled(vm, [tvm.runtime.tensor(weights[n]) for n, _ in named], src, cfg.vocab_size)
+            vm, params, cfg = compile_llvm(qwen_sources[case], quant)
+            cache[(case, quant)] = Compiled(vm, params, qwen_sources[case], cfg.vocab_size)
         return cache[(case, quant)]
 
     return get

@@ -22,9 +22,9 @@ from mlcbuild.models import MODELS, detect_model_type
 from mlcbuild.quantization import SCHEMES
 
 try:
-    from tiny_models import hf_logits, make_tiny_gpt_neox, make_tiny_llama, make_tiny_mistral
+    from tiny_models import compile_llvm, hf_logits, make_tiny_gpt_neox, make_tiny_llama, make_tiny_mistral
 except ImportError:
-    from tests.tiny_models import hf_logits, make_tiny_gpt_neox, make_tiny_llama, make_tiny_mistral
+    from tests.tiny_models import compile_llvm, hf_logits, make_tiny_gpt_neox, make_tiny_llama, make_tiny_mistral
 
 EXPORTED = {"embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_tir_paged_kv_cache"}
 """The model's own functions; the rest of MLC's ABI is added at compile time (tests/test_mlc_abi.py)."""
@@ -157,31 +157,12 @@ class Compiled:
 @pytest.fixture(scope="session")
 def compiled(sources: dict[str, Path]) -> Callable[[str, str], Compiled]:
     """Compile each (case, quantization) once per session."""
-    import tvm
-    from tvm import relax
-
-    from mlcbuild.steps.convert import convert_checkpoint
-    from mlcbuild.artifact.tensor_cache import load_tensor_cache
-
     cache: dict[tuple[str, str], Compiled] = {}
 
     def get(case: str, quant: str) -> Compiled:
         if (case, quant) not in cache:
-            src = sources[case]
-            out = src.parent / f"{case}-{quant}"
-            out.mkdir(exist_ok=True)
-            convert_checkpoint(src, out, quant)
-            weights = load_tensor_cache(out)
-            hf = json.loads((src / "config.json").read_text())
-            family = MODELS[detect_model_type(hf)]
-            cfg = family.config_from_hf(hf, {})
-            target = tvm.target.Target("llvm")
-            with target:
-                model = family.create_model(cfg, quant)
-                mod, named = model.export_tvm(spec=model.get_default_spec())
-            vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
-            params = [tvm.runtime.tensor(weights[name]) for name, _ in named]
-            cache[(case, quant)] = Compiled(vm, params, src, cfg.vocab_size, max(cfg.sliding_window_size, 0))
+            vm, params, cfg = compile_llvm(sources[case], quant)
+            cache[(case, quant)] = Compiled(vm, params, sources[case], cfg.vocab_size, max(cfg.sliding_window_size, 0))
         return cache[(case, quant)]
 
     return get

@@ -156,3 +156,30 @@ def _fake_quantize(model: Any, path: Path, quantization: str) -> None:
             else:
                 new = cast_weight(w, scheme).astype(np.float32)
             p.copy_(torch.from_numpy(np.ascontiguousarray(new)))
+
+
+def compile_llvm(src: Path, quantization: str) -> tuple[Any, list[Any], Any]:
+    """Convert the checkpoint at `src` beside it and compile its family's nn module for llvm with
+    TVM's default pipeline (the model's own functions, no MLC ABI): (VirtualMachine, parameters in
+    the module's order, model config). One call per (checkpoint, quantization): tests cache it."""
+    import tvm
+    from tvm import relax
+
+    from mlcbuild.artifact.tensor_cache import load_tensor_cache
+    from mlcbuild.models import MODELS, detect_model_type
+    from mlcbuild.steps.convert import convert_checkpoint
+
+    src = Path(src)
+    out = src.parent / f"{src.name}-{quantization}"
+    out.mkdir(exist_ok=True)
+    convert_checkpoint(src, out, quantization)
+    weights = load_tensor_cache(out)
+    hf = json.loads((src / "config.json").read_text())
+    family = MODELS[detect_model_type(hf)]
+    cfg = family.config_from_hf(hf, {})
+    target = tvm.target.Target("llvm")
+    with target:
+        model = family.create_model(cfg, quantization)
+        mod, named = model.export_tvm(spec=model.get_default_spec())
+    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    return vm, [tvm.runtime.tensor(weights[name]) for name, _ in named], cfg
