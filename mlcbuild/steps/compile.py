@@ -54,7 +54,7 @@ def check_pins(target: ResolvedTarget, target_file: str | None) -> None:
 
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "4"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py); 4: llvm gelu with fast_erf
+    version: ClassVar[str] = "5"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py); 4: llvm gelu with fast_erf; 5: MLC's ABI functions (compiler/abi), clamped embed, GPT-NeoX fp32 MLP
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.compiler.options import CompileOptions

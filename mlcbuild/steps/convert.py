@@ -21,7 +21,7 @@ BASE_MEMORY = 512 * 2**20
 
 class ConvertStep(Step):
     kind = "convert"
-    version = "convert-1"
+    version = "convert-2"  # 2: GPT-NeoX MLP biases in ffn_out_dtype (float32), as MLC stores them
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.models import get_family

@@ -116,7 +116,7 @@ def resolve_generation_fields(
 
 class GenConfigStep(Step):
     kind: ClassVar[str] = "gen-config"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: conv_template auto (the default), active_vocab_size = one past the highest id, ids checked against the vocabulary
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.templates import AUTO, get_template
