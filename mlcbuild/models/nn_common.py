@@ -45,6 +45,27 @@ class CausalLMBase(nn.Module):
     rotary_dim: int
     target: Any = None
 
+    def set_sizes(
+        self, cfg: Any, dtype: str, target: Any, *, rope_theta: float, rotary_dim: int, rope_scaling: dict[str, Any] | None = None
+    ) -> None:
+        """The sizes this class reads (spec, KV cache) from a family's config."""
+        self.dtype = dtype
+        self.hidden_size = cfg.hidden_size
+        self.vocab_size = cfg.vocab_size
+        self.num_hidden_layers = cfg.num_hidden_layers
+        self.num_attention_heads = cfg.num_attention_heads
+        self.num_key_value_heads = getattr(cfg, "num_key_value_heads", 0) or cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+        self.rope_theta = rope_theta
+        self.rope_scaling = dict(rope_scaling or {})
+        self.rotary_dim = rotary_dim
+        self.target = target
+
+    def head_logits(self, embedding: Embedding, hidden: Tensor) -> Tensor:
+        """float32 logits from the tied head (the embedding, transposed) or the model's `lm_head`."""
+        logits = embedding.lm_head_forward(hidden) if getattr(self, "tie_word_embeddings", False) else self.lm_head(hidden)
+        return logits if logits.dtype == "float32" else logits.astype("float32")
+
     def forward_hidden(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
         raise NotImplementedError
 

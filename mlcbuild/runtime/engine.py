@@ -183,7 +183,6 @@ class Engine:
         import numpy as np
         import tvm
 
-        self.check_token_ids(tokens)
         ids = tvm.runtime.tensor(np.asarray(tokens, dtype="int32"), self.device)
         return self._func("embed")(ids, self.params)
 
@@ -242,6 +241,7 @@ class Engine:
         """Append `tokens` (chunked); returns the logits (float32 numpy [vocab]) after the last one."""
         if not tokens:
             raise UserError("prefill needs at least one token")
+        self.check_token_ids(tokens)
         if self._kv is None:
             self.reset()
         self._check_room(len(tokens))
@@ -255,6 +255,7 @@ class Engine:
         """Append one token; returns the next-token logits (float32 numpy [vocab])."""
         if self._kv is None:
             raise UserError("decode before prefill")
+        self.check_token_ids([token])
         self._check_room(1)
         return self._last_row(self._forward("decode", [int(token)]))
 

@@ -229,9 +229,7 @@ class LLMEngine:
     def completion_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         """Raw continuation: the tokenizer's own special tokens, plus BOS where the model expects one."""
         if not isinstance(prompt, str):
-            ids = list(prompt)
-            self.engine.check_token_ids(ids)
-            return ids
+            return list(prompt)  # checked by `submit`, as every prompt is
         ids = self.engine.tokenizer.encode(self._bounded(unicode_text(prompt, "prompt"), "prompt")).ids
         bos = self.engine.chat_config.get("bos_token_id")
         if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self.engine._adds_bos():

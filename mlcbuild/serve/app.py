@@ -6,6 +6,7 @@ own scheduler thread batches concurrent requests.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
@@ -209,6 +210,7 @@ def create_app(engines: "LLMEngine | Sequence[LLMEngine]", request_log: Callable
     return app
 
 
+@functools.lru_cache(maxsize=1)
 def _chat_page() -> str:
     from importlib.resources import files
 

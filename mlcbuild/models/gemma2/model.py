@@ -100,20 +100,10 @@ class GemmaCausalLMBase(CausalLMBase):
     kv_rope_mode: RopeMode = RopeMode.NORMAL
 
     def _init_common(self, cfg: Gemma2Config, dtype: str, target: Any) -> None:
-        self.dtype = dtype
-        self.hidden_size = cfg.hidden_size
-        self.vocab_size = cfg.vocab_size
-        self.num_hidden_layers = cfg.num_hidden_layers
-        self.num_attention_heads = cfg.num_attention_heads
-        self.num_key_value_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.rope_theta = cfg.position_embedding_base
-        self.rope_scaling: dict[str, Any] = {}
-        self.rotary_dim = cfg.head_dim
+        self.set_sizes(cfg, dtype, target, rope_theta=cfg.position_embedding_base, rotary_dim=cfg.head_dim)
         self.final_logit_softcapping = cfg.final_logit_softcapping
         self.attn_kinds = cfg.attn_kinds()
         self.layer_window = cfg.sliding_window if cfg.sliding_window > 0 else 1024
-        self.target = target
 
     def text_model(self) -> Gemma2Model:
         raise NotImplementedError

@@ -80,17 +80,7 @@ class GPTNeoXForCausalLM(CausalLMBase):
     def __init__(self, cfg: GPTNeoXConfig, dtype: str, target: Any = None):
         self.gpt_neox = GPTNeoXModel(cfg, dtype)
         self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
-        self.dtype = dtype
-        self.hidden_size = cfg.hidden_size
-        self.vocab_size = cfg.vocab_size
-        self.num_hidden_layers = cfg.num_hidden_layers
-        self.num_attention_heads = cfg.num_attention_heads
-        self.num_key_value_heads = cfg.num_attention_heads
-        self.head_dim = cfg.head_dim
-        self.rope_theta = cfg.position_embedding_base
-        self.rope_scaling: dict[str, Any] = {}
-        self.rotary_dim = cfg.rotary_dim
-        self.target = target
+        self.set_sizes(cfg, dtype, target, rope_theta=cfg.position_embedding_base, rotary_dim=cfg.rotary_dim)
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.gpt_neox.embed_in(input_ids)

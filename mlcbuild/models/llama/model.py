@@ -69,17 +69,7 @@ class LlamaForCausalLM(CausalLMBase):
         self.tie_word_embeddings = cfg.tie_word_embeddings
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
-        self.dtype = dtype
-        self.hidden_size = cfg.hidden_size
-        self.vocab_size = cfg.vocab_size
-        self.num_hidden_layers = cfg.num_hidden_layers
-        self.num_attention_heads = cfg.num_attention_heads
-        self.num_key_value_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.rope_theta = cfg.position_embedding_base
-        self.rope_scaling = dict(cfg.rope_scaling)
-        self.rotary_dim = cfg.head_dim
-        self.target = target
+        self.set_sizes(cfg, dtype, target, rope_theta=cfg.position_embedding_base, rotary_dim=cfg.head_dim, rope_scaling=cfg.rope_scaling)
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.model.embed_tokens(input_ids)
@@ -88,11 +78,7 @@ class LlamaForCausalLM(CausalLMBase):
         return self.model(input_embeds, paged_kv_cache)
 
     def get_logits(self, hidden: Tensor) -> Tensor:
-        if self.tie_word_embeddings:
-            logits = self.model.embed_tokens.lm_head_forward(hidden)
-        else:
-            logits = self.lm_head(hidden)
-        return logits if logits.dtype == "float32" else logits.astype("float32")
+        return self.head_logits(self.model.embed_tokens, hidden)
 
 
 def create_model(cfg: LlamaConfig, scheme: QuantizationScheme, target: Any = None) -> LlamaForCausalLM:

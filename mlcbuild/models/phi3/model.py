@@ -78,18 +78,8 @@ class Phi3ForCausalLM(CausalLMBase):
         self.tie_word_embeddings = cfg.tie_word_embeddings
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
-        self.dtype = dtype
-        self.hidden_size = cfg.hidden_size
-        self.vocab_size = cfg.vocab_size
-        self.num_hidden_layers = cfg.num_hidden_layers
-        self.num_attention_heads = cfg.num_attention_heads
-        self.num_key_value_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.rope_theta = cfg.position_embedding_base
-        self.rope_scaling = dict(cfg.rope_scaling or {})
+        self.set_sizes(cfg, dtype, target, rope_theta=cfg.position_embedding_base, rotary_dim=cfg.rotary_dim, rope_scaling=cfg.rope_scaling)
         self.rope_ext_factors = cfg.rope_ext_factors()
-        self.rotary_dim = cfg.rotary_dim
-        self.target = target
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.transformer.embd(input_ids)
@@ -98,11 +88,7 @@ class Phi3ForCausalLM(CausalLMBase):
         return self.transformer(input_embeds, paged_kv_cache)
 
     def get_logits(self, hidden: Tensor) -> Tensor:
-        if self.tie_word_embeddings:
-            logits = self.transformer.embd.lm_head_forward(hidden)
-        else:
-            logits = self.lm_head(hidden)
-        return logits if logits.dtype == "float32" else logits.astype("float32")
+        return self.head_logits(self.transformer.embd, hidden)
 
     def kv_cache_overrides(self) -> dict[str, Any]:
         """The longrope factor table (float32 [rotary_dim]: long, then short), as MLC passes it."""

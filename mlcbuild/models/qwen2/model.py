@@ -66,17 +66,7 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
         self.tie_word_embeddings = cfg.tie_word_embeddings
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
-        self.dtype = dtype
-        self.hidden_size = cfg.hidden_size
-        self.vocab_size = cfg.vocab_size
-        self.num_hidden_layers = cfg.num_hidden_layers
-        self.num_attention_heads = cfg.num_attention_heads
-        self.num_key_value_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.rope_theta = cfg.rope_theta
-        self.rope_scaling: dict[str, Any] = {}
-        self.rotary_dim = cfg.head_dim
-        self.target = target
+        self.set_sizes(cfg, dtype, target, rope_theta=cfg.rope_theta, rotary_dim=cfg.head_dim)
 
 
 def create_model(cfg: Qwen2Config, scheme: QuantizationScheme, target: Any = None) -> Qwen2ForCausalLM:
