@@ -1,6 +1,7 @@
 """`mlcbuild serve` as a real process on 127.0.0.1, driven by the openai Python client and raw HTTP."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -46,19 +48,17 @@ def _free_port() -> int:
 server_log: list[Path] = [Path()]
 
 
-@pytest.fixture(scope="module")
-def server(demo_artifacts, tmp_path_factory):
+@contextlib.contextmanager
+def serving(args: list[str], log: Path, deadline_s: float = 120) -> Iterator[str]:
+    """`mlcbuild serve ARGS --port <free>` as a process (output to `log`), its URL once /health answers."""
     import httpx
 
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "mlcbuild", "serve", str(demo_artifacts.model_dir("q0f32")), "--port", str(port), "--request-timeout", "3"]
+    cmd = [sys.executable, "-m", "mlcbuild", "serve", *args, "--port", str(port)]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server_log[0] = log
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + deadline_s
     while True:
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
@@ -69,9 +69,18 @@ def server(demo_artifacts, tmp_path_factory):
             proc.kill()
             pytest.fail(f"mlcbuild serve did not come up: {log.read_text()}")
         time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(demo_artifacts, tmp_path_factory):
+    server_log[0] = tmp_path_factory.mktemp("serve") / "server.log"
+    with serving([str(demo_artifacts.model_dir("q0f32")), "--request-timeout", "3"], server_log[0], 90) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -302,28 +311,9 @@ def test_mlc_docs_rest_snippet_runs_unchanged(server) -> None:
 @pytest.fixture(scope="module")
 def two_models(demo_artifacts, tmp_path_factory):
     """One server, the demo recipe's two quantizations: one scheduler per library."""
-    import httpx
-
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve2") / "server.log"
-    cmd = [sys.executable, "-m", "mlcbuild", "serve", str(demo_artifacts.recipe), "-q", "q0f32", "-q", "q4f16_1", "--port", str(port), "--quiet"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlcbuild serve did not come up: {log.read_text()}")
-        time.sleep(0.3)
-    yield url, log
-    proc.terminate()
-    proc.wait(timeout=20)
+    with serving([str(demo_artifacts.recipe), "-q", "q0f32", "-q", "q4f16_1", "--quiet"], log) as url:
+        yield url, log
 
 
 @pytest.mark.slow
