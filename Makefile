@@ -1,33 +1,44 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYPROJECT := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# what the demo needs (`pip install -e .`), then what the tests add on top of it
+BASE := $(VENV)/.deps-base-$(PYPROJECT)
+STAMP := $(VENV)/.deps-test-$(PYPROJECT)
 PYTEST_ARGS ?=
 
 .PHONY: install demo test bench clean tools
 
-$(STAMP): pyproject.toml
-	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx)
+$(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m compileall -q mlcbuild > /dev/null
+	rm -f $(VENV)/.installed-* $(VENV)/.deps-base-*
+	touch $@
+
+# the test extra (torch, transformers, ray, moto, ...) and nginx (the HTTP remote-cache tests)
+$(STAMP): $(BASE)
+	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m compileall -q mlcbuild > /dev/null
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.deps-test-*
 	touch $@
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/mlcbuild build recipes/demo.yaml
 	$(BIN)/mlcbuild run recipes/demo.yaml -q q0f32 --raw --temperature 0 --max-tokens 24 --prompt "Twinkle, twinkle, little star,"
 	$(BIN)/mlcbuild run recipes/demo.yaml -q q4f16_1 --raw --temperature 0 --max-tokens 24 --prompt "The lighthouse keeper"
 	$(BIN)/mlcbuild run recipes/demo.yaml -q q4f16_1 --temperature 0 --prompt "What is mlcbuild?"
 	@echo "chat with it: $(BIN)/mlcbuild chat recipes/demo.yaml   serve it: $(BIN)/mlcbuild serve recipes/demo.yaml --port 8000"
 
-# tmux drives `mlcbuild chat` and headless Chromium the chat page in the tests (CI runs as root on a clean machine).
+# tmux drives `mlcbuild chat` and headless Chromium the chat page in the tests (CI runs as root on a clean machine);
+# the aarch64 cross linker links the llvm:aarch64* libraries the tests cross-compile.
 tools:
 	command -v tmux > /dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
+	command -v aarch64-linux-gnu-gcc > /dev/null || (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu)
 	command -v chromium > /dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: $(STAMP) tools

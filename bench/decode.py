@@ -12,7 +12,7 @@ builds the library and weights from it through a recipe like any user's. Each en
 process (one model in memory at a time); every figure is warm (one short forward before timing) and
 greedy at batch 1, on the same random prompt.
 
-    python -m bench.decode [--layers 32] [--prompt 32] [--decode 16] [--skip hf,llama]
+    python -m bench.decode [--layers 32] [--prompt 32] [--decode 16] [--skip hf,llama] [--target llvm:znver4]
 """
 from __future__ import annotations
 
@@ -40,15 +40,15 @@ def checkpoint(layers: int) -> Path:
     return folder
 
 
-def build(model: Path, layers: int) -> dict[str, Any]:
-    """`mlcbuild build` of a one-quantization, llvm-only recipe over the checkpoint; where it put things."""
+def build(model: Path, layers: int, target: str = "llvm") -> dict[str, Any]:
+    """`mlcbuild build` of a one-quantization, one-target recipe over the checkpoint; where it put things."""
     from mlcbuild.artifact.layout import lib_path, model_dir
     from mlcbuild.recipe.load import load_recipe
     from mlcbuild.targets import resolve_target
 
     root = WORK / "decode" / f"{layers}L"
     root.mkdir(parents=True, exist_ok=True)
-    recipe = write_recipe(root / "recipe.yaml", model.name, model, ["q4f16_1"], ["llvm"], 1024, 128)
+    recipe = write_recipe(root / "recipe.yaml", model.name, model, ["q4f16_1"], [target], 1024, 128)
     cache = WORK / "decode" / "cache"
     began = time.perf_counter()
     run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(cache), "build", str(recipe), "-j", "1"])
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--decode", type=int, default=16, help="greedy decode steps timed")
     ap.add_argument("--skip", default="", help=f"comma list of peers to leave out: {','.join(PEERS)}")
     ap.add_argument("--threads", type=int, default=THREADS)
+    ap.add_argument("--target", default="llvm", help="the llvm variant mlcbuild builds: llvm (x86_64), llvm:znver4, llvm:native")
     ap.add_argument("--worker", choices=["mlc", "hf", "llama"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
@@ -310,13 +311,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     skip = set(filter(None, args.skip.split(",")))
     model = checkpoint(args.layers)
-    built = build(model, args.layers)
+    built = build(model, args.layers, args.target)
     timing = {"prompt": args.prompt, "decode": args.decode}
     mlc = _in_process("mlc", args.threads, model_dir=built["model_dir"], lib=built["lib"], **timing)
     bandwidth = {n: copy_bandwidth(n) for n in (1, 2)}
     per_token = mlc["weight_bytes_per_token"]
     results: dict[str, Any] = {
-        "shape": {"layers": args.layers, "hidden": HIDDEN, "vocab": VOCAB, "threads": args.threads, **timing},
+        "shape": {"layers": args.layers, "hidden": HIDDEN, "vocab": VOCAB, "threads": args.threads, "target": args.target, **timing},
         "mlcbuild_q4f16_1_llvm": {**mlc, "build_s_this_run": built["build_s"]},
         "copy_bandwidth_GB_s": {f"{n}_thread": round(b / 1e9, 2) for n, b in bandwidth.items()},
         "roofline_decode_tok_s": {f"{n}_thread": round(b / per_token, 2) for n, b in bandwidth.items()},
@@ -345,10 +346,10 @@ def _ran(results: dict[str, Any], kind: str) -> bool:
 def print_table(r: dict[str, Any]) -> None:
     s = r["shape"]
     mlc = r["mlcbuild_q4f16_1_llvm"]
-    print(f"\nRedPajama-3B-shaped GPT-NeoX ({s['layers']} layers), random weights, this CPU, {s['threads']} threads, "
+    print(f"\nRedPajama-3B-shaped GPT-NeoX ({s['layers']} layers, mlcbuild target {s.get('target', 'llvm')}), random weights, this CPU, {s['threads']} threads, "
           f"warm, batch 1: prefill {s['prompt']} tokens, then {s['decode']} greedy steps")
     print(f"  {'engine':<34} {'prefill tok/s':>14} {'decode tok/s':>13} {'mlcbuild decode ÷ this':>24}")
-    rows = [("mlcbuild q4f16_1 llvm", mlc)]
+    rows = [(f"mlcbuild q4f16_1 {s.get('target', 'llvm')}", mlc)]
     for key, label in (("transformers_cpu", "transformers bf16"), ("llama_cpp", "llama.cpp Q4_0")):
         if key in r:
             rows.append((label, r[key]))

@@ -89,13 +89,14 @@ def child(mode: str, port: int, digest: str, size: int, out: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
     if mode == "mlcbuild":
         from mlcbuild.store.cas import ActionResult, Store
-        from mlcbuild.store.manifest import FileEntry, Manifest
+        from mlcbuild.store.manifest import FileEntry, Manifest, sha256_json
         from mlcbuild.store.remote import RemoteCache
         from mlcbuild.store.remote.signing import seal
 
         remote = RemoteCache(_url(port))
-        key = hashlib.sha256(b"bench").hexdigest()
-        result = ActionResult(key, Manifest({"big.bin": FileEntry(digest, size)}), {})
+        preimage = {"kind": "bench"}  # a remote entry's preimage must hash to its key
+        key = sha256_json(preimage)
+        result = ActionResult(key, Manifest({"big.bin": FileEntry(digest, size)}), preimage)
         remote.backend.put_action(key, seal(result.to_json(), None))
         start, cpu_start = time.perf_counter(), _cpu()
         got = remote.fetch_into(Store(out), key)

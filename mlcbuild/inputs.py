@@ -70,10 +70,11 @@ def read_bytes(path: Path | str, shown: str | None = None, limit: int = 16 * MiB
         raise error(f"{what} is a folder, not a regular file", where, None) from None
     except OSError as e:
         raise error(f"cannot read {what}: {e.strerror or e}", where, None) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise error(f"{what} is {_kind(st.st_mode)}, not a regular file", where, None)
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} is {_kind(st.st_mode)}, not a regular file", where, None)
         if st.st_size > limit:
             raise error(f"{what} is {st.st_size} bytes; at most {limit} are accepted", where, None)
         try:

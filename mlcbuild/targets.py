@@ -13,20 +13,17 @@ as Bazel toolchains and Nix pins do: the key then uses the pin, so a machine wit
 planner, a laptop) computes the same key as a build machine; the machine that builds checks its
 tool against the pin (`version_matches`).
 
-`check_available` answers "can this machine build it?" without importing TVM: it scans
-libtvm_compiler.so for the codegen's registered name (cached on disk by the file's stat).
+What this machine can build (TVM's codegens, LLVM backends, tools, its CPU) is probed in
+`mlcbuild.toolchain`; this module only reads definitions.
 """
 from __future__ import annotations
 
-import importlib.util
-import mmap
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from mlcbuild.errors import Location, UserError
 from mlcbuild.toolmemo import remember
@@ -82,6 +79,11 @@ class Target:
         if not self.variants and variant:
             raise UserError(f"target {self.name} has no variants (got {variant!r})", field="targets")
         over = self.variant_overrides.get(variant or "", {})
+        attrs = dict(self.variants.get(variant, {})) if variant else {}
+        if attrs.get("mcpu") == NATIVE_CPU:
+            from mlcbuild.toolchain import host_cpu
+
+            attrs.update(host_cpu())
         host = over["host"] if "host" in over else self.host
         toolchain = tuple(over.get("toolchain", self.toolchain))
         pins = {**self.toolchain_versions, **over.get(PIN_FIELD, {})}
@@ -91,7 +93,7 @@ class Target:
             tvm_target=dict(self.tvm_target),
             host=dict(host) if host else None,
             suffix=str(over.get("suffix", self.suffix)),
-            attrs=dict(self.variants.get(variant, {})) if variant else {},
+            attrs=attrs,
             toolchain=toolchain,
             codegen=tuple(over.get("codegen", self.codegen or (self.tvm_target["kind"],))),
             toolchain_versions={tool: str(v) for tool, v in sorted(pins.items()) if tool in toolchain},
@@ -157,6 +159,12 @@ class ResolvedTarget:
             toolchain_versions=dict(params.get(PIN_FIELD) or {}),
         )
 
+
+NATIVE_CPU = "native"
+"""`mcpu: native` in a variant is resolved when the plan is made to this machine's CPU (LLVM's host
+detection, run by TVM): CPU name, triple and the features the CPU (a VM) lacks or adds. So the key and
+the provenance name the CPU, and a library built for one CPU is never served for another (llama.cpp's
+GGML_NATIVE, with the cache's keys)."""
 
 def targets_dirs() -> list[Path]:
     """Where target files are read from, lowest precedence first."""
@@ -307,149 +315,3 @@ def resolve_target(name: str, variant: str | None = None) -> ResolvedTarget:
 def target_params(name: str, variant: str | None = None) -> dict[str, Any]:
     """What the planner puts in a compile node's `target` parameter."""
     return resolve_target(name, variant).params()
-
-
-# --- availability -------------------------------------------------------------------------------
-
-_TOOL_HINTS = {
-    "cc": "a C compiler (cc) on PATH",
-    "nvcc": "the CUDA toolkit (nvcc) on PATH",
-    "xcrun": "Xcode command line tools (xcrun, macOS only)",
-    "emcc": "Emscripten (emcc) on PATH, and TVM's wasm runtime (web/dist/wasm)",
-    "ndk": "the Android NDK (set ANDROID_NDK or TVM_NDK_CC)",
-    "ld.lld": "LLVM's linker (ld.lld) on PATH",
-    "rocm": "ROCm device libraries (ROCM_PATH or /opt/rocm)",
-    "spirv": "SPIR-V tools (spirv-val) on PATH",
-}
-
-_LLVM_BACKENDS = {
-    "x86_64": b"64-bit X86: EM64T and AMD64",
-    "aarch64": b"AArch64 (little endian)",
-    "arm64": b"ARM64 (little endian)",
-    "wasm32": b"WebAssembly 32-bit",
-    "amdgcn": b"AMD GCN GPUs",
-    "nvptx64": b"NVIDIA PTX 64-bit",
-}
-
-
-@lru_cache(maxsize=None)
-def _have_tool(tool: str) -> bool:
-    if tool == "ndk":
-        for var in ("TVM_NDK_CC", "ANDROID_NDK", "ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"):
-            value = os.environ.get(var)
-            if value and Path(value).exists():
-                return True
-        return False
-    if tool == "rocm":
-        return Path(os.environ.get("ROCM_PATH", "/opt/rocm"), "amdgcn", "bitcode").is_dir()
-    if tool == "spirv":
-        return shutil.which("spirv-val") is not None
-    return shutil.which(tool) is not None
-
-
-def tvm_compiler_library() -> Path | None:
-    """libtvm_compiler.so of the installed apache-tvm, found without importing tvm."""
-    spec = importlib.util.find_spec("tvm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        for name in ("libtvm_compiler.so", "libtvm.so", "libtvm_compiler.dylib", "libtvm.dylib"):
-            path = Path(root, "lib", name)
-            if path.exists():
-                return path
-    return None
-
-
-@lru_cache(maxsize=None)
-def tvm_version() -> str | None:
-    """apache-tvm's version, read from its dist-info folder name (importlib.metadata costs ~30 ms)."""
-    spec = importlib.util.find_spec("tvm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    site = Path(next(iter(spec.submodule_search_locations))).parent
-    for dist in ("apache_tvm", "tvm", "mlc_ai_nightly"):
-        for info in sorted(site.glob(f"{dist}-*.dist-info")):
-            return info.name[len(dist) + 1 : -len(".dist-info")]
-    return None
-
-
-_PROBES: dict[str, bytes] = {
-    **{f"codegen:{k}": f"target.build.{k}\0".encode() for k in ("llvm", "c", "cuda", "metal", "opencl", "webgpu", "rocm", "vulkan", "nvptx")},
-    **{f"llvm:{k}": v for k, v in _LLVM_BACKENDS.items()},
-    "ext:cublas": b"relax.ext.cublas\0",
-}
-
-
-@lru_cache(maxsize=None)
-def tvm_capabilities() -> frozenset[str]:
-    """Which codegens/LLVM backends the installed TVM has, by scanning its compiler library."""
-    lib = tvm_compiler_library()
-    if lib is None:
-        return frozenset()
-
-    def scan() -> list[str]:
-        with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return sorted(name for name, probe in _PROBES.items() if m.find(probe) >= 0)
-
-    return frozenset(remember("tvm-capabilities", lib, ",".join(sorted(_PROBES)), scan))
-
-
-def _triple_arch(host: Mapping[str, Any] | None) -> str | None:
-    if not host:
-        return None
-    triple = host.get("mtriple")
-    return str(triple).split("-")[0] if triple else None
-
-
-TOOLCHAIN_PREFIX = "missing toolchain: "
-
-
-def check_resolved(target: ResolvedTarget, have_tool: Callable[[str], bool] = _have_tool) -> str | None:
-    """None when this machine can build `target`, else one line saying what is missing."""
-    caps = tvm_capabilities()
-    version = tvm_version()
-    if not caps:
-        return "apache-tvm is not installed (pip install apache-tvm)"
-    for codegen in target.codegen:
-        if f"codegen:{codegen}" not in caps:
-            return f"no {codegen} codegen in this TVM build (apache-tvm {version})"
-    arch = _triple_arch(target.host) or (_triple_arch(target.tvm_target) if target.tvm_target.get("kind") == "llvm" else None)
-    if arch in _LLVM_BACKENDS and f"llvm:{arch}" not in caps:
-        return f"this TVM's LLVM has no {arch} backend (apache-tvm {version})"
-    for tool in target.toolchain:
-        if not have_tool(tool):
-            return f"{TOOLCHAIN_PREFIX}{_TOOL_HINTS.get(tool, tool + ' on PATH')}"
-    return None
-
-
-def check_available(target: Target | ResolvedTarget | str, variant: str | None = None) -> str | None:
-    """None = buildable here; else one line naming what is missing (codegen or toolchain)."""
-    if isinstance(target, str):
-        target = get_target(target)
-    if isinstance(target, Target):
-        target = target.resolve(variant)
-    return check_resolved(target)
-
-
-@dataclass(frozen=True)
-class TargetStatus:
-    name: str
-    variant: str | None
-    suffix: str
-    missing: str | None
-    description: str
-
-    @property
-    def available(self) -> bool:
-        return self.missing is None
-
-
-def list_targets() -> list[TargetStatus]:
-    """Every target and variant with whether this machine can build it (for `mlcbuild targets`)."""
-    rows: list[TargetStatus] = []
-    for name, target in sorted(load_targets().items()):
-        for variant in list(target.variants) or [None]:
-            resolved = target.resolve(variant)
-            desc = target.variant_overrides.get(variant or "", {}).get("description", target.description)
-            rows.append(TargetStatus(name, variant, resolved.suffix, check_resolved(resolved), str(desc)))
-    return rows

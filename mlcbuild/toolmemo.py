@@ -15,8 +15,10 @@ MAX_ENTRIES = 64
 
 
 def _memo_file(kind: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base, "mlcbuild", f"{kind}.json")
+    """In the user cache folder whichever cache builds use: tool facts are per machine, not per project."""
+    from mlcbuild.store import user_cache_dir
+
+    return user_cache_dir() / f"{kind}.json"
 
 
 def remember(kind: str, binary: Path | str, salt: str, compute: Callable[[], Any]) -> Any:

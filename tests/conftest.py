@@ -5,6 +5,17 @@ import os as _os
 
 import pytest as _pytest
 
+# --- the `slow` marker: `pytest -m "not slow"` is the fast run (CONTRIBUTING.md) ------------------
+COMPILE_FIXTURES = frozenset({"compiled_model", "shared_cache", "cache", "demo_artifacts", "compiled", "qwen_compiled", "gemma_compiled"})
+"""Fixtures that compile a model with TVM (tens of seconds each, once per session): a test that uses
+one is slow by what it stands on, so it is marked here rather than by hand in every file."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if COMPILE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(_pytest.mark.slow)
+
 
 @_pytest.fixture(scope="session")
 def fake_hub(tmp_path_factory):

@@ -38,6 +38,9 @@ class StampingGenConfig(GenConfigStep):
         super().run(ctx)
         (ctx.out / "build-stamp.txt").write_text(f"built at {time.time_ns()}\\n")
 
+    def declares(self, params, rel):
+        return rel == "build-stamp.txt" or super().declares(params, rel)
+
 
 steps.register_step("gen-config", "stamping_mlcbuild:StampingGenConfig")
 

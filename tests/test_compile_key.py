@@ -166,7 +166,7 @@ def test_unbuildable_targets_are_information_and_bad_params_errors() -> None:
 
 
 def test_cublas_requested_without_cublas_support_is_a_user_error() -> None:
-    from mlcbuild.targets import tvm_capabilities
+    from mlcbuild.toolchain import tvm_capabilities
 
     if "ext:cublas" in tvm_capabilities():
         pytest.skip("this TVM has cuBLAS")

@@ -24,7 +24,7 @@ def _llvm() -> object:
     return tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
 
 
-def scheduled_kernels(model_dir) -> dict[str, str]:
+def scheduled_kernels(model_dir, options: dict | None = None) -> dict[str, str]:
     """name -> TVMScript of every PrimFunc the llvm library of `model_dir` is compiled from."""
     import json
 
@@ -39,7 +39,7 @@ def scheduled_kernels(model_dir) -> dict[str, str]:
     target = _llvm()
     mod, _, _ = export_model(config, target)
     with target, tvm.transform.PassContext(opt_level=3):
-        mod = tvm.transform.Sequential(schedule_passes(target, CompileOptions(), variable_bounds(config), config))(mod)
+        mod = tvm.transform.Sequential(schedule_passes(target, CompileOptions.from_json(options), variable_bounds(config), config))(mod)
     return {gv.name_hint: f.script() for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
@@ -51,20 +51,28 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
     built = compiled_model("gpt_neox", quantization)
     kernels = scheduled_kernels(built.model_dir)
     matmuls = {name: text for name, text in kernels.items() if "NT_matmul" in name}
-    assert len(matmuls) >= 8, sorted(kernels)
+    integer = [name for name in kernels if name.startswith("q4_q8_gemv")]
+    # q4f16_1 decode GEMVs are integer dot products (compiler/int8_gemv.py); prefill stays float
+    assert len(matmuls) >= (8 if quantization == "q0f32" else 4) and len(integer) >= (0 if quantization == "q0f32" else 4), sorted(kernels)
     for name, text in matmuls.items():
         assert "T.parallel(" in text and "T.vectorized(" in text, name
         assert ("dequantize" in text) == (quantization != "q0f32"), name
     assert "T.parallel(" in kernels["temperature_softmax"]
+    # TVM's CPU attention, heads in parallel (compiler/cpu_attention.py); decode's scratch buffers
+    # are allocated per head, inside the parallel loop
+    for name in ("batch_decode_paged_kv_cpu", "batch_prefill_paged_kv_cpu"):
+        assert "for h_qo in T.parallel(" in kernels[name], name
+    decode_attention = kernels["batch_decode_paged_kv_cpu"]
+    assert decode_attention.index("T.parallel(") < decode_attention.index("O_local = T.sblock_alloc_buffer")
     gelus = [text for name, text in kernels.items() if name.endswith("gelu") or "_gelu" in name]
     assert gelus, sorted(kernels)
     for text in gelus:  # erf is libm's scalar call; the polynomial vectorizes with the epilogue
         assert "T.erf(" not in text and "T.vectorized(" in text
 
     engine = Engine.load(built.model_dir, built.lib)
-    ids = _tokens(20, seed=3)
-    ours = engine.logits_for(ids[:12], ids[12:])
-    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", quantization, ids)[11:]
+    ids = _tokens(28, seed=3)  # 20 prompt tokens: two prefill chunks of 16, the second against cached pages
+    ours = engine.logits_for(ids[:20], ids[20:])
+    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", quantization, ids)[19:]
     assert np.abs(ours - ref).max() <= (EXACT_TOL if quantization == "q0f32" else FP16_TOL)
 
 
@@ -139,3 +147,54 @@ def test_float32_dequantize_is_float16_arithmetic_bit_for_bit() -> None:
     with np.errstate(over="ignore"):  # the largest scales overflow to inf, in both
         want = (nibbles.astype(np.float16) - np.float16(7))[None, :] * scales[:, None]
     np.testing.assert_array_equal(got.numpy().view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.slow
+def test_aarch64_dotprod_library_cross_compiles_and_links(compiled_model) -> None:
+    """llvm:aarch64_dotprod is built here (TVM cross-compiles, aarch64-linux-gnu-gcc links) into an
+    AArch64 shared object whose decode GEMVs use sdot; it cannot run here."""
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64-linux-gnu-gcc (`make tools` installs gcc-aarch64-linux-gnu)")
+    built = compiled_model("gpt_neox", "q4f16_1", "llvm:aarch64_dotprod")
+    header = built.lib.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and header[4] == 2  # ELF64
+    assert int.from_bytes(header[16:18], "little") == 3  # ET_DYN: a linked shared object
+    assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    import subprocess
+
+    # the decode GEMVs are NEON dot products (compiler/int8_gemv.py); objdump comes with the cross gcc
+    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(built.lib)], capture_output=True, text=True, check=True).stdout
+    assert "\tsdot\t" in disassembly
+
+
+def test_attention_rewrite_leaves_other_kernels_alone() -> None:
+    from mlcbuild.compiler.cpu_attention import parallel_heads
+
+    assert parallel_heads(_te_matmul(64)) is None
+
+
+@pytest.mark.parametrize("quantization", ["q3f16_1", "q4f32_1"])
+def test_other_schemes_keep_the_float_decode_path(compiled_model, quantization: str) -> None:
+    """The integer GEMV reads q4f16_1 only: q3f16_1's shapes equal q4f16_1's at K = 64 and 128, so the
+    scheme is taken from the dequantize kernel, never from shapes."""
+    kernels = scheduled_kernels(compiled_model.model_dir("gpt_neox", quantization))
+    assert not [name for name in kernels if name.startswith("q4_q8_gemv")]
+    assert any("dequantize" in name and "NT_matmul" in name for name in kernels)
+
+
+@pytest.mark.parametrize("digits, kernels_expected", [(1, True), (0, False)])
+def test_int8_digits_option(compiled_model, digits: int, kernels_expected: bool) -> None:
+    """`compile: {cpu_int8_digits: 1}` is llama.cpp's one-digit Q8_0 activation (64 int8 per row of
+    the tiny model's 64 activations, not 128); 0 keeps the float decode path; anything else is one line."""
+    from mlcbuild.errors import UserError
+    from mlcbuild.steps.compile import CompileStep
+    from mlcbuild.targets import target_params
+
+    kernels = scheduled_kernels(compiled_model.model_dir("gpt_neox", "q4f16_1"), {"cpu_int8_digits": digits})
+    assert any(name.startswith("q4_q8_gemv") for name in kernels) == kernels_expected
+    if kernels_expected:
+        assert '(m, 64), "int8")' in kernels["quantize_q8"]
+    with pytest.raises(UserError, match="cpu_int8_digits: must be 0 .* got 3"):
+        CompileStep().check({"quantization": "q4f16_1", "target": target_params("llvm"), "options": {"cpu_int8_digits": 3}})

@@ -70,6 +70,23 @@ def test_bad_sampling_params_name_the_field(kwargs, field) -> None:
     assert info.value.field == field and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "model_type, tokenizer_config, expected",
+    [("llama", None, True), ("gpt_neox", None, False), ("mistral", None, False), ("unknown_family", None, False),
+     ("llama", {"add_bos_token": False}, False), ("gpt_neox", {"add_bos_token": True}, True), ("llama", {"bos_token": "<s>"}, True)],
+)
+def test_bos_on_raw_prompts_is_the_tokenizers_word_else_the_familys(tmp_path: Path, model_type, tokenizer_config, expected) -> None:
+    """Not a model-name check: tokenizer_config.json's add_bos_token decides, else `ModelFamily.adds_bos`."""
+    from mlcbuild.artifact import ChatConfig
+    from mlcbuild.runtime.loader import adds_bos
+
+    if tokenizer_config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = ChatConfig(model_type=model_type, quantization="q0f32", model_config={})
+    assert adds_bos(tmp_path, config) is expected
+    assert adds_bos(tmp_path, None) is (expected if tokenizer_config and "add_bos_token" in tokenizer_config else False)
+
+
 # --- compiled models --------------------------------------------------------------------------
 
 

@@ -86,6 +86,23 @@ def test_precedence_overrides_generation_config_config_defaults(demo_copy, tmp_p
     assert cfg["bos_token_id"] == 0 and cfg["pad_token_id"] == 0
 
 
+def test_out_of_range_checkpoint_value_is_unset_and_the_output_loads(demo_copy, tmp_path):
+    """`repetition_penalty: 0` in generation_config.json (HF and MLC's runtime refuse it) falls through
+    to config.json, then to the default; what gen-config writes, ChatConfig reads back."""
+    from mlcbuild.artifact import ChatConfig
+
+    config = json.loads((demo_copy / "config.json").read_text())
+    config.update(temperature=7, top_p=0.9)
+    (demo_copy / "config.json").write_text(json.dumps(config))
+    (demo_copy / "generation_config.json").write_text(json.dumps({"repetition_penalty": 0, "top_p": 0, "temperature": 0.5}))
+    cfg = gen(demo_copy, tmp_path / "out")
+    assert (cfg["repetition_penalty"], cfg["top_p"], cfg["temperature"]) == (1.0, 0.9, 0.5)
+    loaded = ChatConfig.read(tmp_path / "out")
+    assert loaded.sampling.repetition_penalty == 1.0 and loaded.sampling.top_p == 0.9
+    with pytest.raises(UserError, match=r"overrides\.repetition_penalty.*\[0\.01, 100\]"):
+        gen(demo_copy, tmp_path / "bad", overrides={"repetition_penalty": 0})
+
+
 def test_arch_overrides_land_in_model_config(tmp_path):
     overrides = {"context_window_size": 256, "prefill_chunk_size": 64, "max_batch_size": 4, "attention_sink_size": 2}
     cfg = gen(DEMO, tmp_path / "out", overrides=overrides)

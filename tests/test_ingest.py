@@ -50,9 +50,15 @@ def write_recipe(folder: Path, model: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _link_type_restored(monkeypatch):
-    """`--link-type` sets $MLCBUILD_LINK_TYPE for the process: undone after each test."""
+    """`--link-type` sets $MLCBUILD_LINK_TYPE for the process: undone after each test. The demo's
+    files are all under LINK_MIN_BYTES, which are never hard-linked in: here they stand in for
+    weights (test_store_hardening's test_editing_a_source_file_in_place_never_damages_the_cache checks
+    the real threshold)."""
+    import mlcbuild.store.placement as placement
+
     monkeypatch.setenv("MLCBUILD_LINK_TYPE", "")  # records the original value for the undo
     monkeypatch.delenv("MLCBUILD_LINK_TYPE")
+    monkeypatch.setattr(placement, "LINK_MIN_BYTES", 0)
 
 
 @pytest.fixture
@@ -367,10 +373,10 @@ def test_hardlink_mode_never_links_a_users_file_into_the_output_folder(tmp_path,
     """gen-config's tokenizer.json is byte-identical to the source's, so its object is the user's
     inode: the output folder gets a copy even where its size would have it linked, so editing
     dist/ never edits the model folder."""
-    import mlcbuild.store.cas as cas
+    import mlcbuild.store.placement as placement
     from mlcbuild.cli.main import main
 
-    monkeypatch.setattr(cas, "LINK_MIN_BYTES", 0)
+    monkeypatch.setattr(placement, "LINK_MIN_BYTES", 0)
 
     model = model_folder(tmp_path / "model")
     recipe = write_recipe(tmp_path / "r", model)

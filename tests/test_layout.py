@@ -55,3 +55,56 @@ def test_default_variant_written_or_not_is_one_library(tmp_path: Path) -> None:
     )
     name = "dist/libs/RedPajama-INCITE-Chat-3B-v1-q4f16_1-cuda-sm_80.so"
     assert name in other and other[name] != plain["dist/libs/RedPajama-INCITE-Chat-3B-v1-q4f16_1-cuda-sm_90a.so"]
+
+
+def test_artifact_records_say_what_they_are_and_layout_maps_both_ways(tmp_path: Path) -> None:
+    """The planner's Artifact knows kind, recipe, quantization and target; its path is layout's, and
+    layout's path → artifact (`artifact_of`, `find_library`, `provenance_path`) lead back to it."""
+    from mlcbuild.artifact.layout import artifact_of, find_library, lib_path, model_dir, provenance_path
+    from mlcbuild.targets import resolve_target
+
+    recipe = load_recipe(_offline_copy(ROOT / "recipes" / "redpajama.yaml", tmp_path))
+    graph = plan([recipe], Store(tmp_path / "cache"), PlanOptions())
+    kinds = {(a.kind, a.quantization, a.target) for a in graph.artifacts}
+    assert {("model", q, None) for q in recipe.quantizations} | {
+        ("library", q, resolve_target(t.name, t.variant).id) for q in recipe.quantizations for t in recipe.targets} == kinds
+    for artifact in graph.artifacts:
+        assert artifact.recipe == str(recipe.path) and graph.node(artifact.node_id).params["quantization"] == artifact.quantization
+        if artifact.kind == "model":
+            assert artifact.path == model_dir(recipe, artifact.quantization)
+            assert artifact_of(artifact.path / "mlc-chat-config.json") == artifact.path
+            continue
+        target = resolve_target(*(artifact.target.split("-", 1)))
+        assert artifact.path == lib_path(recipe, artifact.quantization, target) and artifact_of(artifact.path) == artifact.path
+        artifact.path.parent.mkdir(parents=True, exist_ok=True)
+        artifact.path.touch()
+        assert find_library(model_dir(recipe, artifact.quantization), artifact.target) == artifact.path
+    assert provenance_path(Path("dist/x-q4f16_1-MLC")) == Path("dist/x-q4f16_1-MLC.provenance.json")
+
+
+def test_layout_leads_back_from_statements_libraries_and_names(tmp_path: Path) -> None:
+    """The reverse maps `prune`, `verify` and `run LIB.so` use live in layout too, and agree with
+    the planner's records: a statement → its artifact, a library → its model folder, a name in an
+    output folder → whether it is one of the recipe's artifacts (any quantization, any target)."""
+    from mlcbuild.artifact.layout import (
+        artifact_of_statement, envelope_path, is_library_name, is_model_dir_name, model_dir_of_library, provenance_path,
+    )
+
+    recipe = load_recipe(_offline_copy(ROOT / "recipes" / "redpajama.yaml", tmp_path))
+    graph = plan([recipe], Store(tmp_path / "cache"), PlanOptions())
+    quants = recipe.quantizations
+    for artifact in graph.artifacts:
+        assert artifact_of_statement(provenance_path(artifact.path)) == artifact.path
+        assert artifact_of_statement(envelope_path(artifact.path)) is None
+        if artifact.kind == "model":
+            assert is_model_dir_name(artifact.path.name, recipe.name, quants) and not is_library_name(artifact.path.name, "other", quants)
+            (artifact.path / "mlc-chat-config.json").parent.mkdir(parents=True, exist_ok=True)
+            (artifact.path / "mlc-chat-config.json").write_text("{}")
+    assert not is_model_dir_name(f"{recipe.name}-q9f9-MLC", recipe.name, quants)
+    libraries = [a for a in graph.artifacts if a.kind == "library"]
+    assert libraries
+    for artifact in libraries:
+        assert is_library_name(artifact.path.name, recipe.name, quants) and not is_model_dir_name(artifact.path.name, recipe.name, quants)
+        owner = next(a.path for a in graph.artifacts if a.kind == "model" and a.quantization == artifact.quantization)
+        assert model_dir_of_library(artifact.path) == owner
+    assert model_dir_of_library(tmp_path / "elsewhere" / libraries[0].path.name) is None

@@ -184,6 +184,32 @@ def test_corrupt_lock(tmp_path: Path, text: str, where: str, message: str) -> No
     assert changed and read_lock(path) == lock
 
 
+def test_deep_lock_is_one_line(tmp_path: Path) -> None:
+    """100k nested lists were a RecursionError (exit 70); now one line naming the file, and `lock` rewrites it."""
+    path = recipe_file(tmp_path)
+    lock_path(path).write_text('{"version": 1, "sources": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(UserError, match=r"model\.lock\.json: lock file nests too deeply") as info:
+        read_lock(path)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    lock, changed = update_lock(path, FakeHub({"org/model@main": SHA1}))
+    assert changed and read_lock(path) == lock
+
+
+def test_folder_named_like_the_lock(tmp_path: Path) -> None:
+    """A folder at <stem>.lock.json was an IsADirectoryError (exit 70) on reading and on writing."""
+    from mlcbuild.cli.main import main
+
+    path = recipe_file(tmp_path)
+    lock_path(path).mkdir()
+    with pytest.raises(UserError, match=r"model\.lock\.json: lock file is a folder, not a regular file"):
+        read_lock(path)
+    hub = FakeHub({"org/model@main": SHA1})
+    with pytest.raises(UserError, match=r"model\.lock\.json: lock file is a folder, not a regular file; remove it"):
+        update_lock(path, hub)
+    assert lock_path(path).is_dir()
+    assert main(["--cache-dir", str(tmp_path / "cache"), "plan", str(path)]) == 2
+
+
 def test_bad_resolver_answer(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"resolving org/model@main gave 'main', not a 40-hex commit sha"):
         update_lock(recipe_file(tmp_path), FakeHub({"org/model@main": "main"}))

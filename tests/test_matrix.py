@@ -97,7 +97,9 @@ def test_github_and_gitlab_formats_validate(tmp_path: Path) -> None:
     jobs = {k: v for k, v in yaml.safe_load(gitlab.stdout).items() if k != "stages"}
     entries = {e["CELL_ID"]: (tuple(job["tags"]), e) for job in jobs.values() for e in job["parallel"]["matrix"]}
     assert set(entries) == {e["id"] for e in matrix["include"]}
-    assert entries["tiny-metal-macos"][0] == ("macos-14",)
+    assert entries["tiny-metal-macos"][0] == ("saas-macos-medium-m1",), "GitHub's macos-14 is GitLab.com's hosted macOS tag"
+    assert entries["tiny-weights"][0] == ("saas-linux-small-amd64",) and "ubuntu-latest" not in gitlab.stdout
+    assert entries["tiny-cuda-sm_80"][0] == ("linux", "x64", "cuda"), "self-hosted labels are tags, less GitHub's self-hosted"
     assert entries["tiny-llvm-x86_64"][1]["ARTIFACTS"] == "dist/libs/tiny-q0f32-llvm-x86_64.so"
 
 

@@ -5,26 +5,30 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from mlcbuild.execute.noop import RACY_WINDOW_NS
 from test_build import mlcbuild, write_recipe
 
 FAST = "(stat check)"
 
+SETTLED = "import mlcbuild.execute.noop as noop\nnoop.RACY_WINDOW_NS = 0\n"
+"""Run as if RACY_WINDOW_NS had passed since the last write (instead of sleeping 2 s): files written
+within the window are not trusted by their stat, and back-dating them with os.utime would move
+their ctime, which the cache's and the output folder's stat records hold."""
 
-def past_racy_window() -> None:
-    """Files written in the last RACY_WINDOW_NS are not trusted by their stat: wait them out."""
-    time.sleep(RACY_WINDOW_NS / 1e9 + 0.1)
+
+def settled_build(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    """`mlcbuild build ...` once the racy window of everything written before has passed."""
+    code = SETTLED + f"from mlcbuild.cli.main import main\nraise SystemExit(main(['build', *{list(args)!r}]))\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "MLCBUILD_CACHE_DIR": str(cache), "COLUMNS": "200"}, timeout=900)
 
 
 def built(tmp_path: Path, cache: Path) -> Path:
     recipe = write_recipe(tmp_path / "r")
     assert mlcbuild("build", str(recipe), cache=cache).returncode == 0
-    past_racy_window()
-    second = mlcbuild("build", str(recipe), cache=cache)
-    assert second.returncode == 0 and FAST not in second.stdout, second.stdout  # writes the stamp
+    second = settled_build(str(recipe), cache=cache)
+    assert second.returncode == 0 and FAST not in second.stdout, second.stdout  # the first wrote no stamp; this one does
     return recipe
 
 
@@ -61,8 +65,7 @@ def test_anything_that_moved_takes_the_full_build(tmp_path: Path, cache: Path) -
     changed = mlcbuild("build", str(recipe), cache=cache)
     assert changed.returncode == 0 and "built gen-config" in changed.stderr, changed.stderr
 
-    past_racy_window()
-    assert FAST not in mlcbuild("build", str(recipe), cache=cache).stdout  # writes a new stamp
+    assert FAST not in settled_build(str(recipe), cache=cache).stdout  # writes a new stamp
     assert FAST in mlcbuild("build", str(recipe), cache=cache).stdout
     assert FAST not in mlcbuild("build", str(recipe), "-q", "q0f32", cache=cache).stdout  # another command
     assert FAST not in mlcbuild("build", str(recipe), "--force", cache=cache).stdout
@@ -73,10 +76,11 @@ def test_anything_that_moved_takes_the_full_build(tmp_path: Path, cache: Path) -
     assert FAST not in mlcbuild("build", str(recipe), cache=cache).stdout
 
 
-def plan_in_process(cache: Path, recipe: Path) -> tuple[str, list[str]]:
-    """`plan` run by main() in a fresh interpreter: its output and the heavy modules it imported."""
+def plan_in_process(cache: Path, recipe: Path, settled: bool = False) -> tuple[str, list[str]]:
+    """`plan` run by main() in a fresh interpreter: its output and the heavy modules it imported
+    (`settled`: as if the racy window had passed)."""
     probe = (
-        "import sys\n"
+        (SETTLED if settled else "") + "import sys\n"
         "from mlcbuild.cli.main import main\n"
         f"code = main(['--cache-dir', {str(cache)!r}, 'plan', {str(recipe)!r}])\n"
         "assert code == 0, code\n"
@@ -91,7 +95,7 @@ def plan_in_process(cache: Path, recipe: Path) -> tuple[str, list[str]]:
 
 def test_plan_of_an_unchanged_cached_graph_is_replayed_and_recomputed_when_anything_moves(tmp_path: Path, cache: Path) -> None:
     recipe = built(tmp_path, cache)
-    first, imported = plan_in_process(cache, recipe)
+    first, imported = plan_in_process(cache, recipe, settled=True)
     assert "cached" in first and "to run" not in first and imported, first  # computed; stamped
     replayed, imported = plan_in_process(cache, recipe)
     assert replayed == first and imported == [], imported
@@ -99,9 +103,8 @@ def test_plan_of_an_unchanged_cached_graph_is_replayed_and_recomputed_when_anyth
     write_recipe(tmp_path / "r", conv_template="chatml")
     edited, imported = plan_in_process(cache, recipe)
     assert imported and "to run" in edited and "gen-config" in edited, edited
-    past_racy_window()
-    pending, _ = plan_in_process(cache, recipe)
-    again, imported = plan_in_process(cache, recipe)  # work to show: never replayed
+    pending, _ = plan_in_process(cache, recipe, settled=True)
+    again, imported = plan_in_process(cache, recipe, settled=True)  # work to show: never replayed
     assert again == pending and imported
 
 

@@ -146,3 +146,36 @@ def test_integer_scale_rounding_equals_numpy_cast_for_every_fast_path_max(max_in
     want = (bits.view(np.float16).astype(np.float32) / np.float32(max_int)).astype(np.float16)
     np.testing.assert_array_equal(scale.view(np.uint16), want.view(np.uint16))
     np.testing.assert_array_equal(back, want.astype(np.float32))
+
+
+def test_a_new_kind_of_scheme_needs_no_change_elsewhere() -> None:
+    """The weight plan asks the scheme what it quantizes, what that becomes and how: a per-row int8
+    scheme written here (one class) converts through an unchanged WeightPlan."""
+    from dataclasses import dataclass
+
+    from mlcbuild.quantization.scheme import QuantizationScheme
+    from mlcbuild.weights.plan import ParamSource, WeightPlan
+
+    @dataclass(frozen=True)
+    class PerRowInt8(QuantizationScheme):
+        def quantizes(self, kind: str) -> bool:
+            return kind == "linear"
+
+        def outputs(self, prefix, shape):
+            return [(f"{prefix}.q8", shape, "int8"), (f"{prefix}.row_scale", (shape[0], 1), self.model_dtype)]
+
+        def quantize_weight(self, w):
+            scale = np.abs(w).max(axis=1, keepdims=True).astype(np.float32) / 127
+            return [np.rint(w / scale).astype(np.int8), scale]
+
+    params = [ParamSource("fc.weight", ("fc.weight",), ((3, 4),), (3, 4), kind="linear"),
+              ParamSource("norm.weight", ("norm.weight",), ((4,),), (4,))]
+    plan = WeightPlan(params, PerRowInt8("q8f32", model_dtype="float32"))
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
+    produced = dict(plan.produce(params[0], [w]))
+    assert [(o.name, o.shape, o.dtype) for o in plan.all_outputs()] == [
+        ("fc.q8", (3, 4), "int8"), ("fc.row_scale", (3, 1), "float32"), ("norm.weight", (4,), "float32")]
+    assert produced["fc.q8"].dtype == np.int8 and np.abs(produced["fc.q8"]).max() == 127
+    assert plan.produce(params[1], [np.ones(4, np.float16)])[0][1].dtype == np.float32
+    for name, scheme in SCHEMES.items():
+        assert scheme.quantizes("linear") == (not name.startswith("q0")), name

@@ -203,3 +203,57 @@ def test_mangled_recipes_never_traceback(workdir: Path) -> None:
             load_recipe("recipe.yaml")
         except UserError as e:
             assert str(e).startswith("recipe.yaml:") and "\n" not in str(e), str(e)
+
+
+def _null_cases() -> list[tuple[str, dict]]:
+    """(field, recipe) for every field of the schema set to null, and every list given a null item:
+    `source:` with no value was an internal error once, so each sibling is covered here."""
+    import copy
+
+    base = {"name": "m", "source": {"hf": "org/model", "revision": "main"}, "quantizations": ["q4f16_1"],
+            "targets": ["llvm"], "conv_template": "redpajama_chat", "smoke": True, "output": "dist"}
+    cases: list[tuple[str, dict]] = []
+
+    def walk(schema: dict, path: tuple[str, ...]) -> None:
+        for key, sub in (schema.get("properties") or {}).items():
+            recipe = copy.deepcopy(base)
+            node = recipe
+            for part in path:
+                node = node.setdefault(part, {})
+            if path == ("source",) and key == "path":
+                recipe["source"] = {}
+                node = recipe["source"]
+            node[key] = None
+            cases.append((".".join(path + (key,)), recipe))
+            types = sub.get("type") if isinstance(sub.get("type"), list) else [sub.get("type")]
+            if "array" in types:
+                item = copy.deepcopy(recipe)
+                item_node = item
+                for part in path:
+                    item_node = item_node[part]
+                item_node[key] = [None]
+                cases.append((".".join(path + (key,)) + "[0]", item))
+            walk(sub, path + (key,))
+
+    walk(json.loads(SCHEMA_PATH.read_text()), ())
+    return cases
+
+
+@pytest.mark.parametrize("field,recipe", _null_cases(), ids=[c[0] for c in _null_cases()])
+def test_null_field_is_one_line(workdir: Path, field: str, recipe: dict) -> None:
+    import yaml
+
+    (workdir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with pytest.raises(UserError) as info:
+        load_recipe("recipe.yaml")
+    err = info.value
+    assert err.field == field, str(err)
+    assert err.location is not None and err.location.line is not None, str(err)
+    assert "null" in err.message and "\n" not in str(err), str(err)
+
+
+def test_source_with_no_value(workdir: Path) -> None:
+    (workdir / "recipe.yaml").write_text("source:\n" + BODY)
+    with pytest.raises(UserError) as info:
+        load_recipe("recipe.yaml")
+    assert str(info.value) == "recipe.yaml:1:1: source: expected a mapping, got nothing (null)"

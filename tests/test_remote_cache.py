@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlcbuild.store.cas import ActionResult, Store
-from mlcbuild.store.manifest import Manifest, canonical_json
+from mlcbuild.store.manifest import Manifest, canonical_json, sha256_json
 from mlcbuild.store.remote import RemoteCache, open_backend
 from mlcbuild.store.remote import signing
 from test_build import write_recipe as build_recipe
@@ -55,7 +55,11 @@ def built_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def fetched_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("fetched ")]
+    return [line for line in result.stderr.splitlines() if line.startswith("pulled ")]
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("mlcbuild: error:")]
 
 
 def warnings(result: subprocess.CompletedProcess) -> list[str]:
@@ -63,11 +67,12 @@ def warnings(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
-    """The artifact files; the output folder's record of what mlcbuild placed holds this machine's inodes."""
+    """The artifact files; the output folder's record of what mlcbuild placed holds this machine's
+    inodes, and only a build with a signing key (machine A) signs its provenance."""
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".mlcbuild-placed.json"
+        if p.is_file() and p.name != ".mlcbuild-placed.json" and not p.name.endswith(".provenance.dsse.json")
     }
 
 
@@ -120,10 +125,10 @@ def assert_consistent(backend_root: Path) -> None:
     """Every entry's objects are present and hash to their names; nothing half-written is left."""
     objects = backend_root / "cas"
     for path in objects.iterdir():
-        assert not path.name.endswith(".tmp"), f"leftover temp file {path}"
+        assert not path.name.endswith(".tmp") and not path.name.startswith(".tmp-"), f"leftover temp file {path}"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
     for path in (backend_root / "ac").iterdir():
-        assert not path.name.endswith(".tmp"), f"leftover temp file {path}"
+        assert not path.name.endswith(".tmp") and not path.name.startswith(".tmp-"), f"leftover temp file {path}"
         entry = signing.unseal(path.read_bytes(), None)
         for item in entry["manifest"]["files"].values():
             assert (objects / item["digest"]).is_file()
@@ -271,7 +276,7 @@ def test_flipped_byte_in_s3_object_is_caught_and_node_rebuilt(machine_a, moto_se
     recipe = fresh_project(tmp_path)
     result = mlcbuild("--remote", url, "build", str(recipe), cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
-    assert [line.split(" (")[0] for line in built_lines(result)] == ["built convert tiny q0f32"], result.stderr
+    assert [line.split(" (")[0].split(" in ")[0] for line in built_lines(result)] == ["built convert tiny q0f32"], result.stderr
     lines = warnings(result)
     assert len(lines) == 1 and "corrupt" in lines[0] and digest[:12] in lines[0], result.stderr
     assert tree_bytes(recipe.parent / "dist") == tree_bytes(machine_a.dist)
@@ -390,9 +395,11 @@ def test_noop_build_with_a_remote_opens_no_connection_and_imports_no_client(mach
 # --- concurrent writers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["s3", "folder"])
 def test_concurrent_writers_leave_the_remote_consistent(kind, moto_server, tmp_path):
-    """Eight writers race to publish different results (different objects) under one key."""
+    """Eight writers race to publish different results (different objects) under one key (a
+    non-reproducible step: one preimage, eight outputs)."""
     url = moto_server.bucket(f"race-{kind}") if kind == "s3" else str(tmp_path / "remote")
-    key = hashlib.sha256(b"one key").hexdigest()
+    preimage = {"kind": "race", "params": {}}
+    key = sha256_json(preimage)
     shared = os.urandom(1 << 20)
     writers = []
     for i in range(8):
@@ -402,7 +409,7 @@ def test_concurrent_writers_leave_the_remote_consistent(kind, moto_server, tmp_p
             path = tmp_path / f"w{i}-{name}"
             path.write_bytes(data)
             files[name] = store.put_file(path, move=True)
-        writers.append((store, ActionResult(key, Manifest(files), {"writer": i})))
+        writers.append((store, ActionResult(key, Manifest(files), preimage, duration_s=i)))
     barrier = threading.Barrier(len(writers))
     errors: list[BaseException] = []
 
@@ -422,7 +429,7 @@ def test_concurrent_writers_leave_the_remote_consistent(kind, moto_server, tmp_p
     assert errors == []
     reader = Store(tmp_path / "reader")
     got = RemoteCache(url, warn=lambda m: pytest.fail(m)).fetch_into(reader, key)
-    assert got is not None and got.preimage["writer"] in range(8)
+    assert got is not None and got.duration_s in range(8)
     assert reader.verify() == []
     if kind == "folder":
         assert_consistent(tmp_path / "remote")
@@ -494,16 +501,16 @@ def test_bad_signing_key_is_one_user_error_line(tmp_path):
     bad.write_text("not a key\n")
     result = mlcbuild("--remote", str(tmp_path / "r"), "--signing-key", str(bad), "build", str(fresh_project(tmp_path)),
                       cache=tmp_path / "cache")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert error_lines(result) == [
         f"mlcbuild: error: --signing-key: cannot read an ed25519 PEM private key from {bad}: ValueError"
     ]
 
 
 def test_unknown_remote_scheme_is_one_user_error_line(tmp_path):
     result = mlcbuild("--remote", "s4://bucket/x", "build", str(fresh_project(tmp_path)), cache=tmp_path / "cache")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert error_lines(result) == [
         "mlcbuild: error: --remote: unknown remote URL scheme 's4://' in s4://bucket/x (use a path, file://, s3://,"
         " http(s)://, or another fsspec protocol)"
     ]

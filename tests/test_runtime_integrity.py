@@ -64,7 +64,7 @@ def _first_shard(model: Path) -> Path:
 @pytest.mark.slow
 def test_intact_copy_loads(built, model: Path) -> None:
     engine = _load(built, model)
-    assert engine.chat_config["quantization"] == "q0f32"
+    assert engine.chat_config.quantization == "q0f32"
 
 
 @pytest.mark.slow
@@ -174,7 +174,7 @@ def test_garbage_chat_config(model: Path, content: bytes, needles: tuple[str, ..
     "field, value, needle",
     [
         ("temperature", float("nan"), "temperature: NaN and infinities are not allowed"),
-        ("top_p", 1.5, "top_p: must be > 0.0 and ≤ 1.0"),
+        ("top_p", 1.5, "top_p: must be in (0, 1] (got 1.5)"),
         ("model_config", "llama", "model_config: must be a JSON object"),
         ("quantization", None, "quantization: missing"),
         ("eos_token_id", "two", "eos_token_id: must be an integer or a list of integers"),

@@ -63,17 +63,14 @@ def max_concurrency() -> int:
 
 
 def test_jobs_bound_parallelism(tmp_path: Path) -> None:
+    """From the steps' own start/end events, not wall-clock ratios (which a loaded machine skews):
+    -j 2 runs two at once and never three; -j 1 never two."""
     graph = graph_of(*(fake(f"n{i}", sleep=0.15) for i in range(4)))
-    began = time.perf_counter()
     report = build(Store(tmp_path / "c2"), graph, jobs=2)
-    two = time.perf_counter() - began
-    assert report.ok and max_concurrency() == 2
+    assert report.ok and max_concurrency() == 2 and len(starts()) == 4
     fakesteps.EVENTS.clear()
-    began = time.perf_counter()
     assert build(Store(tmp_path / "c1"), graph, jobs=1).ok
-    one = time.perf_counter() - began
-    assert max_concurrency() == 1
-    assert one > 0.6 and two < one * 0.75, (one, two)
+    assert max_concurrency() == 1 and len(starts()) == 4
 
 
 def test_outputs_flow_to_dependents(tmp_path: Path) -> None:
@@ -259,7 +256,8 @@ def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
 def test_plan_table_fits_80_columns_and_has_no_fake_timing(tmp_path: Path) -> None:
     result = cli("plan", str(demo_recipe(tmp_path)), cache=tmp_path / "c")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    home, *lines = result.stdout.splitlines()
+    assert home.startswith(f"cache: {tmp_path / 'c'} "), "plan says which cache it reads, first"
     assert max(len(line) for line in lines) <= 80, result.stdout
     assert "0.00s" not in result.stdout and "time" not in lines[2], result.stdout
     compiles = [line for line in lines if line.lstrip().startswith("compile ")]

@@ -122,4 +122,8 @@ def test_racy_fresh_files_are_not_trusted(tmp_path: Path) -> None:
     index = StatIndex.open(tmp_path / "stat.json")
     digest, _ = index.digest(f)
     assert digest == sha256_file(f)
-    assert index.entries == {}
+    assert index.known(f.resolve(), f.stat()) is None, "a racy stat is never trusted"
+    (signature, recorded), = index.entries.values()
+    assert signature[0] == f.stat().st_ino and signature[3] is None and recorded == digest
+    index.restat(f.stat(), digest)
+    assert index.known(f.resolve(), f.stat()) is None, "nor made trusted by a later restat"

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from mlcbuild.errors import UserError
 from mlcbuild.execute.base import BuildReport, Outcome
 from mlcbuild.execute.materialize import materialize
 from mlcbuild.plan.graph import Artifact, BuildGraph, Node
-from mlcbuild.store import cas, hashing
+from mlcbuild.store import cas, hashing, placement
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.fs import StoreError
 from mlcbuild.store.hashing import sha256_file
@@ -38,7 +39,7 @@ def _variant(store: Store, tmp_path: Path, dest: Path, weights: dict[str, bytes]
     graph.artifacts += [
         Artifact(convert.id, dest),
         Artifact(gen.id, dest),
-        Artifact(lib.id, dest.parent / "libs", rename={"lib.so": "tiny-llvm.so"}),
+        Artifact(lib.id, dest.parent / "libs", rename={"lib.so": "tiny-llvm.so"}, kind="library"),
     ]
     report = BuildReport()
     for node, files in ((convert, weights), (gen, config), (lib, {"lib.so": b"\x7fELF" + os.urandom(64)})):
@@ -117,7 +118,9 @@ def test_user_files_survive_and_only_our_unmodified_stale_files_go(tmp_path: Pat
     os.chmod(dest / "extra.txt", 0o644)
     (dest / "extra.txt").write_text("edited by the user")
     graph2, report2 = _variant(store, tmp_path, dest, {"tensor-cache.json": b"{}", "params_shard_0.bin": b"w0"}, {"mlc-chat-config.json": b"{}"})
-    materialize(graph2, report2, store)
+    restored: list[Path] = []
+    materialize(graph2, report2, store, restored.append)
+    assert restored == [], "an edited file the artifact no longer holds is kept, not restored"
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
         ".mlcbuild-placed.json", "NOTES.txt", "extra.txt", "mlc-chat-config.json", "params_shard_0.bin", "sub", "sub/keep.bin", "tensor-cache.json",
     ]
@@ -136,9 +139,11 @@ def test_edit_in_output_never_reaches_cache_and_is_restored(tmp_path: Path, monk
     with open(config, "r+b") as f:  # in place, as an editor that keeps the inode would
         f.write(b'{"t": 9}')
     assert sha256_file(store.object_path(digest)) == digest
-    assert materialize(graph, report, store) and config.read_bytes() == b'{"t": 1}'
+    restored: list[Path] = []
+    assert materialize(graph, report, store, restored.append) and config.read_bytes() == b'{"t": 1}'
+    assert restored == [config], "the user is told the edit was put back"
 
-    monkeypatch.setattr(cas, "LINK_MIN_BYTES", 1024)  # weights above this are hard links
+    monkeypatch.setattr(placement, "LINK_MIN_BYTES", 1024)  # weights above this are hard links
     shard = dest / "params_shard_0.bin"
     shard.unlink()
     materialize(graph, report, store)
@@ -328,7 +333,7 @@ def test_gc_help_dry_run_and_older_than_say_what_goes(tmp_path: Path, capsys) ->
 def test_noop_materialize_replaces_nothing(tmp_path: Path, monkeypatch) -> None:
     store = Store(tmp_path / "cache")
     dest = tmp_path / "dist" / "m-MLC"
-    monkeypatch.setattr(cas, "LINK_MIN_BYTES", 1024)
+    monkeypatch.setattr(placement, "LINK_MIN_BYTES", 1024)
     graph, report = _variant(store, tmp_path, dest, {"params_shard_0.bin": b"W" * 4096}, {"mlc-chat-config.json": b"{}"})
     materialize(graph, report, store)
     before = {p: p.stat() for p in dest.parent.rglob("*") if p.is_file()}
@@ -457,3 +462,84 @@ def test_staged_step_inputs_keep_their_signatures_unless_a_step_wrote_to_them(tm
             assert intact == {"model.safetensors": True, "config.json": False} and len(calls) == 1, calls  # only the written one re-hashed, then quarantined
         else:
             assert intact == {"model.safetensors": True, "config.json": True} and calls == [], calls  # a no-op reads no object
+
+
+def test_editing_a_source_file_in_place_never_damages_the_cache(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Issue 19: config.json of a local model folder edited in place after a build. Small source files
+    are copied into the cache, never hard-linked, so the edit reaches no object: the rebuild is correct
+    and `cache verify` passes. Where a file is hard-linked (weights, here any size), the edited object is
+    named as the user's file, not corruption; `--repair` unlinks it (the file stays), drops the results
+    naming it, exits 0, and the next build and verify pass."""
+    import test_ingest
+
+    model = test_ingest.model_folder(tmp_path / "model")
+    recipe = test_ingest.write_recipe(tmp_path / "r", model)
+    config = model / "config.json"
+
+    def edit() -> bytes:
+        with open(config, "r+b") as f:
+            data = f.read() + b"\n"
+            f.seek(0)
+            f.write(data)
+            f.truncate()
+        return data
+
+    def run(cache: str, *args: str) -> int:
+        capsys.readouterr()
+        return main(["--cache-dir", str(tmp_path / cache), *args])
+
+    build = ["build", str(recipe), "--only", "weights"]
+    assert run("cache", *build) == 0
+    assert os.stat(config).st_nlink == 1  # a copy in the cache, not the user's inode
+    edit()
+    assert run("cache", *build) == 0
+    assert run("cache", "cache", "verify") == 0, capsys.readouterr().out
+
+    monkeypatch.setattr(placement, "LINK_MIN_BYTES", 0)  # every file as large as weights: hard-linked
+    assert run("linked", "--link-type", "hardlink", *build) == 0
+    assert os.stat(config).st_nlink == 2
+    edited = edit()
+    assert run("linked", "--link-type", "hardlink", *build) == 0
+    assert run("linked", "cache", "verify") == 1
+    out = capsys.readouterr().out
+    assert "is a source file hard-linked into the cache" in out and str(config.resolve()) in out and "corrupt object" not in out
+    assert run("linked", "cache", "verify", "--repair") == 0
+    out = capsys.readouterr().out
+    assert "repaired 1 " in out and "ok:" in out, out
+    assert config.read_bytes() == edited
+    assert run("linked", "cache", "verify") == 0
+    assert run("linked", "--link-type", "hardlink", *build) == 0
+    assert run("linked", "cache", "verify") == 0
+
+
+def test_repair_drops_results_that_name_missing_objects(tmp_path: Path, capsys) -> None:
+    """A result whose object is gone (quarantined by an earlier repair, deleted by hand) was a finding
+    forever: `--repair` deletes it, so its node re-runs, and exits 0; verify then passes. Plain `gc`
+    drops such a result as well."""
+    store = Store(tmp_path / "cache")
+    manifest = _put(store, tmp_path, {"config.json": b"{}", "w.bin": b"w" * 100})
+    store.put_action(ActionResult("e" * 64, manifest, {}))
+    keep = _put(store, tmp_path, {"other.bin": b"o" * 10})
+    store.put_action(ActionResult("d" * 64, keep, {}))
+    store.object_path(manifest.files["config.json"].digest).unlink()
+    root = ["--cache-dir", str(store.root), "cache", "verify"]
+    assert main(root) == 1 and "names missing object" in capsys.readouterr().out
+    assert main([*root, "--repair"]) == 0
+    assert "repaired 1 " in capsys.readouterr().out
+    assert not store.action_path("e" * 64).exists() and store.get_action("d" * 64) is not None
+    assert main(root) == 0
+
+    store.put_action(ActionResult("e" * 64, manifest, {}))  # plain gc drops it too
+    assert [r.key for r in store.gc().broken] == ["e" * 64]
+    assert main(root) == 0 and store.get_action("d" * 64) is not None
+
+
+def test_atomic_writes_are_readable_like_any_written_file(tmp_path: Path) -> None:
+    """Provenance, lock and placed-record files are for other users too: the mode open() gives
+    under the process umask, not mkstemp's 0600."""
+    from mlcbuild.store import fs
+
+    target = tmp_path / "r.lock.json"
+    fs.atomic_write_bytes(target, b"{}")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~fs._UMASK
+    assert target.stat().st_mode & stat.S_IROTH or fs._UMASK & 0o004

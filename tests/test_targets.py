@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 
 from mlcbuild.errors import UserError
-from mlcbuild.targets import (
-    ResolvedTarget,
-    check_available,
-    check_resolved,
-    list_targets,
-    load_targets,
-    resolve_target,
-    target_params,
-)
+from mlcbuild.targets import ResolvedTarget, load_targets, resolve_target, target_params
+from mlcbuild.toolchain import Lack, Missing, check_available, check_resolved, list_targets
 
 
 def test_one_yaml_per_kind() -> None:
@@ -54,14 +47,18 @@ def test_unknown_variant_and_target_are_user_errors() -> None:
 
 
 def test_missing_codegen_is_reported() -> None:
-    assert "no vulkan codegen" in (check_available("vulkan") or "")
+    missing = check_available("vulkan")
+    assert missing == Missing(Lack.CODEGEN, "vulkan", missing.detail) and "no vulkan codegen" in str(missing)
 
 
 def test_missing_toolchain_is_reported() -> None:
     webgpu = resolve_target("webgpu")
-    assert "emcc" in (check_resolved(webgpu, have_tool=lambda tool: False) or "")
+    missing = check_resolved(webgpu, have_tool=lambda tool: False)
+    assert missing is not None and (missing.lack, missing.what) == (Lack.TOOL, "emcc") and "Emscripten" in str(missing)
+    assert missing.elsewhere == f"needs {missing.detail}: build it where that is"
     assert check_resolved(webgpu, have_tool=lambda tool: True) is None
-    assert "NDK" in (check_resolved(resolve_target("opencl", "android-so"), have_tool=lambda tool: False) or "")
+    ndk = check_resolved(resolve_target("opencl", "android-so"), have_tool=lambda tool: False)
+    assert ndk is not None and ndk.what == "ndk" and "NDK" in str(ndk)
 
 
 def test_host_and_mobile_tar_targets_need_no_extra_tools() -> None:
@@ -79,11 +76,11 @@ def test_list_targets_covers_every_variant_in_one_line() -> None:
     rows = list_targets()
     assert {(r.name, r.variant) for r in rows} >= {("cuda", "sm_80"), ("cuda", "sm_90a"), ("llvm", "x86_64"), ("webgpu", None)}
     for row in rows:
-        assert row.missing is None or "\n" not in row.missing
+        assert row.missing is None or "\n" not in str(row.missing)
 
 
 def test_availability_does_not_import_tvm() -> None:
-    code = "import sys\nfrom mlcbuild.targets import list_targets\nlist_targets()\nassert 'tvm' not in sys.modules\n"
+    code = "import sys\nfrom mlcbuild.toolchain import list_targets\nlist_targets()\nassert 'tvm' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -136,3 +133,38 @@ def test_a_pin_follows_the_variants_toolchain(tmp_path: Path) -> None:
     env = {**os.environ, "MLCBUILD_TARGETS_DIR": str(folder), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert json.loads(out) == {"a": {"nvcc": "13.0"}, "b": {"nvcc": "13.0.88"}, "c": None}
+
+
+def test_native_resolves_to_this_cpu_and_another_cpu_gets_another_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`llvm:native` is this machine's CPU (LLVM's host detection) in the key and the provenance (both
+    carry the compile node's target params): a library built on one CPU is never served for another."""
+    import mlcbuild.toolchain as toolchain
+    from mlcbuild.steps.compile import CompileStep
+
+    here = target_params("llvm", "native")
+    assert here["attrs"]["mcpu"] not in ("", "native") and here["attrs"]["mtriple"].split("-")[0] in ("x86_64", "aarch64", "arm64")
+    assert all(f[0] in "+-" for f in here["attrs"]["mattr"])
+    monkeypatch.setattr(toolchain, "host_cpu", lambda: {"mcpu": "other-cpu", "mtriple": "x86_64-linux-gnu", "mattr": []})
+    there = target_params("llvm", "native")
+    assert there["attrs"]["mcpu"] == "other-cpu" and there["variant"] == here["variant"] == "native"
+    step = CompileStep()
+    assert step.toolchain({"target": here}) != step.toolchain({"target": there})
+
+
+def test_host_cpu_detection_runs_once_per_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlcbuild.toolchain as toolchain
+
+    first = toolchain.host_cpu()
+
+    def no_probe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(subprocess, "run", no_probe)
+    assert toolchain.host_cpu() == first
+
+
+def test_cpu_variants_name_their_cpu_and_features() -> None:
+    assert resolve_target("llvm", "znver4").tvm_target_config() == {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+    arm = resolve_target("llvm", "aarch64_dotprod")
+    assert arm.attrs["mattr"] == ["+neon", "+dotprod"] and arm.toolchain == ("aarch64-linux-gnu-gcc",)
+    assert resolve_target("llvm").variant == "x86_64"

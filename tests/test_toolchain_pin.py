@@ -127,6 +127,7 @@ def test_built_with_round_trips_and_is_optional() -> None:
 
 
 @needs_nvcc
+@pytest.mark.slow  # `built` compiles a cuda library
 def test_plan_without_nvcc_computes_the_build_machines_key(built: dict[str, Path], tmp_path: Path) -> None:
     folder, cache = private(built, tmp_path)
     with_nvcc = cli("plan", "recipe.yaml", cwd=folder, cache=cache)
@@ -145,6 +146,7 @@ def test_plan_without_nvcc_computes_the_build_machines_key(built: dict[str, Path
 
 
 @needs_nvcc
+@pytest.mark.slow  # `built` compiles a cuda library
 def test_affected_is_exact_without_nvcc(built: dict[str, Path], tmp_path: Path) -> None:
     folder, _ = private(built, tmp_path)
     local = tmp_path / "empty-cache"
@@ -162,6 +164,7 @@ def test_affected_is_exact_without_nvcc(built: dict[str, Path], tmp_path: Path) 
 
 
 @needs_nvcc
+@pytest.mark.slow  # `built` compiles a cuda library
 def test_build_without_nvcc_places_a_cached_library(built: dict[str, Path], tmp_path: Path) -> None:
     folder, _ = private(built, tmp_path)
     fetched = cli("build", "recipe.yaml", "--remote", str(built["remote"]), cwd=folder, cache=tmp_path / "c1", nvcc=False)
@@ -184,6 +187,7 @@ def test_build_without_nvcc_places_a_cached_library(built: dict[str, Path], tmp_
 
 
 @needs_nvcc
+@pytest.mark.slow  # `built` compiles a cuda library
 def test_another_nvcc_fails_the_node_with_one_line(built: dict[str, Path], tmp_path: Path) -> None:
     folder, cache = private(built, tmp_path)
     targets = cuda_targets(tmp_path, "1.0")

@@ -124,7 +124,7 @@ def measure_mlc(built: dict[str, Any], prompt: int, decode: int, warmup: int = 3
     dev = tvm.device(device, 0)
     vm = relax.VirtualMachine(tvm.runtime.load_module(built["lib"]), dev)
     meta = built["metadata"]
-    engine = Engine(vm=vm, device=dev, metadata=meta, params=random_params(meta, dev), chat_config={})
+    engine = Engine(vm=vm, device=dev, metadata=meta, params=random_params(meta, dev))
     vocab = int(meta["vocab_size"])
     tokens = np.random.default_rng(1).integers(0, vocab, prompt).tolist()
     for _ in range(warmup):

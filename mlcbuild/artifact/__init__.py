@@ -7,11 +7,15 @@ a file name is spelled once. Importing it imports nothing heavy (no tvm, numpy, 
 from mlcbuild.artifact.chat_config import (
     ARCH_FIELDS,
     RUNTIME_SIZE_FIELDS,
+    SAMPLING_FIELDS,
+    SAMPLING_RANGES,
     ChatConfig,
+    Range,
     RuntimeSizes,
     Sampling,
     TokenIds,
     TokenizerInfo,
+    check_sampling,
 )
 from mlcbuild.artifact.names import CHAT_CONFIG, SHARD_PREFIX, TENSOR_CACHE, TOKENIZER_FILES, TOKENIZER_JSON
 
@@ -19,13 +23,17 @@ __all__ = [
     "ARCH_FIELDS",
     "CHAT_CONFIG",
     "RUNTIME_SIZE_FIELDS",
+    "SAMPLING_FIELDS",
+    "SAMPLING_RANGES",
     "SHARD_PREFIX",
     "TENSOR_CACHE",
     "TOKENIZER_FILES",
     "TOKENIZER_JSON",
     "ChatConfig",
+    "Range",
     "RuntimeSizes",
     "Sampling",
     "TokenIds",
     "TokenizerInfo",
+    "check_sampling",
 ]

@@ -31,7 +31,6 @@ RUNTIME_SIZE_FIELDS: tuple[str, ...] = (
 ARCH_FIELDS: tuple[str, ...] = ("model_type", "quantization", "model_config", *RUNTIME_SIZE_FIELDS)
 """Fields of mlc-chat-config.json that shape the compiled library (the compile key's view)."""
 
-SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "presence_penalty", "frequency_penalty", "repetition_penalty", "top_p")
 TOKEN_ID_FIELDS: tuple[str, ...] = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 _REQUIRED = ("model_type", "quantization", "model_config")
@@ -70,17 +69,6 @@ class _Reader:
             raise self.fail(key, f"must be ≥ {minimum}, got {value}")
         return value
 
-    def number(self, key: str, default: float, low: float, high: float = math.inf, low_open: bool = False) -> float:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, f"must be a finite number, got {value!r:.60}")
-        if value < low or (low_open and value == low) or value > high:
-            lo = f"> {low}" if low_open else f"≥ {low}"
-            raise self.fail(key, f"must be {lo}" + (f" and ≤ {high}" if high != math.inf else "") + f", got {value}")
-        return float(value)
-
     def token_id(self, key: str, default: int) -> int | list[int]:
         value = self.data.get(key)
         if value is None:
@@ -114,29 +102,72 @@ class RuntimeSizes:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """Generation defaults a runtime starts from (MLC's names and defaults)."""
+class Range:
+    """A closed interval, open at the low end when `low_open`; one range per sampling field."""
 
-    temperature: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    top_p: float = 1.0
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+def _sampling_field(default: float, low: float, high: float, low_open: bool = False) -> Any:
+    return field(default=default, metadata={"range": Range(low, high, low_open)})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation defaults a runtime starts from: MLC's names and defaults, OpenAI's ranges.
+
+    The one declaration of the sampling fields (name, type, default, range): gen-config, the
+    runtime, the server and the recipe schema's `overrides` (tests/test_sampling_fields.py) follow
+    it, and `check_sampling` is the one check of a value. repetition_penalty stops at 0.01 because
+    the runtime divides float32 logits by it.
+    """
+
+    temperature: float = _sampling_field(1.0, 0.0, 2.0)
+    presence_penalty: float = _sampling_field(0.0, -2.0, 2.0)
+    frequency_penalty: float = _sampling_field(0.0, -2.0, 2.0)
+    repetition_penalty: float = _sampling_field(1.0, 0.01, 100.0)
+    top_p: float = _sampling_field(1.0, 0.0, 1.0, low_open=True)
+
+    def __post_init__(self) -> None:
+        for name in SAMPLING_FIELDS:
+            object.__setattr__(self, name, check_sampling(name, getattr(self, name)))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: Path | str | None = None) -> "Sampling":
-        r = _Reader(data, where)
         d = cls()
-        return cls(
-            temperature=r.number("temperature", d.temperature, 0.0),
-            presence_penalty=r.number("presence_penalty", d.presence_penalty, -2.0, 2.0),
-            frequency_penalty=r.number("frequency_penalty", d.frequency_penalty, -2.0, 2.0),
-            repetition_penalty=r.number("repetition_penalty", d.repetition_penalty, 0.0, low_open=True),
-            top_p=r.number("top_p", d.top_p, 0.0, 1.0, low_open=True),
-        )
+        location = Location(where) if where is not None else None
+        return cls(**{k: check_sampling(k, data.get(k), location, default=getattr(d, k)) for k in SAMPLING_FIELDS})
 
     def to_json(self) -> dict[str, float]:
         return {k: float(v) for k, v in dataclasses.asdict(self).items()}
+
+
+SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Sampling))
+SAMPLING_RANGES: dict[str, Range] = {f.name: f.metadata["range"] for f in dataclasses.fields(Sampling)}
+
+
+def check_sampling(
+    name: str, value: Any, where: Location | None = None, field: str | None = None, default: float | None = None
+) -> float:
+    """`value` of sampling field `name` as a float, or a UserError naming `field` (default: the name);
+    None is `default` when one is given. The one check, for configs, recipes and requests alike."""
+    if value is None and default is not None:
+        return default
+    label = field or name
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"must be a finite number (got {value!r:.60})", where, field=label)
+    allowed = SAMPLING_RANGES[name]
+    if value not in allowed:
+        raise UserError(f"must be in {allowed} (got {value:g})", where, field=label)
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlcbuild.ci.matrix import Cell
-from mlcbuild.errors import MlcbuildError, StepError
+from mlcbuild.errors import StepError
 from mlcbuild.plan.graph import BuildGraph
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.manifest import Manifest
@@ -34,8 +34,8 @@ def missing_nodes(graph: BuildGraph, shared: ResultLookup, jobs: int = 1) -> dic
     Object reads (compile's view of mlc-chat-config.json) hit the scratch store only: gen-config
     is always built there, and the same key gives the same bytes.
     """
+    from mlcbuild.execute.decision import NodeKey, walk_keys
     from mlcbuild.execute.local import LocalExecutor
-    from mlcbuild.plan.keys import key_preimage, node_key
 
     scratch_root = Path(tempfile.mkdtemp(prefix="mlcbuild-affected-"))
     try:
@@ -45,26 +45,23 @@ def missing_nodes(graph: BuildGraph, shared: ResultLookup, jobs: int = 1) -> dic
         failed = [o for o in report.outcomes.values() if not o.ok]
         if failed:
             raise StepError(f"matrix --affected: {failed[0].node.label}: {failed[0].reason}")
-        manifests: dict[str, Manifest | None] = {}
         missing: dict[str, str] = {}
-        for node in graph.topological():
-            inputs = {role: manifests.get(dep) for role, dep in node.deps}
-            absent = [graph.node(dep).label for role, dep in node.deps if inputs[role] is None]
-            if absent:
-                manifests[node.id] = None
-                missing[node.id] = f"{node.label}: key unknown until {absent[0]} is built"
-                continue
-            try:
-                key = node_key(key_preimage(node, inputs, scratch))  # type: ignore[arg-type]
-            except (MlcbuildError, OSError, KeyError) as e:
-                manifests[node.id] = None
-                missing[node.id] = f"{node.label}: key unknown here ({e})"
-                continue
+
+        def result_of(nk: NodeKey) -> Manifest | None:
+            node = nk.node
+            if nk.waits_on is not None:
+                missing[node.id] = f"{node.label}: key unknown until {nk.waits_on.label} is built"
+                return None
+            if nk.key is None:
+                missing[node.id] = f"{node.label}: key unknown here ({nk.error})"
+                return None
             built = report.outcomes.get(node.id)
-            hit = shared.get_action(key)
+            hit = shared.get_action(nk.key)
             if hit is None:
-                missing[node.id] = f"{node.label}: no result for key {key[:12]}"
-            manifests[node.id] = built.manifest if built is not None else hit.manifest if hit else None
+                missing[node.id] = f"{node.label}: no result for key {nk.key[:12]}"
+            return built.manifest if built is not None else hit.manifest if hit else None
+
+        walk_keys(graph, scratch, result_of)
         return missing
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)

@@ -13,7 +13,7 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from mlcbuild.errors import UserError
 from mlcbuild.plan.graph import BuildGraph, Node
@@ -24,15 +24,40 @@ WEIGHTS_RUNNER: tuple[str, ...] = ("ubuntu-latest",)
 
 GITLAB_MATRIX_LIMIT = 200
 
+GITLAB_HOSTED: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("ubuntu-", {"tags": ["saas-linux-small-amd64"], "image": "python:3.11"}),
+    ("macos-", {"tags": ["saas-macos-medium-m1"], "image": "macos-15-xcode-16"}),
+)
+"""Runner labels are written GitHub's way (`runner:` in the target definitions). A GitHub-hosted label
+(`ubuntu-latest`, `macos-14`) is a GitLab.com hosted runner's tag and image on GitLab; the other
+labels are a self-hosted runner's, and are GitLab tags as they are, less GitHub's `self-hosted`."""
+
 
 def cell_of(node: Node) -> str | None:
-    """The cell that builds this node; None for downloads (each cell fetches what its nodes need)."""
+    """The cell that builds this node; None for downloads (each cell fetches what its nodes need)
+    and for a smoke test no runner can run (a wasm runs in a browser app)."""
+    if node.kind == "smoke":
+        from mlcbuild.steps.smoke import no_build_machine
+
+        if no_build_machine(node.params["target"]) is not None:
+            return None
     if node.kind in ("compile", "smoke"):
         target = node.params["target"]
         return f"{target['name']}-{target['variant']}" if target.get("variant") else str(target["name"])
     if node.kind in ("convert", "gen-config"):
         return WEIGHTS
+    if node.kind == "download" and _is_mlc_weights(node.params):
+        return WEIGHTS
     return None
+
+
+def _is_mlc_weights(params: Mapping[str, Any]) -> bool:
+    """The full download of an already-converted MLC source: it is the model folder, placed by the
+    weights cell (its config-only download comes along with each compile cell)."""
+    from mlcbuild.weights.model_files import matches
+
+    names = list(params.get("files") or params.get("allow_patterns") or ())
+    return any(matches(n, ("params_shard_*.bin",)) for n in names)
 
 
 def cell_nodes(graph: BuildGraph, cell: str) -> set[str]:
@@ -101,10 +126,7 @@ def recipe_cells(graph: BuildGraph, recipe_name: str, recipe_arg: str) -> list[C
         artifacts = []
         for artifact in graph.artifacts:
             if artifact.node_id in ids:
-                if artifact.rename:
-                    artifacts.extend(_shown(artifact.dest / name) for name in artifact.rename.values())
-                else:
-                    artifacts.append(_shown(artifact.dest) + "/")
+                artifacts.append(_shown(artifact.path) + ("/" if artifact.kind == "model" else ""))
         if cell == WEIGHTS:
             runner, toolchain = WEIGHTS_RUNNER, ()
         else:
@@ -146,20 +168,29 @@ def github(cells: list[Cell]) -> str:
     return json.dumps({"include": include}, separators=(",", ":"))
 
 
+def gitlab_runner(labels: tuple[str, ...]) -> dict[str, Any]:
+    """The GitLab job fields (`tags`, and `image` for a hosted runner) for a cell's runner labels."""
+    for prefix, job in GITLAB_HOSTED:
+        if any(label.startswith(prefix) for label in labels):
+            return {"tags": list(job["tags"]), "image": job["image"]}
+    return {"tags": [label for label in labels if label != "self-hosted"]}
+
+
 def gitlab(cells: list[Cell]) -> str:
-    """A child pipeline: one job per runner (its labels are the job's `tags`), `parallel: matrix` over its cells."""
+    """A child pipeline: one job per runner (`gitlab_runner`: its tags), `parallel: matrix` over its cells."""
     import yaml
 
     doc: dict[str, Any] = {"stages": ["build"]}
-    groups: dict[tuple[str, ...], list[Cell]] = {}
+    groups: dict[str, tuple[dict[str, Any], list[Cell]]] = {}
     for cell in cells:
-        groups.setdefault(cell.runner, []).append(cell)
-    for runner, group in groups.items():
+        job = gitlab_runner(cell.runner)
+        groups.setdefault("build " + " ".join(job["tags"]), (job, []))[1].append(cell)
+    for name, (job, group) in groups.items():
         if len(group) > GITLAB_MATRIX_LIMIT:
-            raise UserError(f"{len(group)} cells for runner {list(runner)}: GitLab allows {GITLAB_MATRIX_LIMIT} per parallel matrix; split the recipes")
-        doc["build " + " ".join(runner)] = {
+            raise UserError(f"{len(group)} cells for runner tags {job['tags']}: GitLab allows {GITLAB_MATRIX_LIMIT} per parallel matrix; split the recipes")
+        doc[name] = {
             "stage": "build",
-            "tags": list(runner),
+            **job,
             "script": [
                 "pip install -e .",
                 'mlcbuild build "$RECIPE" --only "$CELL"',

@@ -6,25 +6,44 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mlcbuild.cli.main import command, non_negative_float, positive_float, positive_int, probability
+from mlcbuild.artifact import SAMPLING_RANGES, check_sampling
+from mlcbuild.cli.main import command, positive_float, positive_int
 from mlcbuild.errors import UserError
 
 CHAT_HELP = "commands: /reset (forget the conversation), /stats (speed of the last reply), /exit"
+
+
+def sampling_value(name: str) -> Callable[[str], float]:
+    """argparse type for a sampling field, checked as mlc-chat-config.json's is (`check_sampling`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check_sampling(name, value)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
 
 
 def add_parsers(subcommand: Callable[..., argparse.ArgumentParser]) -> None:
     """The runtime subcommands' arguments; `subcommand(name, help=...)` is mlcbuild.cli.main's parser factory."""
 
     def model(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", type=Path, metavar="RECIPE|ARTIFACT", help="a recipe file, or a built artifact folder")
+        sp.add_argument("model", type=Path, metavar="RECIPE|ARTIFACT", help="a recipe file; or a built model folder (or its mlc-chat-config.json), with --model-lib or its library in ../libs; or that library")
         sp.add_argument("-q", "--quant", default=None, help="quantization (recipe; default: its first)")
         sp.add_argument("-t", "--target", default=None, help="target whose library to load (default: llvm if built, else the first)")
         sp.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the library's kind)")
         sp.add_argument("--model-lib", type=Path, default=None, help="the library to load with an artifact folder (default: ../libs/<name>-<target>*)")
 
     def sampling(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--temperature", type=non_negative_float, default=None, help="0 = greedy (default: the config's)")
-        sp.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1] (default: the config's)")
+        sp.add_argument("--temperature", type=sampling_value("temperature"), default=None,
+                        help=f"in {SAMPLING_RANGES['temperature']}, 0 = greedy (default: the config's)")
+        sp.add_argument("--top-p", type=sampling_value("top_p"), default=None,
+                        help=f"nucleus sampling mass in {SAMPLING_RANGES['top_p']} (default: the config's)")
         sp.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
         sp.add_argument("--max-tokens", type=positive_int, default=None, metavar="N", help="at most N new tokens (default: until the context is full)")
 

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 
 from mlcbuild.compiler.pipeline import CompileOptions, build_pipeline, variable_bounds
 from mlcbuild.errors import StepError, UserError
-from mlcbuild.targets import ResolvedTarget, tvm_version
+from mlcbuild.targets import ResolvedTarget
+from mlcbuild.toolchain import tvm_version
 
 Progress = Callable[[float, str], None]
 

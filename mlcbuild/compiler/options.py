@@ -1,4 +1,11 @@
-"""Compile options (MLC's --opt levels), resolved once per target so equal meaning gives equal keys.
+"""Compile options (MLC's --opt syntax), resolved once per target so equal meaning gives equal keys.
+
+`opt` is what MLC's `--opt` takes: a level (O0..O3) and/or `name=0|1` flags, `;`-separated
+("O3;cudagraph=0", "flashinfer=0;cublas_gemm=0;faster_transformer=1;cudagraph=0"; no level: O2).
+Each of MLC's flags (mlc_llm/interface/compiler_flags.py) maps to what we build: `cudagraph` is
+honoured (CUDA only); the rest need kernels the apache-tvm wheel from PyPI does not have, so `=1`
+is a one-line warning (`compile_warnings`) and `=0` changes nothing. An ignored flag never enters
+the key, so it does not split the cache.
 
 Importing this module must not import TVM: the planner resolves options while computing keys.
 """
@@ -8,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlcbuild.errors import UserError
+from mlcbuild.suggest import closest, unknown
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
 DEFAULT_OPT = "O2"
@@ -21,6 +29,61 @@ LEVEL_DEFAULTS: dict[str, dict[str, bool]] = {
 cuBLAS dispatch yet (it would split the fused dequantize+matmul kernels), and an explicit
 `cublas: true` is refused by the compiler."""
 
+HONOURED_FLAGS = ("cudagraph",)
+"""MLC flags that map to a CompileOptions field of the same name."""
+IGNORED_FLAGS: dict[str, str] = {
+    "flashinfer": "the apache-tvm wheel from PyPI has no FlashInfer kernels; attention runs TVM's own kernels",
+    "cublas_gemm": "mlcbuild's pipeline has no cuBLAS GEMM dispatch (it would split the fused dequantize+matmul kernels)",
+    "faster_transformer": "the apache-tvm wheel from PyPI has no FasterTransformer (CUTLASS) kernels",
+    "cutlass": "the apache-tvm wheel from PyPI has no CUTLASS kernels",
+    "ipc_allreduce_strategy": "mlcbuild builds single-device libraries (no tensor-parallel all-reduce)",
+}
+"""MLC flags we cannot honour, and why: asking for one is a warning, never an error."""
+ALLREDUCE = ("NONE", "ONESHOT", "TWOSHOT", "AUTO")
+
+
+def parse_opt(text: str) -> tuple[str, dict[str, bool], tuple[str, ...]]:
+    """MLC's `--opt` string → (level, honoured flags, `name=value` of ignored flags asked on).
+    A malformed part is a UserError naming it and what is accepted."""
+    level: str | None = None
+    flags: dict[str, bool] = {}
+    ignored: list[str] = []
+    for part in (p.strip() for p in str(text).split(";")):
+        if not part:
+            continue
+        if part in OPT_LEVELS:
+            if level not in (None, part):
+                raise UserError(f"{text!r} names two levels ({level}, {part})", field="compile.opt")
+            level = part
+            continue
+        name, eq, value = part.partition("=")
+        name, value = name.strip().lstrip("-"), value.strip()
+        names = (*HONOURED_FLAGS, *IGNORED_FLAGS)
+        if not eq:
+            guess = closest(part, OPT_LEVELS)
+            hint = f" — did you mean {guess!r}?" if guess else f", nor a flag name=0|1 ({', '.join(names)}), `;`-separated"
+            raise UserError(f"{part!r} is not one of {', '.join(OPT_LEVELS)}{hint}", field="compile.opt")
+        if name not in names:
+            raise UserError(unknown("flag", name, names) + " (MLC's --opt flags)", field="compile.opt")
+        if name == "ipc_allreduce_strategy":
+            if value not in ALLREDUCE:
+                raise UserError(f"ipc_allreduce_strategy must be one of {', '.join(ALLREDUCE)}, got {value!r}", field="compile.opt")
+            if value != "NONE":
+                ignored.append(f"{name}={value}")
+            continue
+        if value not in ("0", "1"):
+            raise UserError(f"{name} must be 0 or 1, got {value!r}", field="compile.opt")
+        if name in HONOURED_FLAGS:
+            flags[name] = value == "1"
+        elif value == "1":
+            ignored.append(f"{name}=1")
+    return level or DEFAULT_OPT, flags, tuple(ignored)
+
+
+def compile_warnings(options: Mapping[str, Any] | None) -> list[str]:
+    """One line per flag asked on that this build cannot honour, saying why (empty: nothing ignored)."""
+    return [f"compile.opt: {flag} is ignored: {IGNORED_FLAGS[flag.partition('=')[0]]}" for flag in CompileOptions.from_json(options).ignored]
+
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -29,17 +92,22 @@ class CompileOptions:
     cublas: bool | None = None
     embed_ptx: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
+    """MLC flags asked on that this build cannot honour (`flashinfer=1`): warned about, never keyed."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> "CompileOptions":
+        """The `compile` section (or a compile node's options): `opt` in MLC's --opt syntax."""
         data = dict(data or {})
-        known = {k: data.pop(k) for k in ("opt", "cudagraph", "cublas", "embed_ptx") if k in data}
+        known = {k: data.pop(k) for k in ("cudagraph", "cublas", "embed_ptx") if k in data}
+        level, flags, ignored = parse_opt(data.pop("opt", DEFAULT_OPT))
+        for name, value in flags.items():
+            if name in known and known[name] != value:
+                raise UserError(f"opt says {name}={int(value)} but {name}: {str(known[name]).lower()} is set too", field=f"compile.{name}")
+            known[name] = value
         if data.pop("flashinfer", False):
-            raise UserError("flashinfer is not available in this build (apache-tvm wheel)", field="compile.flashinfer")
-        opts = cls(**known, extra=data)
-        if opts.opt not in OPT_LEVELS:
-            raise UserError(f"opt must be one of {', '.join(OPT_LEVELS)}, got {opts.opt!r}", field="compile.opt")
-        return opts
+            ignored += ("flashinfer=1",)
+        return cls(opt=level, **known, extra=data, ignored=ignored)
 
     @property
     def level(self) -> int:
@@ -72,7 +140,7 @@ def cublas_available(kind: str) -> bool:
     """Whether this TVM build has cuBLAS for `kind` (found without importing TVM)."""
     if kind != "cuda":
         return False
-    from mlcbuild.targets import tvm_capabilities
+    from mlcbuild.toolchain import tvm_capabilities
 
     return "ext:cublas" in tvm_capabilities()
 

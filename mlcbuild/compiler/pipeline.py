@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from mlcbuild.compiler.options import OPT_LEVELS, CompileOptions  # noqa: F401  (re-exported)
+from mlcbuild.errors import UserError
+
+INT8_DIGITS = "cpu_int8_digits"
+"""`compile:` option: int8 digits per activation in the llvm decode GEMVs (int8_gemv.LEVELS by default)."""
 
 
 def variable_bounds(config: Mapping[str, Any]) -> dict[str, int]:
@@ -87,6 +91,30 @@ def cpu_legalize_map(level: int) -> dict[str, Any] | None:
     return dict(LEGALIZE) if level >= 1 else None
 
 
+def int8_digits(options: CompileOptions) -> int:
+    """The `cpu_int8_digits` compile option (default 2), checked: one line naming the field if bad."""
+    digits = options.extra.get(INT8_DIGITS, 2)
+    if digits not in (0, 1, 2) or isinstance(digits, bool):
+        raise UserError(f"must be 0 (float decode), 1 (llama.cpp's Q8_0) or 2 int8 digits per activation, got {digits!r}", field=f"compile.{INT8_DIGITS}")
+    return int(digits)
+
+
+def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
+    """Where llvm kernels are scheduled: the decode GEMV on q4f16_1 weights as integer dot products
+    (compiler/int8_gemv.py) where the target has them (x86 AVX2, AVX-512 VNNI / AVX-VNNI, AArch64
+    dotprod), and TVM's CPU attention kernels with heads in parallel (compiler/cpu_attention.py).
+    `compile: {cpu_int8_digits: 1}` quantizes activations to one int8 digit (llama.cpp's Q8_0)
+    instead of two (the default); 0 keeps the float decode path."""
+    if options.level < 1 or "cpu" not in target.keys:
+        return []
+    from mlcbuild.compiler.cpu_attention import parallel_attention_heads
+    from mlcbuild.compiler.int8_gemv import Isa, decode_int8_gemv
+
+    digits = int8_digits(options)
+    isa = Isa.of(target)
+    return [*([decode_int8_gemv(isa, digits)] if isa is not None and digits else []), parallel_attention_heads()]
+
+
 def apply_schedule_rules(rules: Sequence[Any]):
     """dlight's ApplyDefaultSchedule, except that a rule which raises on a kernel is skipped
     (the next rule, ending with Fallback on GPUs, gets it) instead of failing the build."""
@@ -141,6 +169,7 @@ def schedule_passes(
         *([rewrite_transpose_matmul()] if level >= 1 else []),
         relax.transform.LegalizeOps(cpu_legalize_map(level) if "cpu" in target.keys else None),
         relax.transform.AnnotateTIROpPattern(),
+        *cpu_kernel_passes(target, options),
         *([fuse_dequantize_matmul()] if level >= 1 else []),
         relax.transform.FoldConstant(),
         *([relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []),

@@ -18,16 +18,21 @@ import contextlib
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 from mlcbuild.execute.base import BuildReport
 from mlcbuild.plan.graph import Artifact, BuildGraph
-from mlcbuild.store.cas import PLACE_TMP_NAME, Store
+from mlcbuild.store.cas import Store
+from mlcbuild.store.placement import PLACE_TMP_NAME
 from mlcbuild.store.fs import fs_errors, pid_alive
 from mlcbuild.store.placed import Placed
 
 
-def materialize(graph: BuildGraph, report: BuildReport, store: Store) -> list[Path]:
-    """Place every artifact of a variant that fully succeeded; return the paths in place."""
+def materialize(
+    graph: BuildGraph, report: BuildReport, store: Store, on_restored: Callable[[Path], None] | None = None
+) -> list[Path]:
+    """Place every artifact of a variant that fully succeeded; return the paths in place.
+    `on_restored` hears of each placed file someone had edited in place, now put back."""
 
     def ok(node_id: str) -> bool:
         outcome = report.outcomes.get(node_id)
@@ -36,20 +41,21 @@ def materialize(graph: BuildGraph, report: BuildReport, store: Store) -> list[Pa
     folders: dict[Path, list[Artifact]] = defaultdict(list)
     for artifact in graph.artifacts:
         folders[artifact.dest].append(artifact)
-    whole = {dest for dest, artifacts in folders.items() if not any(a.rename for a in artifacts)}
+    whole = {a.dest for a in graph.artifacts if a.kind == "model"}
     complete = {dest: all(ok(a.node_id) for a in folders[dest]) for dest in whole}
-    folder_of = {a.node_id: a.dest for a in graph.artifacts if a.dest in whole}
+    models: dict[tuple[str, str], list[Artifact]] = defaultdict(list)
+    for artifact in graph.artifacts:
+        if artifact.kind == "model":
+            models[(artifact.recipe, artifact.quantization)].append(artifact)
 
     def failed(node_id: str) -> bool:
         outcome = report.outcomes.get(node_id)
         return outcome is not None and not outcome.ok
 
     def wanted(artifact: Artifact) -> bool:
-        if artifact.dest in whole:
+        if artifact.kind == "model":
             return complete[artifact.dest]
-        node = graph.nodes.get(artifact.node_id)
-        variant = [folder_of[d] for _, d in (node.deps if node else ()) if d in folder_of]
-        return ok(artifact.node_id) and not any(failed(a.node_id) for f in variant for a in folders[f])
+        return ok(artifact.node_id) and not any(failed(a.node_id) for a in models[(artifact.recipe, artifact.quantization)])
 
     written: list[Path] = []
     try:
@@ -68,6 +74,9 @@ def materialize(graph: BuildGraph, report: BuildReport, store: Store) -> list[Pa
                     name = artifact.rename.get(rel, rel)
                     expected.add(name)
                     written.append(dest / name)
+            if on_restored is not None:
+                for name in placed.restored:
+                    on_restored(dest / name)
             if dest in whole:
                 _remove_stale(placed, expected)
             with fs_errors("output folder", dest):

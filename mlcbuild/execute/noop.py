@@ -16,8 +16,9 @@ and the exact text it printed, filed also under what shapes that text (terminal 
 colour settings). A `plan` whose stamp holds prints that text again; a plan with work to show is
 always computed (a result appearing in the cache would change it).
 
-This module imports nothing but the standard library's cheapest modules: it runs before the CLI
-imports its commands.
+This module imports nothing but the standard library's cheapest modules and the bounded JSON
+parser (store/manifest.py: a deeply nested stamp is no stamp): it runs before the CLI imports
+anything heavy.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from mlcbuild.store.manifest import parse_json
 
 if TYPE_CHECKING:
     from mlcbuild.execute.base import BuildReport
@@ -42,6 +45,10 @@ ENV_PREFIXES = ("MLCBUILD_", "HF_", "HUGGINGFACE_", "AWS_", "XDG_CACHE_HOME", "P
 """Environment variables that can change a plan, a key or where results go."""
 SCREEN_ENV = ("COLUMNS", "LINES", "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
 """Environment variables that change how rich draws the plan's table."""
+
+MAX_STAMP_BYTES = 256 << 20
+"""A stamp lists every path a build stood on (about 100 bytes each); a larger, or deeply nested,
+stamp file is no stamp."""
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 _NOT_OPTIONS = ("cache_dir", "debug")
@@ -92,8 +99,8 @@ def prune(cache_dir: Path, dry_run: bool = False) -> int:
 def _holds(stamp_file: Path) -> dict[str, Any] | None:
     """The stamp, if nothing it lists has moved."""
     try:
-        stamp = json.loads(stamp_file.read_bytes())
-        if stamp.get("format") != FORMAT:
+        stamp = parse_json(stamp_file.read_bytes(), MAX_STAMP_BYTES)
+        if not isinstance(stamp, dict) or stamp.get("format") != FORMAT:
             return None
         for path, signature in stamp["paths"]:
             if _signature(path) != signature:
@@ -128,7 +135,8 @@ def _tree(root: Path) -> Iterable[str]:
 
 def _inputs(recipes: list["Recipe"]) -> Iterable[str]:
     from mlcbuild.recipe.lock import lock_path
-    from mlcbuild.targets import targets_dirs, tvm_compiler_library
+    from mlcbuild.targets import targets_dirs
+    from mlcbuild.toolchain import tvm_compiler_library
 
     for recipe in recipes:
         yield str(Path(recipe.path).absolute())
@@ -151,13 +159,14 @@ def _inputs(recipes: list["Recipe"]) -> Iterable[str]:
 
 
 def _outputs(graph: "BuildGraph", report: "BuildReport", store: "Store", placed: list[Path]) -> Iterable[str]:
-    from mlcbuild.provenance import provenance_path
+    from mlcbuild.artifact.layout import artifact_of, envelope_path, provenance_path
     from mlcbuild.store.placed import RECORD
 
     for path in placed:
         yield str(path.absolute())
-        artifact = path if path.parent.name == "libs" else path.parent
+        artifact = artifact_of(path)
         yield str(provenance_path(artifact).absolute())
+        yield str(envelope_path(artifact).absolute())
         yield str((path.parent / RECORD).absolute())
     for outcome in report.outcomes.values():
         if outcome.key is None or outcome.manifest is None:

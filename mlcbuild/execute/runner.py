@@ -15,6 +15,7 @@ from mlcbuild.execute.base import ELSEWHERE, Outcome
 from mlcbuild.execute.decision import Decider, Decision
 from mlcbuild.plan.graph import Node
 from mlcbuild.store.cas import Store
+from mlcbuild.store.entries import undeclared_output
 from mlcbuild.store.ingest import SourceFile, ingest, merge_adopted
 from mlcbuild.store.manifest import Manifest
 
@@ -93,6 +94,12 @@ def execute_step(store: Store, node: Node, inputs: Mapping[str, Manifest], progr
         manifest = store.put_dir(out, move=True)
         if adopted:
             manifest = merge_adopted(manifest, ingest(store, adopted))
+        undeclared = undeclared_output({"kind": node.kind, "params": node.params}, list(manifest.files))
+        if undeclared is not None:
+            raise StepError(
+                f"{node.kind} step wrote {undeclared!r}, which it does not declare as an output (Step.declares): "
+                "no cache would ever serve that result"
+            )
         log.unlink(missing_ok=True)
         return manifest
     finally:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlcbuild.errors import MlcbuildError
-from mlcbuild.execute.decision import Decider, dry_run
+from mlcbuild.execute.decision import Decider, NodeKey, dry_run, walk_keys
 from mlcbuild.plan.graph import BuildGraph
-from mlcbuild.plan.keys import key_preimage, node_key
 from mlcbuild.store.cas import Store
 from mlcbuild.store.manifest import Manifest
 from mlcbuild.store.remote import RemoteCache
@@ -28,7 +27,7 @@ def push(graph: BuildGraph, store: Store, remote: RemoteCache) -> TransferReport
         result = store.get_action(outcome.key) if outcome.status == "cached" and outcome.key else None
         if result is None:
             report.missing.append(outcome.node.label)
-        elif remote.push(store, result):
+        elif remote.push(store, result, strict=True):
             report.moved.append(outcome.node.label)
         else:
             raise MlcbuildError(f"could not push {outcome.node.label} to {remote.url}")
@@ -39,21 +38,24 @@ def pull(graph: BuildGraph, store: Store, remote: RemoteCache) -> TransferReport
     """Fetch every node the local cache lacks and the remote has, in dependency order."""
     report = TransferReport()
     decider = Decider(store, graph)
-    manifests: dict[str, Manifest] = {}
-    for node in graph.topological():
-        if any(dep not in manifests for _, dep in node.deps):
+
+    def result_of(nk: NodeKey) -> Manifest | None:
+        node = nk.node
+        if nk.error is not None:
+            raise nk.error
+        if nk.key is None:
             report.missing.append(node.label)
-            continue
-        preimage = key_preimage(node, {role: manifests[dep] for role, dep in node.deps}, store)
-        key = node_key(preimage)
-        if (hit := store.get_action(key)) is not None:
+            return None
+        if (hit := store.get_action(nk.key)) is not None:
             report.present.append(node.label)
-        elif (hit := remote.fetch_into(store, key)) is not None:
-            store.record_node(decider.slot(node), key, preimage, hit.duration_s)
+        elif (hit := remote.fetch_into(store, nk.key)) is not None:
+            store.record_node(decider.slot(node), nk.key, nk.preimage, hit.duration_s)
             report.moved.append(node.label)
         else:
             report.missing.append(node.label)
-            continue
-        manifests[node.id] = hit.manifest
+            return None
+        return hit.manifest
+
+    walk_keys(graph, store, result_of)
     store.save_index()
     return report

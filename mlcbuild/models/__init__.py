@@ -13,7 +13,7 @@ MODELS: dict[str, ModelFamily] = {
     "gemma2": ModelFamily("gemma2", "mlcbuild.models.gemma2", "Gemma2Config", ("gemma2",), ("Gemma2ForCausalLM",), ("gemma_instruction",)),
     "gemma3": ModelFamily("gemma3", "mlcbuild.models.gemma3", "Gemma3Config", ("gemma3_text",), ("Gemma3ForCausalLM",), ("gemma3_instruction",)),
     "gpt_neox": ModelFamily("gpt_neox", "mlcbuild.models.gpt_neox", "GPTNeoXConfig", ("gpt_neox",), ("GPTNeoXForCausalLM",), ("redpajama_chat", "dolly")),
-    "llama": ModelFamily("llama", "mlcbuild.models.llama", "LlamaConfig", ("llama",), ("LlamaForCausalLM",), ("llama-3_1", "llama-3", "llama-2", "tinyllama_v1_0")),
+    "llama": ModelFamily("llama", "mlcbuild.models.llama", "LlamaConfig", ("llama",), ("LlamaForCausalLM",), ("llama-3_1", "llama-3", "llama-2", "tinyllama_v1_0"), adds_bos=True),
     "mistral": ModelFamily("mistral", "mlcbuild.models.llama", "LlamaConfig", ("mistral",), ("MistralForCausalLM",), ("mistral_default",)),
     "phi3": ModelFamily("phi3", "mlcbuild.models.phi3", "Phi3Config", ("phi3",), ("Phi3ForCausalLM",), ("phi-3",)),
     "qwen2": ModelFamily("qwen2", "mlcbuild.models.qwen2", "Qwen2Config", ("qwen2",), ("Qwen2ForCausalLM",), ("qwen2",)),

@@ -26,6 +26,9 @@ class ModelFamily:
     conv_templates: tuple[str, ...] = ()
     """MLC's conversation templates for this family, most recent first: `conv_template: auto`
     prefers them among templates that fit the checkpoint equally well."""
+    adds_bos: bool = False
+    """Whether a raw prompt starts with bos_token_id when the tokenizer does not say (its
+    tokenizer_config.json `add_bos_token` wins): HF's LlamaTokenizer default for llama."""
 
     def _module(self, leaf: str) -> Any:
         return importlib.import_module(f"{self.package}.{leaf}")
@@ -43,7 +46,8 @@ class ModelFamily:
         return self.config_cls.from_json(model_config)
 
     def create_model(self, config: "ModelConfigBase", quantization_name: str, target: Any = None) -> Any:
-        """The tvm.relax.frontend.nn module, already quantized (imports TVM).
+        """The tvm.relax.frontend.nn module, already quantized (imports TVM): the family's model.py
+        builds it in the scheme's model dtype, the scheme swaps in its quantized layers.
 
         `target` (a tvm Target or string) picks the paged-KV-cache kernels; when None, the
         enclosing `with Target(...)` at export time is used, else llvm.
@@ -51,7 +55,7 @@ class ModelFamily:
         from mlcbuild.quantization import get_scheme
 
         scheme = get_scheme(quantization_name)
-        return self._module("model").create_model(config, scheme, target)
+        return scheme.quantize_model(self._module("model").create_model(config, scheme, target))
 
     def weight_plan(self, config: "ModelConfigBase", quantization_name: str) -> "WeightPlan":
         """HF tensor names → final MLC parameters (names, shapes, dtypes, transforms); numpy only."""

@@ -88,3 +88,34 @@ def check_template_fits(recipe: Recipe, hf_config: Mapping[str, Any]) -> None:
                 recipe.where("conv_template"),
                 "conv_template",
             )
+
+
+def check_mlc_source(recipe: Recipe) -> None:
+    """An already-converted MLC folder is compiled as its mlc-chat-config.json says: its model_type
+    must be a family mlcbuild builds, and the recipe's quantizations must be the one it was
+    converted with (a Hub repo's config is checked by the compile step, after the download)."""
+    from mlcbuild.inputs import read_json
+    from mlcbuild.models import MODELS
+    from mlcbuild.weights.model_files import MLC_CONFIG
+
+    if recipe.source.path is None:
+        return
+    path = Path(recipe.source.path) / MLC_CONFIG
+    config = read_json(path, str(path))
+    model_type, quant = config.get("model_type"), config.get("quantization")
+    if model_type not in MODELS:
+        raise UserError(f"{path}: unsupported model_type {model_type!r}; supported: {', '.join(sorted(MODELS))}", recipe.where("source"), "source")
+    if list(recipe.quantizations) != [quant]:
+        raise UserError(
+            f"the source is an MLC folder converted with {quant}; an MLC folder is compiled, never re-quantized: "
+            f"set quantizations: [{quant}]",
+            recipe.where("quantizations"),
+            "quantizations",
+        )
+    for field_name in ("overrides", "conv_template", "model_type"):
+        if field_name in recipe.locations:
+            raise UserError(
+                f"the source is an MLC folder: its {MLC_CONFIG} is used as it is; edit it there, or build from the Hugging Face checkpoint",
+                recipe.where(field_name),
+                field_name,
+            )

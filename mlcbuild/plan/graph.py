@@ -54,11 +54,26 @@ class Node:
 
 @dataclass(frozen=True)
 class Artifact:
-    """Where a node's output lands in a recipe's output dir (MLC's layout)."""
+    """Where a node's output lands in a recipe's output dir (MLC's layout), and what it is: the
+    model folder of (recipe, quantization), or its library for `target`. Placement, provenance and
+    the no-op check read these fields; none of them parses a path back (`artifact.layout`)."""
 
     node_id: str
     dest: Path
     rename: Mapping[str, str] = field(default_factory=dict)
+    """Library only: the compile output's `lib.<suffix>` → the library's file name in `dest`."""
+    kind: str = "model"
+    """"model" (a folder several nodes fill) or "library" (one file)."""
+    recipe: str = ""
+    """The recipe file (`str(recipe.path)`) whose output it is."""
+    quantization: str = ""
+    target: str | None = None
+    """The resolved target id (`cuda-sm_90a`) of a library; None for a model folder."""
+
+    @property
+    def path(self) -> Path:
+        """The model folder, or the library file."""
+        return Path(self.dest) / next(iter(self.rename.values())) if self.kind == "library" else Path(self.dest)
 
 
 class BuildGraph:

@@ -13,7 +13,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from mlcbuild.quantization.numpy_quant import QuantizedShapes
-from mlcbuild.quantization.scheme import GroupQuantize, QuantizationScheme
+from mlcbuild.quantization.scheme import GroupQuantize
 
 
 def _float32_math_for_float16() -> bool:
@@ -57,9 +57,15 @@ def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, k: int, scheme: Grou
     return te.compute((rows, k), fcompute, name="dequantize")
 
 
+SCHEME_ATTR = "mlcbuild.quantization"
+"""The dequantize kernels' attribute naming their scheme (compiler/int8_gemv.py replaces q4f16_1's)."""
+
+
 def dequantize(q_weight: Tensor, q_scale: Tensor, k: int, scheme: GroupQuantize) -> Tensor:
     """[N, words] uint32 + [N, groups] scales → [N, K] weight in the model dtype."""
-    return op.tensor_expr_op(lambda w, s: _dequantize_te(w, s, k, scheme), "dequantize", [q_weight, q_scale])
+    return op.tensor_expr_op(
+        lambda w, s: _dequantize_te(w, s, k, scheme), "dequantize", [q_weight, q_scale], attrs={SCHEME_ATTR: scheme.name}
+    )
 
 
 class GroupQuantizeLinear(nn.Module):
@@ -120,8 +126,6 @@ class _Swap(nn.Mutator):
         return self.visit(name, node)
 
 
-def quantize_model(model: nn.Module, scheme: QuantizationScheme) -> nn.Module:
-    """Swap Linear/Embedding layers for their quantized forms (no-op for q0*)."""
-    if not isinstance(scheme, GroupQuantize):
-        return model
+def swap_group_layers(model: nn.Module, scheme: GroupQuantize) -> nn.Module:
+    """Swap Linear/Embedding layers for their group-quantized forms (`GroupQuantize.quantize_model`)."""
     return _Swap(scheme).visit("", model)

@@ -285,7 +285,12 @@ def reference_group_quantize(w: np.ndarray, scheme: GroupQuantize) -> tuple[np.n
 
 def cast_weight(w: np.ndarray, scheme: QuantizationScheme) -> np.ndarray:
     """Unquantized parameters (norms, biases, q0 weights) in the model dtype."""
-    target = np_dtype(scheme.model_dtype)
+    return cast_to(w, scheme.model_dtype)
+
+
+def cast_to(w: np.ndarray, dtype: str) -> np.ndarray:
+    """`w` in dtype `dtype` (itself when it already is); bfloat16 widens exactly first."""
+    target = np_dtype(dtype)
     if w.dtype == target:
         return w
     return _to_float32(w).astype(target) if w.dtype.name == "bfloat16" else w.astype(target)
@@ -295,6 +300,7 @@ __all__ = [
     "GroupQuantize",
     "NoQuantize",
     "QuantizedShapes",
+    "cast_to",
     "cast_weight",
     "group_dequantize",
     "group_quantize",

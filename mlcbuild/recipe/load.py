@@ -89,6 +89,8 @@ class _Checker:
             if path == ("source",) and key == "revision":
                 return self.error(path + (key,), "'revision' applies only to an 'hf' source (a local path has none)", at_key=True)
             return self.error(path + (key,), f"{key!r} requires {needed!r}", at_key=True)
+        if kw in ("oneOf", "required", "dependentRequired", "additionalProperties") and not isinstance(value, dict):
+            return self.error(path, self._type_message(path, {"type": "object"}, value))
         if kw == "oneOf" and path == ("source",):
             if "hf" in value and "path" in value:
                 later = max(("hf", "path"), key=lambda k: self._order(self.location(path + (k,), True)))
@@ -100,6 +102,8 @@ class _Checker:
             choices = [str(c) for c in schema["enum"]]
             guess = closest(str(value), choices) if isinstance(value, str) else None
             hint = f" — did you mean {guess!r}?" if guess else ""
+            if not isinstance(value, str):
+                return self.error(path, f"expected one of {', '.join(choices)}, got {describe(value)}")
             return self.error(path, f"{value!r} is not one of {', '.join(choices)}{hint}")
         if kw == "uniqueItems":
             i = issue.detail
@@ -294,15 +298,26 @@ def _source(check: _Checker, base: Path, src: Mapping[str, Any]) -> tuple[Source
         problem = hf_repo_problem(src["hf"])
         if problem:
             return check.error(("source", "hf"), problem)
-        return Source(hf=src["hf"], revision=src.get("revision", "main")), src["hf"].split("/")[-1]
+        return Source(hf=src["hf"], revision=src.get("revision", "main")), name_from_source(src["hf"].split("/")[-1])
     folder = _resolve(base, src["path"])
     if not folder.exists():
         return check.error(("source", "path"), f"folder does not exist: {folder}")
     if not folder.is_dir():
         return check.error(("source", "path"), f"not a folder: {folder}")
-    if not (folder / "config.json").is_file():
-        return check.error(("source", "path"), f"no config.json in {folder} (expected a Hugging Face model folder)")
-    return Source(path=folder), folder.name
+    if not (folder / "config.json").is_file() and not (folder / "mlc-chat-config.json").is_file():
+        return check.error(
+            ("source", "path"),
+            f"no config.json in {folder} (expected a Hugging Face model folder, or an MLC weight folder with mlc-chat-config.json)",
+        )
+    return Source(path=folder), name_from_source(folder.name)
+
+
+def name_from_source(source_name: str) -> str:
+    """The name a recipe gets from its source: an MLC folder's `<name>-<quant>-MLC` gives `<name>`,
+    so its outputs are not called `<name>-<quant>-MLC-<quant>-MLC`."""
+    if not source_name.endswith("-MLC"):
+        return source_name
+    return re.sub(r"-q\d+(?:f|bf)\d+(?:_\d+)?$", "", source_name.removesuffix("-MLC")) or source_name
 
 
 def _targets_of(check: _Checker, texts: list[str], problems: list[UserError | None]) -> list[TargetRef]:
@@ -384,7 +399,7 @@ def _build(check: _Checker, recipe_path: Path, data: dict[str, Any]) -> Recipe:
         targets=tuple(refs),
         conv_template=conv_template,
         overrides=overrides,
-        compile_options=_compile_options(data.get("compile") or {}),
+        compile_options=_compile_options(check, data.get("compile") or {}),
         output=_resolve(base, data.get("output", DEFAULT_OUTPUT)),
         model_type=model_type,
         smoke=smoke,
@@ -423,8 +438,15 @@ def _overrides(check: _Checker, given: Mapping[str, Any], problems: list[UserErr
     return out
 
 
-def _compile_options(given: Mapping[str, Any]) -> dict[str, Any]:
-    """As written, plus the default level; the compile step resolves what each level implies."""
-    from mlcbuild.compiler.options import DEFAULT_OPT
+def _compile_options(check: _Checker, given: Mapping[str, Any]) -> dict[str, Any]:
+    """As written, plus the default level; `opt` (MLC's --opt syntax) is checked here, with its
+    line, and the planner resolves what it implies per target."""
+    from mlcbuild.compiler.options import DEFAULT_OPT, CompileOptions
 
-    return {"opt": DEFAULT_OPT, **given}
+    options = {"opt": DEFAULT_OPT, **given}
+    try:
+        CompileOptions.from_json(options)
+    except UserError as e:
+        field = (e.field or "compile.opt").split(".")
+        raise check.error(tuple(field), str(e.message)) from None
+    return options

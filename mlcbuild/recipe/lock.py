@@ -92,6 +92,8 @@ def read_lock(recipe: Recipe | Path | str) -> Lock:
         raise UserError(
             f"lock file is not valid JSON ({e.msg}); delete it and run `mlcbuild lock`", Location(_shown(path), e.lineno, e.colno)
         ) from None
+    except RecursionError:
+        raise UserError("lock file nests too deeply to be a lock file; delete it and run `mlcbuild lock`", Location(_shown(path))) from None
     if not isinstance(data, dict) or not isinstance(data.get("sources"), dict):
         raise UserError("lock file has no 'sources' mapping; delete it and run `mlcbuild lock`", Location(_shown(path)))
     if data.get("version") != LOCK_VERSION:
@@ -126,8 +128,13 @@ def update_lock(recipe: Recipe | Path | str, resolve: Resolver, refresh: bool = 
     missing ones. Entries the recipe no longer needs are dropped; with nothing to pin, no lock file
     is kept. The file is rewritten only when its text changes (atomically: temp file + rename).
     """
+    from mlcbuild.inputs import regular_file_problem
+
     r = _recipe(recipe)
     path = lock_path(r)
+    problem = regular_file_problem(path)
+    if problem not in (None, "not found"):
+        raise UserError(f"lock file {problem}; remove it and run `mlcbuild lock` again", Location(_shown(path)))
     try:
         old = read_lock(r)
     except UserError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcbuild.artifact import CHAT_CONFIG
+from mlcbuild.artifact.layout import find_library
 from mlcbuild.artifact.tensor_cache import TensorCacheIndex
 from mlcbuild.errors import Location, UserError
 from mlcbuild.runtime.loader import WeightsMismatchError, check_weights
@@ -80,17 +80,6 @@ def default_device(target: str) -> str:
     return {"llvm": "cpu"}.get(kind, kind)
 
 
-def find_library(model_dir: Path, target: str | None = None) -> Path:
-    """The library `mlcbuild build` put next to an artifact folder (`../libs/<name>-<target>.*`)."""
-    stem = model_dir.name[: -len("-MLC")] if model_dir.name.endswith("-MLC") else model_dir.name
-    libs = model_dir.parent / "libs"
-    want = (target or "llvm").replace(":", "-")
-    found = sorted(p for p in libs.glob(f"{stem}-{want}*") if p.suffix in (".so", ".dylib", ".dll"))
-    if not found:
-        raise UserError(f"no {want} library for {model_dir.name} in {libs}; pass --model-lib PATH", field="--model-lib")
-    return found[0]
-
-
 def open_engine(
     spec: str | Path,
     quantization: str | None = None,
@@ -100,19 +89,16 @@ def open_engine(
 ) -> "LLMEngine":
     """An LLMEngine from a recipe file (its built outputs) or an artifact folder (+ its library)."""
     from mlcbuild.runtime.llm_engine import LLMEngine
+    from mlcbuild.runtime.spec import resolve_spec
 
-    path = Path(spec)
-    if path.is_dir():
-        if not (path / CHAT_CONFIG).exists():
-            raise UserError(f"{path} has no {CHAT_CONFIG}; give a recipe file or a built artifact folder")
-        lib = Path(model_lib) if model_lib else find_library(path, target)
-        return LLMEngine.load(path, lib, device or (default_device(target) if target else None))
+    given = resolve_spec(spec, model_lib)
+    if given.model_dir is not None:
+        lib = given.model_lib or find_library(given.model_dir, target)
+        return LLMEngine.load(given.model_dir, lib, device or (default_device(target) if target else None))
     from mlcbuild.recipe.load import load_recipe
 
-    recipe = load_recipe(path)
-    if model_lib:
-        raise UserError("--model-lib goes with an artifact folder, not a recipe", field="--model-lib")
-    return LLMEngine.from_recipe(recipe, quantization, target, device)
+    assert given.recipe is not None
+    return LLMEngine.from_recipe(load_recipe(given.recipe), quantization, target, device)
 
 
 def run_recipe(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from mlcbuild.artifact import ChatConfig, Sampling
 from mlcbuild.errors import UserError
 from mlcbuild.runtime.loader import (
     WeightsMismatchError,
@@ -20,6 +21,9 @@ from mlcbuild.runtime.loader import (
 )
 from mlcbuild.runtime.library_sampler import LibrarySampler, Row
 from mlcbuild.runtime.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from mlcbuild.templates.conversation import Conversation
 
 PAGE_SIZE = 16
 
@@ -46,8 +50,11 @@ class Engine:
     device: Any
     metadata: dict[str, Any]
     params: list[Any]
-    chat_config: dict[str, Any]
+    chat_config: ChatConfig | None = None
+    """The model folder's mlc-chat-config.json (None: a bare library, e.g. a benchmark's)."""
     tokenizer: Any = None
+    adds_bos: bool = False
+    """Whether a raw prompt starts with bos_token_id (`loader.adds_bos`: the tokenizer's, else the family's)."""
     _kv: Any = field(default=None, repr=False)
     _seq_len: int = 0
     _funcs: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -76,15 +83,15 @@ class Engine:
         metadata = read_library_metadata(vm)
         check_weights(metadata, folder.index, folder.config, lib_name=lib_path.name)
         params = load_params(metadata, folder.index, dev)
-        chat_config = folder.config.to_json() if folder.config else {}
-        return cls(vm=vm, device=dev, metadata=metadata, params=params, chat_config=chat_config, tokenizer=folder.tokenizer)
+        return cls(vm=vm, device=dev, metadata=metadata, params=params, chat_config=folder.config,
+                   tokenizer=folder.tokenizer, adds_bos=folder.adds_bos)
 
     # --- sizes -------------------------------------------------------------------------------
 
     @property
     def context_window_size(self) -> int:
         lib = int(self.metadata.get("context_window_size", -1))
-        cfg = int(self.chat_config.get("context_window_size", lib) or lib)
+        cfg = self.chat_config.sizes.context_window_size if self.chat_config else lib
         return min(lib, cfg) if lib > 0 and cfg > 0 else lib
 
     @property
@@ -105,7 +112,7 @@ class Engine:
     @property
     def vocab_size(self) -> int:
         """Rows of the embedding table: the ids the library accepts."""
-        return int(self.metadata.get("vocab_size") or self.chat_config.get("vocab_size") or 0)
+        return int(self.metadata.get("vocab_size") or (self.chat_config.vocab_size if self.chat_config else 0))
 
     def lookup(self, name: str) -> Any:
         """A library function by name, or None; TIR kernels (apply_*_inplace) are found in the
@@ -277,11 +284,23 @@ class Engine:
 
     # --- generation --------------------------------------------------------------------------
 
+    @property
+    def sampling(self) -> Sampling:
+        """The model's sampling defaults (mlc-chat-config.json's, else MLC's)."""
+        return self.chat_config.sampling if self.chat_config else Sampling()
+
     def sampling_defaults(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=float(self.chat_config.get("temperature", 1.0) or 0.0),
-            top_p=float(self.chat_config.get("top_p", 1.0) or 1.0),
-        )
+        return SamplingParams.from_config(self.sampling)
+
+    def conversation(self) -> "Conversation":
+        """A fresh copy of the model's conversation template (a name is looked up; none: raw text)."""
+        from mlcbuild.templates import get_template
+        from mlcbuild.templates.conversation import Conversation
+
+        spec = self.chat_config.conv_template if self.chat_config else None
+        if isinstance(spec, str):
+            return get_template(spec).copy()
+        return Conversation.from_json(spec or {"name": "LM"})
 
     def _probs(self, logits: Any, temperature: float) -> Any:
         """Softmax with temperature through the library's own `softmax_with_temperature`."""
@@ -298,11 +317,16 @@ class Engine:
         return self.vm["softmax_with_temperature"](arr, temp).numpy().reshape(n, -1)
 
     def stop_token_ids(self) -> set[int]:
-        ids = self.chat_config.get("eos_token_id")
-        ids = ids if isinstance(ids, list) else ([ids] if ids is not None else [])
-        template = self.chat_config.get("conv_template") or {}
-        ids += list(template.get("stop_token_ids") or [])
-        return {int(i) for i in ids}
+        if self.chat_config is None:
+            return set()
+        return {int(i) for i in [*self.chat_config.token_ids.stop_ids(), *(self.conversation().stop_token_ids or [])]}
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """A raw prompt's ids with bos_token_id in front, where this model's tokenizer puts one."""
+        bos = self.chat_config.token_ids.bos_token_id if self.chat_config else None
+        if self.adds_bos and isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos):
+            return [bos, *ids]
+        return ids
 
     def generate_tokens(
         self,
@@ -335,16 +359,10 @@ class Engine:
         """Text continuation of `prompt` using the tokenizer files next to the config."""
         if self.tokenizer is None:
             raise UserError("no tokenizer.json in the model folder; use generate_tokens with token ids")
-        ids = self.tokenizer.encode(prompt).ids
-        bos = self.chat_config.get("bos_token_id")
-        if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self._adds_bos():
-            ids = [bos] + ids
-        out = [t for t in self.generate_tokens(ids, max_tokens, sampling) if t not in self.stop_token_ids()]
+        ids = self.with_bos(self.tokenizer.encode(prompt).ids)
+        stops = self.stop_token_ids()
+        out = [t for t in self.generate_tokens(ids, max_tokens, sampling) if t not in stops]
         return self.tokenizer.decode(out)
-
-    def _adds_bos(self) -> bool:
-        info = self.chat_config.get("tokenizer_info") or {}
-        return bool(info.get("add_bos", self.chat_config.get("model_type") == "llama"))
 
 
 __all__ = ["Engine", "WeightsMismatchError"]

@@ -9,7 +9,8 @@ new requests are prefilled together through `batch_prefill` (up to prefill_chunk
 call), then every running sequence advances one token through `batch_decode`; a request that
 arrives mid-generation joins at the next step. Finished sequences stay in the paged KV cache for
 a while, and a new prompt that starts with one of them (the next turn of a chat) takes it over
-and prefills only the tokens after the common prefix.
+and prefills only the tokens after the common prefix. `chat` and `completions` (OpenAI's request
+and reply shapes) are `runtime/openai_api.py`, over `submit` and `events` here.
 """
 from __future__ import annotations
 
@@ -18,31 +19,15 @@ import itertools
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from mlcbuild.errors import UserError
 from mlcbuild.runtime.engine import PAGE_SIZE, Engine
-from mlcbuild.runtime.protocol import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionMessage,
-    Choice,
-    ChoiceDelta,
-    ChoiceLogprobs,
-    ChunkChoice,
-    Completion,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionUsage,
-    FunctionCall,
-    TokenLogprob,
-    ToolCall,
-    TopLogprob,
-)
 from mlcbuild.runtime.library_sampler import Row
+from mlcbuild.runtime.openai_api import Chat, Completions, UnknownModelError, request_flag, request_int, unicode_text
+from mlcbuild.runtime.protocol import CompletionUsage, TokenLogprob, TopLogprob
 from mlcbuild.runtime.sampling import SamplingParams, log_softmax
 from mlcbuild.runtime.textstream import TextStream
 from mlcbuild.templates.conversation import FUNCTION
@@ -123,8 +108,6 @@ class LLMEngine:
     """A loaded model with `chat.completions.create` and `completions.create`."""
 
     def __init__(self, engine: Engine, model: str = "model", retained: int = RETAINED_SEQUENCES):
-        from mlcbuild.templates.conversation import Conversation
-
         if engine.tokenizer is None:
             raise UserError("no tokenizer.json next to mlc-chat-config.json; the engine needs one")
         self.engine = engine
@@ -132,7 +115,7 @@ class LLMEngine:
         self.created = int(time.time())
         self.max_batch_size = engine.max_batch_size
         self.context_window_size = engine.context_window_size
-        self._template = Conversation.from_json(engine.chat_config.get("conv_template") or {"name": "LM"})
+        self._template = engine.conversation()
         self._retain = 0 if engine.sliding_window_size > 0 else retained
         window = self.context_window_size if self.context_window_size > 0 else engine.sliding_window_size
         self._pages_per_seq = -(-window // PAGE_SIZE)
@@ -150,8 +133,8 @@ class LLMEngine:
         self._grammar_compiler: Any = None
         self._thread = threading.Thread(target=self._loop, name="mlcbuild-engine", daemon=True)
         self._thread.start()
-        self.chat = _Chat(self)
-        self.completions = _Completions(self)
+        self.chat = Chat(self)
+        self.completions = Completions(self)
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -230,11 +213,7 @@ class LLMEngine:
         """Raw continuation: the tokenizer's own special tokens, plus BOS where the model expects one."""
         if not isinstance(prompt, str):
             return list(prompt)  # checked by `submit`, as every prompt is
-        ids = self.engine.tokenizer.encode(self._bounded(unicode_text(prompt, "prompt"), "prompt")).ids
-        bos = self.engine.chat_config.get("bos_token_id")
-        if isinstance(bos, int) and bos >= 0 and (not ids or ids[0] != bos) and self.engine._adds_bos():
-            ids = [bos] + ids
-        return ids
+        return self.engine.with_bos(self.engine.tokenizer.encode(self._bounded(unicode_text(prompt, "prompt"), "prompt")).ids)
 
     def _bounded(self, text: str, field: str) -> str:
         """Refuse, before tokenizing, a text too long to fit the context window however it tokenizes
@@ -259,10 +238,9 @@ class LLMEngine:
         if self._grammar_compiler is None:
             from mlcbuild.runtime.grammar import Grammars
 
-            info = self.engine.chat_config.get("tokenizer_info") or {}
-            self._grammar_compiler = Grammars(
-                self.engine.tokenizer, self.engine.vocab_size, info.get("token_postproc_method", "byte_fallback"), self.engine.stop_token_ids()
-            )
+            config = self.engine.chat_config
+            method = config.tokenizer_info.token_postproc_method if config else "byte_fallback"
+            self._grammar_compiler = Grammars(self.engine.tokenizer, self.engine.vocab_size, method, self.engine.stop_token_ids())
         return self._grammar_compiler
 
     def stop_strings(self) -> list[str]:
@@ -271,26 +249,11 @@ class LLMEngine:
     # --- requests --------------------------------------------------------------------------------
 
     def sampling(self, **given: Any) -> SamplingParams:
-        """Request values, else mlc-chat-config.json's, else OpenAI's defaults."""
-        cfg = self.engine.chat_config
-        values: dict[str, Any] = {}
-        for name, default in (
-            ("temperature", 1.0),
-            ("top_p", 1.0),
-            ("frequency_penalty", 0.0),
-            ("presence_penalty", 0.0),
-            ("repetition_penalty", 1.0),
-        ):
-            value = given.get(name)
-            if value is None:
-                value = cfg.get(name, default)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise UserError(f"must be a number (got {value!r})", field=name)
-            values[name] = float(value)
-        seed = given.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise UserError(f"must be an integer (got {seed!r})", field="seed")
-        return SamplingParams(seed=seed, logit_bias=self._logit_bias(given.get("logit_bias")), **values)
+        """Request values, else mlc-chat-config.json's, else MLC's defaults; `given` holds only
+        REQUEST_SAMPLING names (the request checks that)."""
+        return SamplingParams.from_config(
+            self.engine.sampling, seed=given.pop("seed", None), logit_bias=self._logit_bias(given.pop("logit_bias", None)), **given
+        )
 
     def _logit_bias(self, given: Any) -> tuple[tuple[int, float], ...]:
         """OpenAI's {"token id": bias} (JSON keys are strings) as checked (id, bias) pairs."""
@@ -341,8 +304,8 @@ class LLMEngine:
             raise UserError("must be a string or a list of at most 16 strings", field="stop")
         stops = [unicode_text(s, "stop") for s in stops]
         if top_logprobs is not None:
-            _int_in(top_logprobs, 0, 20, "top_logprobs")
-        _flag(ignore_eos, "ignore_eos")
+            request_int(top_logprobs, 0, 20, "top_logprobs")
+        request_flag(ignore_eos, "ignore_eos")
         limit = (window - len(prompt)) if window > 0 else 1 << 30
         stop_ids = set() if ignore_eos else self.engine.stop_token_ids()
         req = _Request(
@@ -635,202 +598,9 @@ def _text_content(content: Any, i: int) -> str:
     raise UserError("content must be a string or a list of text parts", field=where)
 
 
-def unicode_text(text: str, field: str) -> str:
-    """`text` if it is valid Unicode: a lone surrogate ("\\ud800", legal in JSON) cannot be encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UserError(f"is not valid Unicode text ({exc.reason} at character {exc.start})", field=field) from None
-    return text
-
-
-def _int_in(value: Any, low: int, high: int, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UserError(f"must be an integer in [{low}, {high}] (got {value!r})", field=field)
-    return value
-
-
-def _flag(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"must be true or false (got {value!r})", field=field)
-    return value
-
-
 def device_for_library(lib: Path) -> str:
     """cuda for a library built for cuda (its name says so), else cpu."""
     return "cuda" if "-cuda" in lib.name else "cpu"
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-_COMMON = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed", "logit_bias")
-
-
-class _ChatCompletions:
-    def __init__(self, llm: LLMEngine):
-        self._llm = llm
-
-    def create(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        stream: bool = False,
-        max_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        logprobs: bool = False,
-        top_logprobs: int | None = None,
-        n: int = 1,
-        ignore_eos: bool = False,
-        response_format: Mapping[str, Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: Any = None,
-        parallel_tool_calls: bool | None = None,
-        **sampling: Any,
-    ) -> ChatCompletion | Iterator[ChatCompletionChunk]:
-        """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks with `stream=True`."""
-        from mlcbuild.runtime.tools import parse_tools
-
-        llm = self._llm
-        params = _request_params(llm, model, n, sampling)
-        if parallel_tool_calls is not None:
-            _flag(parallel_tool_calls, "parallel_tool_calls")
-        calls = parse_tools(tools, tool_choice)
-        req = llm.submit(
-            llm.chat_tokens(messages, calls), params, max_tokens, stop, _top(logprobs, top_logprobs), ignore_eos,
-            response_format=response_format, tools=calls,
-        )
-        rid, created = _new_id("chatcmpl"), int(time.time())
-        if stream:
-            return self._tool_chunks(req, rid, created, calls) if calls else self._chunks(req, rid, created)
-        text, lps, finish, usage = _collect(llm.events(req))
-        message, finish = _message(text, finish, calls)
-        choice = Choice(0, message, finish, ChoiceLogprobs(lps) if logprobs else None)
-        return ChatCompletion(rid, [choice], created, llm.model, usage)
-
-    def _tool_chunks(self, req: _Request, rid: str, created: int, calls: "Tools") -> Iterator[ChatCompletionChunk]:
-        """With tools the reply is known to be a call or text only at its end: one delta then."""
-        llm = self._llm
-        yield ChatCompletionChunk(rid, [ChunkChoice(0, ChoiceDelta(content="", role="assistant"))], created, llm.model)
-        text, lps, finish, usage = _collect(llm.events(req))
-        message, finish = _message(text, finish, calls)
-        for i, call in enumerate(message.tool_calls or []):
-            call.index = i
-        delta = ChoiceDelta(content=message.content, tool_calls=message.tool_calls)
-        yield ChatCompletionChunk(rid, [ChunkChoice(0, delta, finish, ChoiceLogprobs(lps) if req.top_logprobs is not None else None)], created, llm.model, usage)
-
-    def _chunks(self, req: _Request, rid: str, created: int) -> Iterator[ChatCompletionChunk]:
-        llm = self._llm
-        yield ChatCompletionChunk(rid, [ChunkChoice(0, ChoiceDelta(content="", role="assistant"))], created, llm.model)
-        for ev in llm.events(req):
-            lps = ChoiceLogprobs(ev.logprobs) if req.top_logprobs is not None else None
-            if ev.text or ev.logprobs or ev.finish_reason:
-                choice = ChunkChoice(0, ChoiceDelta(content=ev.text or None), ev.finish_reason, lps)
-                yield ChatCompletionChunk(rid, [choice], created, llm.model, ev.usage)
-
-
-class _Completions:
-    def __init__(self, llm: LLMEngine):
-        self._llm = llm
-
-    def create(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        model: str | None = None,
-        stream: bool = False,
-        max_tokens: int | None = 16,
-        stop: str | Sequence[str] | None = None,
-        logprobs: int | None = None,
-        n: int = 1,
-        ignore_eos: bool = False,
-        response_format: Mapping[str, Any] | None = None,
-        **sampling: Any,
-    ) -> Completion | Iterator[Completion]:
-        """OpenAI's completions.create (raw continuation, no conversation template)."""
-        llm = self._llm
-        params = _request_params(llm, model, n, sampling)
-        if not isinstance(prompt, str) and not (
-            isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-        ):
-            raise UserError("must be a string or a list of token ids", field="prompt")
-        if logprobs is not None:
-            _int_in(logprobs, 0, 20, "logprobs")
-        req = llm.submit(
-            llm.completion_tokens(prompt), params, max_tokens, stop, logprobs, ignore_eos, template_stops=False, response_format=response_format
-        )
-        rid, created = _new_id("cmpl"), int(time.time())
-        if stream:
-            return self._chunks(req, rid, created)
-        text, lps, finish, usage = _collect(llm.events(req))
-        return Completion(rid, [CompletionChoice(0, text, finish, _completion_logprobs(lps) if logprobs is not None else None)], created, llm.model, usage)
-
-    def _chunks(self, req: _Request, rid: str, created: int) -> Iterator[Completion]:
-        for ev in self._llm.events(req):
-            lps = _completion_logprobs(ev.logprobs) if req.top_logprobs is not None else None
-            if ev.text or ev.logprobs or ev.finish_reason:
-                yield Completion(rid, [CompletionChoice(0, ev.text, ev.finish_reason, lps)], created, self._llm.model, ev.usage)
-
-
-class _Chat:
-    def __init__(self, llm: LLMEngine):
-        self.completions = _ChatCompletions(llm)
-
-
-def _request_params(llm: LLMEngine, model: str | None, n: int, sampling: Mapping[str, Any]) -> SamplingParams:
-    if model is not None and model != llm.model:
-        raise UnknownModelError(f"unknown model {model!r}; this server has {llm.model!r}", field="model")
-    if n != 1:
-        raise UserError(f"only n=1 is supported (got {n!r})", field="n")
-    unknown = sorted(set(sampling) - set(_COMMON))
-    if unknown:
-        raise UserError(f"unknown parameter(s): {', '.join(unknown)}", field=unknown[0])
-    return llm.sampling(**sampling)
-
-
-def _top(logprobs: bool, top_logprobs: int | None) -> int | None:
-    """Chat's logprobs (a flag) and top_logprobs (0..20), checked before the request is queued."""
-    if top_logprobs is not None:
-        _int_in(top_logprobs, 0, 20, "top_logprobs")
-    if not _flag(logprobs, "logprobs"):
-        if top_logprobs:
-            raise UserError("top_logprobs needs logprobs=true", field="top_logprobs")
-        return None
-    return top_logprobs or 0
-
-
-def _message(text: str, finish: str | None, calls: "Tools | None") -> tuple[ChatCompletionMessage, str | None]:
-    """The assistant message: a tool call when the reply is one (finish_reason "tool_calls")."""
-    from mlcbuild.runtime.tools import call_of, new_call_id
-
-    call = call_of(text, calls) if calls is not None else None
-    if call is None:
-        return ChatCompletionMessage(text), finish
-    name, arguments = call
-    return ChatCompletionMessage(None, tool_calls=[ToolCall(new_call_id(), FunctionCall(name, arguments))]), "tool_calls"
-
-
-def _collect(events: Iterator[_Event]) -> tuple[str, list[TokenLogprob], str | None, CompletionUsage | None]:
-    parts, lps, finish, usage = [], [], None, None
-    for ev in events:
-        parts.append(ev.text)
-        lps.extend(ev.logprobs)
-        finish, usage = ev.finish_reason or finish, ev.usage or usage
-    return "".join(parts), lps, finish, usage
-
-
-def _completion_logprobs(lps: list[TokenLogprob]) -> CompletionLogprobs:
-    return CompletionLogprobs(
-        tokens=[e.token for e in lps],
-        token_logprobs=[e.logprob for e in lps],
-        top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in lps],
-    )
-
-
-class UnknownModelError(UserError):
-    """A request named a model this engine does not serve (HTTP 404)."""
 
 
 __all__ = ["EngineStats", "LLMEngine", "UnknownModelError", "device_for_library"]

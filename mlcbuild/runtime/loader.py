@@ -130,6 +130,7 @@ class ModelFolder:
     config: ChatConfig | None
     index: TensorCacheIndex
     tokenizer: Any
+    adds_bos: bool = False
 
 
 def open_model_folder(model_dir: Path, weights_dir: Path | None = None) -> ModelFolder:
@@ -140,7 +141,23 @@ def open_model_folder(model_dir: Path, weights_dir: Path | None = None) -> Model
     index.verify()
     tokenizer_path = model_dir / TOKENIZER_JSON
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path.exists() or tokenizer_path.is_symlink() else None
-    return ModelFolder(config, index, tokenizer)
+    return ModelFolder(config, index, tokenizer, adds_bos(model_dir, config))
+
+
+def adds_bos(model_dir: Path, config: ChatConfig | None) -> bool:
+    """Whether a raw prompt starts with bos_token_id: tokenizer_config.json's `add_bos_token` when it
+    says, else the model family's default (`ModelFamily.adds_bos`)."""
+    from mlcbuild.artifact.names import MAX_JSON_BYTES
+    from mlcbuild.inputs import read_json
+    from mlcbuild.models import MODELS
+
+    path = model_dir / "tokenizer_config.json"
+    if path.is_file():
+        flag = read_json(path, str(path), MAX_JSON_BYTES).get("add_bos_token")
+        if isinstance(flag, bool):
+            return flag
+    family = MODELS.get(config.model_type) if config is not None else None
+    return family.adds_bos if family is not None else False
 
 
 def load_tokenizer(path: Path) -> Any:

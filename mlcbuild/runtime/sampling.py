@@ -1,10 +1,10 @@
 """Sampling on the host from the probabilities the library's softmax_with_temperature returns."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from mlcbuild.artifact.chat_config import SAMPLING_FIELDS, Sampling, check_sampling
 from mlcbuild.errors import UserError
 
 
@@ -13,8 +13,8 @@ class SamplingParams:
     """temperature 0 means greedy; top_p keeps the smallest set of tokens with mass ≥ top_p.
 
     Penalties follow OpenAI (frequency, presence: over generated tokens, subtracted from logits)
-    and Hugging Face (repetition: over prompt and generated tokens, divides positive logits); the
-    repetition bound keeps float32 logits finite (1e-300 is 0 in float32, a division by zero).
+    and Hugging Face (repetition: over prompt and generated tokens, divides positive logits). The
+    sampling fields and their ranges are mlc-chat-config.json's (`artifact.chat_config.Sampling`).
     """
 
     temperature: float = 0.0
@@ -32,21 +32,18 @@ class SamplingParams:
                 raise UserError(f"keys must be token ids (got {token!r})", field="logit_bias")
             if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
                 raise UserError(f"biases must be numbers in [-100, 100] (got {bias!r} for token {token})", field="logit_bias")
-        checks = [
-            ("temperature", self.temperature >= 0, "must be ≥ 0"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
-            ("repetition_penalty", 0.01 <= self.repetition_penalty <= 100, "must be in [0.01, 100]"),
-        ]
-        if not all(math.isfinite(getattr(self, name)) for name, _, _ in checks):
-            bad = next(name for name, _, _ in checks if not math.isfinite(getattr(self, name)))
-            raise UserError(f"{bad} must be a finite number (got {getattr(self, bad)})", field=bad)
+        for name in SAMPLING_FIELDS:
+            object.__setattr__(self, name, check_sampling(name, getattr(self, name)))
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise UserError(f"must be an integer (got {self.seed!r})", field="seed")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise UserError(f"must be in [0, 2^63) (got {self.seed})", field="seed")
-        for name, ok, why in checks:
-            if not ok:
-                raise UserError(f"{name} {why} (got {getattr(self, name)})", field=name)
+
+    @classmethod
+    def from_config(cls, sampling: Sampling, **given: Any) -> "SamplingParams":
+        """A request's values (None: not given) over the model's defaults from mlc-chat-config.json."""
+        values = {name: given.pop(name, None) for name in SAMPLING_FIELDS}
+        return cls(**{k: getattr(sampling, k) if v is None else v for k, v in values.items()}, **given)
 
     @property
     def penalized(self) -> bool:

@@ -17,14 +17,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from mlcbuild.errors import UserError
+from mlcbuild.runtime.openai_api import REQUEST_SAMPLING
 
 if TYPE_CHECKING:
     from mlcbuild.runtime.llm_engine import LLMEngine
 
 CHAT_FIELDS = {
-    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop", "temperature",
-    "top_p", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty", "logprobs", "top_logprobs", "n",
-    "user", "ignore_eos", "logit_bias", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop", "logprobs",
+    "top_logprobs", "n", "user", "ignore_eos", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    *REQUEST_SAMPLING,
 }
 COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"}) | {"prompt"}
 IGNORED = {"user", "stream_options", "stream"}

@@ -103,6 +103,12 @@ class Step(ABC):
         worker with the tool) can build it under that key."""
         return True
 
+    def declares(self, params: Mapping[str, JSON], rel: str) -> bool:
+        """Whether this node may have an output file `rel`. An action entry naming any other file
+        (from a remote, or the local cache) is a miss (store/entries.py): a poisoned entry never
+        places a file the step would not write. Default: any (a step that cannot say)."""
+        return True
+
     @abstractmethod
     def run(self, ctx: RunContext) -> None:
         """Write the outputs into ctx.out."""

@@ -17,7 +17,8 @@ from mlcbuild.compiler.options import cublas_available
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
-from mlcbuild.targets import PIN_FIELD, TOOLCHAIN_PREFIX, VERSIONED_TOOLS, ResolvedTarget, check_resolved, pin_matches, tvm_version
+from mlcbuild.targets import PIN_FIELD, VERSIONED_TOOLS, ResolvedTarget, pin_matches
+from mlcbuild.toolchain import check_resolved, tvm_version
 
 TOOL_UNIT = 0.001
 """How much of a worker's `toolchain:<tool>` resource one compile takes."""
@@ -54,7 +55,7 @@ def check_pins(target: ResolvedTarget, target_file: str | None) -> None:
 
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "5"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py); 4: llvm gelu with fast_erf; 5: MLC's ABI functions (compiler/abi), clamped embed, GPT-NeoX fp32 MLP
+    version: ClassVar[str] = "6"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py); 4: llvm gelu with fast_erf; 5: MLC's ABI functions (compiler/abi), clamped embed, GPT-NeoX fp32 MLP; 6: llvm decode GEMVs as integer dot products (compiler/int8_gemv.py)
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.compiler.options import CompileOptions
@@ -64,14 +65,13 @@ class CompileStep(Step):
         target = _target(params)
         options = CompileOptions.from_json(params.get("options"))
         options.resolved(target.tvm_target["kind"], cublas_available=cublas_available(target.tvm_target["kind"]))
+        from mlcbuild.compiler.pipeline import int8_digits
+
+        int8_digits(options)
 
     def unavailable(self, params: Mapping[str, JSON]) -> str | None:
         missing = check_resolved(_target(params))
-        if missing is None:
-            return None
-        if missing.startswith(TOOLCHAIN_PREFIX):
-            return f"needs {missing[len(TOOLCHAIN_PREFIX):]}: build it where that is"
-        return f"cannot build here ({missing}): build it where that is"
+        return None if missing is None else missing.elsewhere
 
     def keyable_here(self, params: Mapping[str, JSON]) -> bool:
         """A tool whose version enters the key (nvcc) must be pinned or present here."""
@@ -116,6 +116,10 @@ class CompileStep(Step):
         if role != "config" or CHAT_CONFIG not in manifest.files:
             return manifest.digest
         return {CHAT_CONFIG: ChatConfig.loads(read(CHAT_CONFIG), CHAT_CONFIG).architecture()}
+
+    def declares(self, params: Mapping[str, JSON], rel: str) -> bool:
+        """Its one library, `lib.<suffix>` (the planner renames it into the output folder)."""
+        return rel == f"lib.{_target(params).suffix}"
 
     def run(self, ctx: RunContext) -> None:
         check_pins(_target(ctx.params), ctx.params.get("target_file"))

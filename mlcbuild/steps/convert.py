@@ -7,10 +7,12 @@ that is renamed into place only when the whole cache is written.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from mlcbuild.artifact.names import SHARD_PREFIX, TENSOR_CACHE
 from mlcbuild.errors import StepError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
@@ -45,6 +47,10 @@ class ConvertStep(Step):
         from mlcbuild.weights.model_files import is_weight_file
 
         return {p: e.digest for p, e in sorted(manifest.files.items()) if is_weight_file(p) or p == "config.json"}
+
+    def declares(self, params: Mapping[str, JSON], rel: str) -> bool:
+        """The shards and their index, as `TensorCacheWriter` names them."""
+        return rel == TENSOR_CACHE or re.fullmatch(rf"{SHARD_PREFIX}_[0-9]+\.bin", rel) is not None
 
     def run(self, ctx: RunContext) -> None:
         convert_checkpoint(

@@ -16,6 +16,7 @@ from mlcbuild.weights.model_files import (
     is_weight_file,
     local_file_problem,
     local_model_files,
+    matches,
     select_files,
 )
 
@@ -138,6 +139,14 @@ class DownloadStep(Step):
         if "path" in params:
             return {"folder": Path(params["path"]).name, "weights": any(is_weight_file(f) for f in params.get("files") or ())}
         return {"repo": params.get("repo"), "allow_patterns": params.get("allow_patterns")}
+
+    def declares(self, params: Mapping[str, JSON], rel: str) -> bool:
+        """A local folder planned with its file list: one of those; else a top-level file matching
+        its patterns (what `select_files` can pick)."""
+        files = params.get("files")
+        if files:
+            return rel in files
+        return "/" not in rel and matches(rel, params.get("allow_patterns") or DEFAULT_PATTERNS)
 
     def run(self, ctx: RunContext) -> None:
         if "path" in ctx.params:

@@ -7,7 +7,6 @@ early cutoff works: a re-run that changes nothing downstream re-runs nothing dow
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -22,6 +21,7 @@ from mlcbuild.artifact import (
     Sampling,
     TokenIds,
     TokenizerInfo,
+    check_sampling,
 )
 from mlcbuild.errors import StepError, UserError
 from mlcbuild.steps.base import JSON, RunContext, Step
@@ -82,12 +82,6 @@ def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
     return read_json(path, path.name, 256 << 20, error=step_error)
 
 
-def _number(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{key} must be a finite number, got {value!r}", field=where)
-    return float(value)
-
-
 def _token_id(value: Any, key: str, where: str) -> int | list[int]:
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return list(value)
@@ -97,26 +91,48 @@ def _token_id(value: Any, key: str, where: str) -> int | list[int]:
 
 
 def resolve_generation_fields(
-    overrides: Mapping[str, Any], generation_config: Mapping[str, Any], hf_config: Mapping[str, Any]
+    overrides: Mapping[str, Any],
+    generation_config: Mapping[str, Any],
+    hf_config: Mapping[str, Any],
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Sampling fields and special token ids by precedence; the first source that has a non-null value wins."""
-    sources = (("overrides", overrides), ("generation_config.json", generation_config), ("config.json", hf_config))
+    """Sampling fields and special token ids by precedence; the first source that has a non-null value wins.
+
+    A sampling value `check_sampling` refuses is an error in the recipe's overrides, but in a
+    checkpoint's generation_config.json or config.json it means "not set" (a warning, the next
+    source wins): HF refuses such values at generate time (`repetition_penalty: 0`) and MLC's
+    runtime at every request, so writing it would make an artifact no runtime loads.
+    """
+    sources = (("generation_config.json", generation_config), ("config.json", hf_config))
     out: dict[str, Any] = {}
-    for defaults, convert in ((SAMPLING_DEFAULTS, _number), (TOKEN_ID_DEFAULTS, _token_id)):
-        for key, default in defaults.items():
-            value: Any = default
-            for name, source in sources:
-                if source.get(key) is not None:
-                    where = f"overrides.{key}" if name == "overrides" else f"{name}:{key}"
-                    value = convert(source[key], key, where)
-                    break
-            out[key] = value
+    for key, default in SAMPLING_DEFAULTS.items():
+        if overrides.get(key) is not None:
+            out[key] = check_sampling(key, overrides[key], field=f"overrides.{key}")
+            continue
+        out[key] = default
+        for name, source in sources:
+            if source.get(key) is None:
+                continue
+            try:
+                out[key] = check_sampling(key, source[key])
+                break
+            except UserError as exc:
+                warning = f"{name}: {key} {exc.message}; ignored"
+                log.warning("%s", warning)
+                if report is not None:
+                    report(warning)
+    for key, default in TOKEN_ID_DEFAULTS.items():
+        out[key] = default
+        for name, source in (("overrides", overrides), *sources):
+            if source.get(key) is not None:
+                out[key] = _token_id(source[key], key, f"overrides.{key}" if name == "overrides" else f"{name}:{key}")
+                break
     return out
 
 
 class GenConfigStep(Step):
     kind: ClassVar[str] = "gen-config"
-    version: ClassVar[str] = "2"  # 2: conv_template auto (the default), active_vocab_size = one past the highest id, ids checked against the vocabulary
+    version: ClassVar[str] = "3"  # 2: conv_template auto (the default), active_vocab_size = one past the highest id, ids checked against the vocabulary; 3: a checkpoint's out-of-range sampling value is ignored, not written
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.templates import AUTO, get_template
@@ -138,6 +154,10 @@ class GenConfigStep(Step):
     def view(self, role: str, manifest: Manifest, read: Callable[[str], bytes]) -> JSON:
         """Only the non-weight files: new weights of the same model must not re-run gen-config."""
         return {path: entry.digest for path, entry in sorted(manifest.files.items()) if not is_weight_file(path)}
+
+    def declares(self, params: Mapping[str, JSON], rel: str) -> bool:
+        """mlc-chat-config.json and the tokenizer files it copies."""
+        return rel == CHAT_CONFIG or rel in TOKENIZER_FILES
 
     def run(self, ctx: RunContext) -> None:
         source = Path(ctx.inputs["source"])
@@ -198,7 +218,7 @@ def build_config(
     if tokenizer_json:
         _check_added_tokens(tokenizer_json)
     vocab_size = int(mc.get("vocab_size") or hf_config.get("vocab_size") or 0)
-    generation = resolve_generation_fields(overrides, generation_config, hf_config)
+    generation = resolve_generation_fields(overrides, generation_config, hf_config, report)
     config = ChatConfig(
         model_type=family.name,
         quantization=params["quantization"],

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Mapping
 from mlcbuild.errors import StepError
 from mlcbuild.steps.base import JSON, RunContext, Step
 from mlcbuild.store.manifest import Manifest
-from mlcbuild.targets import ResolvedTarget, tvm_version
+from mlcbuild.targets import ResolvedTarget
+from mlcbuild.toolchain import tvm_version
 
 RESULT = "smoke.json"
 PROMPT = "Hello"
@@ -39,12 +40,35 @@ def device_present(kind: str) -> bool:
     return all(Path(p).exists() for p in probes[kind])
 
 
+def no_build_machine(target_params: Mapping[str, JSON]) -> str | None:
+    """Why no build machine (no CI runner either) can smoke-test this target's library: it runs in
+    an app (a wasm in a browser) or on the device it was cross-compiled for. None: a runner with the
+    device can."""
+    target = ResolvedTarget.from_params(target_params)
+    if target.suffix not in ("so", "dylib", "dll"):
+        return f"a {target.suffix} library runs in an app, not here: smoke-test it where it is deployed"
+    cross = [t for t in target.toolchain if t.endswith(("-gcc", "-clang"))]
+    if cross:
+        return f"cross-compiled ({cross[0]}): smoke-test it on a {target.name}:{target.variant} machine"
+    return None
+
+
 def missing_cpu_features(target: Mapping[str, JSON]) -> list[str]:
-    """`mattr` features of an x86 llvm target that /proc/cpuinfo does not list (running it would SIGILL)."""
+    """`mattr` features of an x86 llvm target that /proc/cpuinfo does not list (running it would SIGILL);
+    a target built for a named CPU (`mcpu`: znver4, a resolved native) runs where LLVM detects that CPU."""
     tvm_target = ResolvedTarget.from_params(target).tvm_target_config()
     cpuinfo = Path("/proc/cpuinfo")
     if tvm_target.get("kind") != "llvm" or not str(tvm_target.get("mtriple", "")).startswith("x86_64") or not cpuinfo.exists():
         return []
+    mcpu = str(tvm_target.get("mcpu") or "")
+    if mcpu:
+        from mlcbuild.toolchain import host_cpu
+
+        here = host_cpu()
+        lacking = [str(f)[1:] for f in tvm_target.get("mattr") or [] if str(f).startswith("+") and f"-{str(f)[1:]}" in here["mattr"]]
+        if here["mcpu"] != mcpu:
+            return [f"the {mcpu} CPU model (this CPU is {here['mcpu']})"]
+        return lacking
     flags: set[str] = set()
     for line in cpuinfo.read_text().splitlines():
         if line.startswith("flags"):
@@ -69,12 +93,9 @@ class SmokeStep(Step):
 
     def unavailable(self, params: Mapping[str, JSON]) -> str | None:
         """A library runs only where its device (and CPU features) are: elsewhere the node waits for such a machine."""
-        target = ResolvedTarget.from_params(params["target"])
-        if target.suffix not in ("so", "dylib", "dll"):
-            return f"a {target.suffix} library runs in an app, not here: smoke-test it where it is deployed"
-        cross = [t for t in target.toolchain if t.endswith(("-gcc", "-clang"))]
-        if cross:
-            return f"cross-compiled ({cross[0]}): smoke-test it on a {target.name}:{target.variant} machine"
+        reason = no_build_machine(params["target"])
+        if reason is not None:
+            return reason
         missing = missing_cpu_features(params["target"])
         if missing:
             return f"this CPU lacks {', '.join(missing)}: smoke-test it on a CPU that has them"
@@ -86,9 +107,11 @@ class SmokeStep(Step):
     def toolchain(self, params: Mapping[str, JSON]) -> JSON:
         return {"apache-tvm": tvm_version()}
 
+    def declares(self, params: Mapping[str, JSON], rel: str) -> bool:
+        return rel == RESULT
+
     def run(self, ctx: RunContext) -> None:
         from mlcbuild.runtime.engine import Engine
-        from mlcbuild.templates.conversation import Conversation
 
         libs = sorted(p for p in ctx.inputs["lib"].iterdir() if p.name.startswith("lib."))
         if not libs:
@@ -97,11 +120,12 @@ class SmokeStep(Step):
         engine = Engine.load(ctx.inputs["config"], libs[0], device=device_kind(ctx.params["target"]), weights_dir=ctx.inputs["weights"])
         prompt_ids: list[int]
         if engine.tokenizer is not None:
-            conv = Conversation.from_json(engine.chat_config.get("conv_template") or {"name": "LM"})
+            conv = engine.conversation()
             conv.messages = [("user", PROMPT), ("assistant", None)]
             prompt_ids = list(conv.system_prefix_token_ids or []) + engine.tokenizer.encode(conv.as_prompt(), add_special_tokens=False).ids
         else:
-            prompt_ids = [int(engine.chat_config.get("bos_token_id") or 1)]
+            bos = engine.chat_config.token_ids.bos_token_id if engine.chat_config else 1
+            prompt_ids = [bos if isinstance(bos, int) and bos > 0 else 1]
         n = int(ctx.params.get("tokens", 8))
         if engine.context_window_size > 0:
             prompt_ids = prompt_ids[: max(engine.context_window_size - n, 1)]

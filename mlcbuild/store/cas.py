@@ -15,146 +15,45 @@ objects are in place, so an interrupted build never leaves a result that points 
 An object is checked (stat signature, re-hash on mismatch) every time it is used: when a result
 is looked up, read for a key, placed into an output folder or staged as a step's input; a corrupt
 one is quarantined and its result becomes a miss, so the node is rebuilt.
+
+`Store` is split along its seams: objects and the action cache here (an entry's record,
+`ActionResult`, and what makes it usable live in store/entries.py), placement into output folders
+in store/placement.py, and `cache verify`/`gc`/`du` in store/maintenance.py.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import re
 import shutil
 import stat
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlcbuild.store import hashing
-from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, os_error_message, pid_alive, reflink, seal
+from mlcbuild.store.entries import MAX_ENTRY_BYTES, ActionResult, check_entry
+from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, read_regular, seal
 from mlcbuild.store.hashing import StatIndex
-from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, is_digest
-from mlcbuild.store.placed import Placed
+from mlcbuild.store.maintenance import GcReport, Maintenance
+from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, parse_json
+from mlcbuild.store.placement import PLACE_TMP_NAME, Placement, shared_with_user
 from mlcbuild.store.signatures import ObjectSignatures
 
-LINK_MIN_BYTES = 16 << 20
-"""Output files this large are hard-linked to their object (weights: no second copy on disk);
-smaller ones (configs, tokenizers, libraries) are copied, so an edit in the output folder never
-reaches the cache. An edit through a hard link is caught by the object's stat signature."""
-TMP_NAME = re.compile(r"^\..+?\.(\d+)(?:\.\d+)?\.tmp$")
-"""Temp files this store leaves while writing into the cache: `.<name>.<pid>[.<ns>].tmp`."""
-PLACE_TMP_NAME = re.compile(r"^\..+\.(\d+)\.mlcbuild\.tmp$")
-"""Temp files of placing an output (`.<name>.<pid>.mlcbuild.tmp`): distinct from anything a user names."""
-
-
-@dataclass
-class ActionResult:
-    key: str
-    manifest: Manifest
-    preimage: dict[str, Any]
-    duration_s: float = 0.0
-    created: float = field(default_factory=time.time)
-    built_with: dict[str, Any] | None = None
-    """The exact tools that made it (`Step.built_with`: nvcc's full version where the key has a pin)."""
-
-    def to_json(self) -> dict[str, Any]:
-        entry = {
-            "key": self.key,
-            "manifest": self.manifest.to_json(),
-            "preimage": self.preimage,
-            "duration_s": round(self.duration_s, 3),
-            "created": round(self.created, 3),
-        }
-        if self.built_with:
-            entry["built_with"] = self.built_with
-        return entry
-
-    @classmethod
-    def from_json(cls, data: Any) -> "ActionResult":
-        """Parse a stored entry; anything malformed (wrong types, missing fields) is a ValueError."""
-        if not isinstance(data, dict):
-            raise ValueError("entry is not a JSON object")
-        key, preimage = data.get("key"), data.get("preimage", {})
-        if not isinstance(key, str) or not key:
-            raise ValueError("entry has no key")
-        if not isinstance(preimage, dict):
-            raise ValueError("entry's preimage is not a mapping")
-        numbers = [data.get("duration_s", 0.0), data.get("created", 0.0)]
-        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n < 1e11 for n in numbers):
-            raise ValueError("entry's duration_s/created are not plausible numbers of seconds")
-        built_with = data.get("built_with")
-        if built_with is not None and not isinstance(built_with, dict):
-            raise ValueError("entry's built_with is not a mapping")
-        return cls(key, Manifest.from_json(data.get("manifest")), preimage, *numbers, built_with=built_with)
-
-
-@dataclass
-class GcReport:
-    """What `cache gc` removed (or, with dry_run, would remove)."""
-
-    results: list[ActionResult] = field(default_factory=list)
-    malformed: list[Path] = field(default_factory=list)
-    objects: int = 0
-    object_bytes: int = 0
-    leftovers: list[Path] = field(default_factory=list)
-    leftover_bytes: int = 0
-    quarantined: int = 0
-    quarantined_bytes: int = 0
-
-    @property
-    def freed(self) -> int:
-        return self.object_bytes + self.leftover_bytes + self.quarantined_bytes
-
-
-def _size(path: Path) -> int:
-    """Bytes under a file or folder (0 if it vanished)."""
-    try:
-        if not path.is_dir() or path.is_symlink():
-            return path.lstat().st_size
-    except FileNotFoundError:
-        return 0
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _clone_or_copy(source: Path, dest: Path) -> None:
-    """A reflink where the file system has them (btrfs, xfs: instant, no extra space), else a copy."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(dest)
-    try:
-        reflink(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
-
-
-def shared_with_user(st: os.stat_result) -> bool:
-    """An object the store wrote is never writable (0444/0555); a writable one is a user's file
-    hard-linked in by `--link-type hardlink` (store/ingest.py): its mode is the user's."""
-    return bool(st.st_mode & stat.S_IWUSR)
-
+__all__ = ["ActionResult", "GcReport", "PLACE_TMP_NAME", "Store"]
 
 _LEASE_LOCK = threading.Lock()
 _LEASES: dict[Path, list[int]] = {}
 """cache root -> [fd of locks/gc.lock held shared, Stores using it]: one lease per process."""
 
+class Store(Placement, Maintenance):
+    """The cache under one root: objects and the action cache here; placement and maintenance
+    come from store/placement.py and store/maintenance.py."""
 
-class Store:
     def __init__(self, root: Path | str):
         self.root = Path(root).absolute()
         self._objects = str(self.root / "objects")
@@ -165,6 +64,8 @@ class Store:
         self._staged: dict[str, tuple[int, int]] = {}
         """Objects hard-linked into work dirs -> their (size, mtime_ns) before any step ran."""
         self.quarantined: list[str] = []
+        self._ignored: set[str] = set()
+        """Keys whose entry was refused (store/entries.py): warned about once."""
 
     # -- paths ---------------------------------------------------------------
     def object_path(self, digest: str) -> Path:
@@ -392,14 +293,15 @@ class Store:
         `check_objects=False` only asks that the objects exist (no re-hash, no lease): for callers
         that plan, never serve (`matrix --affected` asking a shared cache folder)."""
         try:
-            raw = self.action_path(key).read_bytes()
-        except OSError:
+            result = ActionResult.load(self.action_path(key))
+        except (OSError, ValueError):
             return None
         try:
-            result = ActionResult.from_json(json.loads(raw))
-        except ValueError:
-            return None
-        if result.key != key:
+            check_entry(result, key, strict=False)
+        except ValueError as e:
+            if key not in self._ignored:
+                self._ignored.add(key)
+                print(f"mlcbuild: warning: cache entry {key[:12]} ignored: {' '.join(str(e).split())}; it will be rebuilt", file=sys.stderr)
             return None
         if not check_objects:
             return result if all(os.path.isfile(self._object_str(e.digest)) for e in result.manifest.files.values()) else None
@@ -420,7 +322,7 @@ class Store:
     def last_node_build(self, node_id: str) -> dict[str, Any] | None:
         """The node's last recorded build, or None (also when the record is malformed)."""
         try:
-            data = json.loads(self.node_path(node_id).read_bytes())
+            data = parse_json(read_regular(self.node_path(node_id), MAX_ENTRY_BYTES), MAX_ENTRY_BYTES)
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or not isinstance(data.get("key"), str) or not isinstance(data.get("preimage"), dict):
@@ -475,234 +377,3 @@ class Store:
         self.signatures.record(digest, st)
         if shared_with_user(st):
             self.stat_index.restat(st, digest)
-
-    # -- materialization -----------------------------------------------------
-    def materialize(
-        self, manifest: Manifest, dest: Path, *, rename: dict[str, str] | None = None, placed: Placed | None = None
-    ) -> list[Path]:
-        """Place a manifest's files under dest; return the paths of files that changed.
-
-        Large files are hard-linked to their object, small ones copied (see LINK_MIN_BYTES), and an
-        object that is a user's file (hardlink ingest) is only ever linked into work dirs. With
-        `placed` (an output folder's record), files already correct are skipped without reading
-        them, and a file someone edited is replaced. Every object is checked before it is placed."""
-        self.hold_lease()
-        changed: list[Path] = []
-        staged = str(dest).startswith(str(self.root / "tmp") + os.sep)
-        base = str(dest)
-        for rel, entry in manifest.files.items():
-            name = (rename or {}).get(rel, rel)
-            obj = self.check_object(entry.digest)
-            if obj is None:
-                raise StoreError(f"cache object {entry.digest[:12]} for {dest / name} is missing or corrupt; run the build again to rebuild it")
-            with contextlib.suppress(OSError):
-                now = os.lstat(f"{base}/{name}")
-                if (now.st_ino, now.st_dev) == (obj.st_ino, obj.st_dev) or (placed is not None and placed.intact(name, entry.digest, now)):
-                    if placed is not None and name not in placed.entries:
-                        placed.note(name, entry.digest, now)
-                    continue
-            target = dest / name
-            link = staged or (entry.size >= LINK_MIN_BYTES and not shared_with_user(obj))
-            linked = self._place(self.object_path(entry.digest), target, link, entry.executable)
-            if linked:
-                after = os.stat(self.object_path(entry.digest))
-                self._rerecord(entry.digest, after)
-                if staged:
-                    self._staged.setdefault(entry.digest, (after.st_size, after.st_mtime_ns))
-            if placed is not None:
-                placed.note(name, entry.digest, os.lstat(target))
-            changed.append(target)
-        return changed
-
-    def _place(self, source: Path, target: Path, link: bool, executable: bool) -> bool:
-        """Put source's bytes at target via a temp file + rename; True if hard-linked. The temp
-        file is removed on every error path; disk full or read-only become one line."""
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.mlcbuild.tmp")
-        with fs_errors("output folder", target.parent):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                linked = False
-                if link:
-                    try:
-                        os.link(source, tmp)
-                        linked = True
-                    except OSError as e:
-                        if os_error_message(e, "", "") is not None and e.errno != errno.EPERM:
-                            raise
-                if not linked:
-                    _clone_or_copy(source, tmp)
-                    os.chmod(tmp, 0o555 if executable else 0o444)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-        return linked
-
-    # -- maintenance ---------------------------------------------------------
-    def iter_action_files(self) -> Iterator[tuple[Path, ActionResult | str]]:
-        """Every action entry: its result, or why it is malformed."""
-        for path in sorted((self.root / "ac").glob("*/*.json")):
-            try:
-                result = ActionResult.from_json(json.loads(path.read_bytes()))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as e:
-                yield path, f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
-                continue
-            if path.name != f"{result.key}.json":
-                yield path, f"its key {result.key[:12]!r} is not its file name"
-                continue
-            yield path, result
-
-    def iter_actions(self) -> Iterator[ActionResult]:
-        """Well-formed results only (see iter_action_files for the rest)."""
-        for _, result in self.iter_action_files():
-            if isinstance(result, ActionResult):
-                yield result
-
-    def iter_objects(self) -> Iterator[tuple[str, Path]]:
-        for path in sorted((self.root / "objects").glob("*/*")):
-            if is_digest(path.name):
-                yield path.name, path
-
-    def leftovers(self) -> list[Path]:
-        """What killed builds leave: work dirs no live build holds, and temp files of writes."""
-        found: list[Path] = []
-        tmp = self.root / "tmp"
-        if tmp.is_dir():
-            for entry in sorted(tmp.iterdir()):
-                if entry.is_dir() and not entry.is_symlink() and self._work_dir_live(entry):
-                    continue
-                found.append(entry)
-        for sub in ("objects", "ac", "index"):
-            for path in sorted((self.root / sub).glob("**/.*.tmp")):
-                m = TMP_NAME.match(path.name)
-                if m is None or not pid_alive(int(m.group(1))) or sub == "ac":
-                    found.append(path)
-        for path in sorted((self.root / "locks").glob("*.lock")):
-            if path.name != "gc.lock":
-                found.append(path)
-        return found
-
-    def _work_dir_live(self, path: Path) -> bool:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def verify(self) -> list[str]:
-        """Re-hash every object; report corrupt objects, malformed entries and results that name
-        missing objects. Catches what the cheap stat check cannot (see signatures.py)."""
-        problems = []
-        for digest, path in self.iter_objects():
-            try:
-                actual = hashing.sha256_file(path)
-            except OSError as e:
-                problems.append(f"unreadable object {digest[:12]} ({e.strerror}): {path}")
-                continue
-            if actual != digest:
-                problems.append(f"corrupt object {digest[:12]} (content hashes to {actual[:12]}): {path}")
-            else:
-                self.signatures.record(digest, path.stat())
-        for path, result in self.iter_action_files():
-            if not isinstance(result, ActionResult):
-                problems.append(f"malformed result {path}: {result}")
-                continue
-            for rel, entry in result.manifest.files.items():
-                if not self.object_path(entry.digest).is_file():
-                    problems.append(f"result {result.key[:12]} names missing object {entry.digest[:12]} ({rel})")
-        self.save_index()
-        return problems
-
-    def repair(self) -> int:
-        """Quarantine corrupt objects and delete malformed entries; returns how many."""
-        fixed = 0
-        with self._writing():
-            for digest, path in self.iter_objects():
-                try:
-                    intact = hashing.sha256_file(path) == digest
-                except OSError:
-                    intact = False
-                if not intact:
-                    self.quarantine(digest)
-                    fixed += 1
-            for path, result in list(self.iter_action_files()):
-                if not isinstance(result, ActionResult):
-                    path.unlink()
-                    fixed += 1
-        self.save_index()
-        return fixed
-
-    def gc(
-        self,
-        keep_keys: set[str] | None = None,
-        older_than_s: float | None = None,
-        *,
-        dry_run: bool = False,
-        on_wait: Callable[[], None] | None = None,
-    ) -> GcReport:
-        """Drop results not in keep_keys (or older than a cutoff), malformed entries, then objects no
-        result names, quarantined objects and what killed builds left. Waits for running builds
-        (they hold the gc lock shared), so nothing a build is using or has just written goes."""
-        report = GcReport()
-        if not self.root.is_dir():
-            return report
-        with self.exclusive(on_wait), self._writing():
-            now = time.time()
-            live: set[str] = set()
-            for path, result in list(self.iter_action_files()):
-                if not isinstance(result, ActionResult):
-                    report.malformed.append(path)
-                    continue
-                drop = (keep_keys is not None and result.key not in keep_keys) or (
-                    older_than_s is not None and now - result.created > older_than_s
-                )
-                if drop:
-                    report.results.append(result)
-                else:
-                    live.update(e.digest for e in result.manifest.files.values())
-            doomed = [p for p in report.malformed] + [self.action_path(r.key) for r in report.results]
-            for digest, path in self.iter_objects():
-                if digest not in live:
-                    report.objects += 1
-                    report.object_bytes += _size(path)
-                    doomed.append(path)
-                    if not dry_run:
-                        self.signatures.forget(digest)
-            quarantine = sorted((self.root / "quarantine").glob("*"))
-            report.quarantined = len(quarantine)
-            report.quarantined_bytes = sum(_size(p) for p in quarantine)
-            report.leftovers = self.leftovers()
-            report.leftover_bytes = sum(_size(p) for p in report.leftovers)
-            if not dry_run:
-                for path in doomed + quarantine + report.leftovers:
-                    _remove(path)
-                self.save_index()
-        return report
-
-    def usage(self) -> dict[str, int]:
-        objects = list(self.iter_objects())
-        leftovers = self.leftovers()
-        quarantine = list((self.root / "quarantine").glob("*"))
-        entries = list(self.iter_action_files())
-        return {
-            "objects": len(objects),
-            "object_bytes": sum(_size(p) for _, p in objects),
-            "results": sum(1 for _, r in entries if isinstance(r, ActionResult)),
-            "malformed": sum(1 for _, r in entries if not isinstance(r, ActionResult)),
-            "leftovers": len(leftovers),
-            "leftover_bytes": sum(_size(p) for p in leftovers),
-            "quarantined": len(quarantine),
-            "quarantined_bytes": sum(_size(p) for p in quarantine),
-            "log_bytes": sum(_size(p) for p in (self.root / "logs").glob("*")),
-        }

@@ -6,11 +6,13 @@ recorded (the racy-git problem), so a same-second edit is never trusted.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
 import os
 import queue
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -36,10 +38,18 @@ def md5_file(path: Path | str) -> str:
 
 def file_digest(path: Path | str, algorithm: str) -> str:
     """A file's digest. Large files are read on a helper thread while this one hashes, so a cold
-    read and the hashing overlap (both release the GIL)."""
+    read and the hashing overlap (both release the GIL). Only a regular file is read: a FIFO or a
+    device there is an OSError, found without blocking (O_NONBLOCK, then fstat)."""
     h = hashlib.new(algorithm)
-    with open(path, "rb", buffering=0) as f:
-        if os.fstat(f.fileno()).st_size < PIPELINE_MIN_BYTES:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with open(fd, "rb", buffering=0) as f:
+        if st.st_size < PIPELINE_MIN_BYTES:
             buf = bytearray(CHUNK)
             view = memoryview(buf)
             while n := f.readinto(buf):
@@ -92,7 +102,7 @@ def file_digests(paths: Sequence[Path | str], hash_file: Callable[[Path | str], 
         return list(pool.map(hash_file, paths))
 
 
-def _signature(st: os.stat_result) -> list[int]:
+def _signature(st: os.stat_result) -> list[int | None]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -110,7 +120,7 @@ class StatIndex:
     def open(cls, path: Path, hash_file: Callable[[Path], str] | None = None) -> "StatIndex":
         try:
             entries = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             entries = {}
         if not isinstance(entries, dict):
             entries = {}
@@ -147,16 +157,20 @@ class StatIndex:
 
     def note(self, file: Path, st: os.stat_result, digest: str, now: int | None = None) -> None:
         """Record `digest` as the content of `file` when it had stat `st` (taken at `now`, before
-        hashing); a racy stat (modified within the timestamp granularity of then) is not recorded."""
-        if (now or time.time_ns()) - st.st_mtime_ns > RACY_WINDOW_NS:
-            self.entries[str(file)] = [_signature(st), digest]
-            self.dirty = True
+        hashing); a racy stat (modified within the timestamp granularity of then) is recorded
+        with no ctime, which no later stat matches: never trusted, yet the path of that inode is
+        known (`cache verify` names a user's edited hard-linked file by it)."""
+        signature = _signature(st)
+        if (now or time.time_ns()) - st.st_mtime_ns <= RACY_WINDOW_NS:
+            signature[3] = None
+        self.entries[str(file)] = [signature, digest]
+        self.dirty = True
 
     def restat(self, st: os.stat_result, digest: str) -> None:
         """Files that are the inode `st` describes and whose recorded bytes (size, mtime) did not
         move: take the new ctime. For a hard-linked source whose link count the cache changed."""
         for path, (sig, recorded) in list(self.entries.items()):
-            if recorded == digest and sig[:3] == [st.st_ino, st.st_size, st.st_mtime_ns] and sig[3] != st.st_ctime_ns:
+            if recorded == digest and sig[:3] == [st.st_ino, st.st_size, st.st_mtime_ns] and sig[3] not in (None, st.st_ctime_ns):
                 self.entries[path] = [_signature(st), digest]
                 self.dirty = True
 

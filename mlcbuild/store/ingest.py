@@ -12,10 +12,13 @@ the first one that works wins.
 - reflink: a copy-on-write clone (FICLONE; btrfs, xfs, bcachefs): instant, no extra space, and
   an edit of the source never reaches the object.
 - hardlink: the object *is* the source's inode: no extra space on any POSIX file system, but an
-  in-place edit of the source changes the object. The object's stat signature is recorded, so
+  in-place edit of the source changes the object. So only files of at least the store's
+  LINK_MIN_BYTES (16 MiB: weights) are hard-linked; smaller ones (configs, tokenizers, the files
+  a user edits) are copied instead. For a linked file the object's stat signature is recorded, so
   the store re-hashes it when its stat moves and quarantines it when the bytes changed: never
-  served stale (an edited source means a rebuild, as it would anyway), and its mode is left alone
-  (a chmod would change the user's file).
+  served stale (an edited source means a rebuild, as it would anyway), `cache verify` names it as
+  an edited source file, not corruption, and `--repair` unlinks it; its mode is left alone (a
+  chmod would change the user's file).
 - copy: a full copy, made read-only: the last resort (source and cache on different file systems).
 Default: reflink,hardlink,copy (`--link-type` / MLCBUILD_LINK_TYPE): no second copy of the weights
 whenever source and cache share a file system.
@@ -106,7 +109,7 @@ def ingest_file(store: "Store", file: SourceFile, types: Sequence[str]) -> tuple
         return entry, "present"
     store.hold_lease()
     with fs_errors("cache", store.root), store.new_object(digest) as tmp:
-        how = _place(src, tmp, types)
+        how = _place(src, tmp, _link_types_for(before.st_size, types))
         after = os.stat(src)
         if _content_moved(after, before) or (how != "hardlink" and after.st_ctime_ns != before.st_ctime_ns):
             raise StepError(file.changed or f"{file.path} changed while it was stored")
@@ -117,6 +120,17 @@ def ingest_file(store: "Store", file: SourceFile, types: Sequence[str]) -> tuple
         store.signatures.record(digest, placed)
         store.stat_index.note(src, placed, digest)
     return entry, how
+
+
+def _link_types_for(size: int, types: Sequence[str]) -> tuple[str, ...]:
+    """A file under the store's LINK_MIN_BYTES (a config, a tokenizer: what users edit in place) is
+    never hard-linked: it is copied where the list says hardlink, so editing it never edits the
+    cache. Weights keep their link: no second copy of gigabytes."""
+    from mlcbuild.store.placement import LINK_MIN_BYTES
+
+    if size >= LINK_MIN_BYTES:
+        return tuple(types)
+    return tuple(dict.fromkeys("copy" if how == "hardlink" else how for how in types))
 
 
 def _content_moved(after: os.stat_result, before: os.stat_result) -> bool:

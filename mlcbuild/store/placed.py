@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from mlcbuild.store import hashing
-from mlcbuild.store.fs import atomic_write_bytes
-from mlcbuild.store.manifest import is_digest
+from mlcbuild.store.fs import atomic_write_bytes, read_regular
+from mlcbuild.store.manifest import is_digest, parse_json
 from mlcbuild.store.signatures import signature
 
 RECORD = ".mlcbuild-placed.json"
+MAX_RECORD_BYTES = 64 << 20
+"""About 200 bytes per placed file: far above any real folder. The record sits in a folder users
+edit, so it is read like any file we do not control: a larger, deeply nested or non-regular one
+(a FIFO) is no record (every file is then checked against the cache and placed again)."""
 
 
 @dataclass
@@ -27,11 +31,14 @@ class Placed:
     folder: Path
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     dirty: bool = False
+    restored: list[str] = field(default_factory=list)
+    """Files we placed that someone edited in place, put back by this build (the user is told)."""
 
     @classmethod
     def load(cls, folder: Path) -> "Placed":
+        """The folder's record; none (empty) when it is missing or unreadable."""
         try:
-            data = json.loads((folder / RECORD).read_bytes())
+            data = parse_json(read_regular(folder / RECORD, MAX_RECORD_BYTES), MAX_RECORD_BYTES)
         except (OSError, ValueError):
             data = {}
         files = data.get("files") if isinstance(data, dict) else None

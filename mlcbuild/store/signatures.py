@@ -72,7 +72,7 @@ class ObjectSignatures:
 def _read(path: Path) -> dict[str, list[int]]:
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}

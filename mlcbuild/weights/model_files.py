@@ -29,6 +29,29 @@ DEFAULT_PATTERNS: tuple[str, ...] = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS
 
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
 
+MLC_CONFIG = "mlc-chat-config.json"
+MLC_META_PATTERNS: tuple[str, ...] = (MLC_CONFIG, *TOKENIZER_FILES)
+"""What compiling an already-converted MLC folder needs: its config (and tokenizer, for smoke runs)."""
+MLC_PATTERNS: tuple[str, ...] = (*MLC_META_PATTERNS, "tensor-cache.json", "ndarray-cache.json", "params_shard_*.bin")
+"""An MLC weight folder as MLC's convert_weight + gen_config write it (or `mlc-ai/*-MLC` publishes it)."""
+
+
+def is_mlc_folder(folder: Path) -> bool:
+    """A folder MLC already converted: mlc-chat-config.json and no Hugging Face weights (a checkpoint
+    folder that gen_config also wrote into is still a checkpoint)."""
+    if not (folder / MLC_CONFIG).is_file():
+        return False
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return False
+    return not any(matches(n, SAFETENSORS_PATTERNS + PYTORCH_PATTERNS) for n in names)
+
+
+def is_mlc_repo(repo: str) -> bool:
+    """A Hub repo of converted weights, by the `*-MLC` name mlc-ai publishes them under."""
+    return repo.endswith("-MLC")
+
 
 def is_weight_file(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in WEIGHT_PATTERNS)

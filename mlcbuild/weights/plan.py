@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mlcbuild.quantization.numpy_quant import cast_weight, group_quantize, quantized_shapes
-from mlcbuild.quantization.scheme import GroupQuantize, NoQuantize, QuantizationScheme
+from mlcbuild.quantization.numpy_quant import cast_to
+from mlcbuild.quantization.scheme import QuantizationScheme
 
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -64,7 +64,7 @@ class WeightPlan:
         return self.aliases.get(hf_name, hf_name)
 
     def is_quantized(self, p: ParamSource) -> bool:
-        return isinstance(self.scheme, GroupQuantize) and p.kind in ("linear", "embedding")
+        return self.scheme.quantizes(p.kind)
 
     def hf_shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: s for p in self.params for n, s in zip(p.hf_names, p.hf_shapes)}
@@ -76,9 +76,7 @@ class WeightPlan:
         """Names, shapes and dtypes this parameter becomes in the tensor cache."""
         dtype = self.scheme.model_dtype
         if self.is_quantized(p):
-            assert isinstance(self.scheme, GroupQuantize)
-            qw, qs = quantized_shapes(p.shape, self.scheme)  # type: ignore[arg-type]
-            return [OutputParam(f"{p.prefix()}.q_weight", qw, "uint32"), OutputParam(f"{p.prefix()}.q_scale", qs, dtype)]
+            return [OutputParam(*out) for out in self.scheme.outputs(p.prefix(), p.shape)]
         return [OutputParam(p.name, p.shape, p.dtype or dtype)]
 
     def all_outputs(self) -> list[OutputParam]:
@@ -94,13 +92,8 @@ class WeightPlan:
         if tuple(w.shape) != p.shape:
             raise ValueError(f"{p.name}: combined shape {tuple(w.shape)} != expected {p.shape}")
         if self.is_quantized(p):
-            assert isinstance(self.scheme, GroupQuantize)
-            q_weight, q_scale = group_quantize(cast_weight(w, self.scheme), self.scheme)
-            outs = self.outputs(p)
-            return [(outs[0].name, q_weight), (outs[1].name, q_scale)]
-        if p.dtype is not None:
-            return [(p.name, np.ascontiguousarray(cast_weight(w, NoQuantize(p.dtype, model_dtype=p.dtype))))]
-        return [(p.name, np.ascontiguousarray(cast_weight(w, self.scheme)))]
+            return [(out.name, array) for out, array in zip(self.outputs(p), self.scheme.quantize_weight(w), strict=True)]
+        return [(p.name, np.ascontiguousarray(cast_to(w, p.dtype or self.scheme.model_dtype)))]
 
     def source_param_count(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.params)

@@ -24,7 +24,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode
 
 from mlcbuild.models.gemma2.config import Gemma2Config
 from mlcbuild.models.nn_common import CausalLMBase, Embedding, resolve_target
-from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
 
 
@@ -179,4 +178,4 @@ class Gemma2ForCausalLM(GemmaCausalLMBase):
 
 
 def create_model(cfg: Gemma2Config, scheme: QuantizationScheme, target: Any = None) -> Gemma2ForCausalLM:
-    return quantize_model(Gemma2ForCausalLM(cfg, scheme.model_dtype, target), scheme)
+    return Gemma2ForCausalLM(cfg, scheme.model_dtype, target)

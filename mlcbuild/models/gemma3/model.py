@@ -20,7 +20,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode
 from mlcbuild.models.gemma2.config import SLIDING
 from mlcbuild.models.gemma2.model import Gemma2DecoderLayer, Gemma2Model, GemmaCausalLMBase, gemma_norm
 from mlcbuild.models.gemma3.config import Gemma3Config
-from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
 
 
@@ -106,4 +105,4 @@ class Gemma3ForCausalLM(GemmaCausalLMBase):
 
 
 def create_model(cfg: Gemma3Config, scheme: QuantizationScheme, target: Any = None) -> Gemma3ForCausalLM:
-    return quantize_model(Gemma3ForCausalLM(cfg, scheme.model_dtype, target), scheme)
+    return Gemma3ForCausalLM(cfg, scheme.model_dtype, target)

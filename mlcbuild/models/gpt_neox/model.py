@@ -10,7 +10,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from mlcbuild.models.gpt_neox.config import GPTNeoXConfig
 from mlcbuild.models.gpt_neox.weights import ffn_out_dtype
 from mlcbuild.models.nn_common import CausalLMBase, Embedding
-from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
 
 
@@ -94,4 +93,4 @@ class GPTNeoXForCausalLM(CausalLMBase):
 
 
 def create_model(cfg: GPTNeoXConfig, scheme: QuantizationScheme, target: Any = None) -> GPTNeoXForCausalLM:
-    return quantize_model(GPTNeoXForCausalLM(cfg, scheme.model_dtype, target), scheme)
+    return GPTNeoXForCausalLM(cfg, scheme.model_dtype, target)

@@ -9,7 +9,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from mlcbuild.models.llama.config import LlamaConfig
 from mlcbuild.models.nn_common import CausalLMBase, Embedding
-from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
 
 
@@ -82,4 +81,4 @@ class LlamaForCausalLM(CausalLMBase):
 
 
 def create_model(cfg: LlamaConfig, scheme: QuantizationScheme, target: Any = None) -> LlamaForCausalLM:
-    return quantize_model(LlamaForCausalLM(cfg, scheme.model_dtype, target), scheme)
+    return LlamaForCausalLM(cfg, scheme.model_dtype, target)

@@ -25,7 +25,6 @@ from tvm.script import tirx as T
 from mlcbuild.models.llama.model import LlamaMLP
 from mlcbuild.models.nn_common import CausalLMBase, Embedding
 from mlcbuild.models.phi3.config import Phi3Config
-from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
 
 
@@ -207,4 +206,4 @@ def _longrope_split_rotary() -> Iterator[None]:
 
 
 def create_model(cfg: Phi3Config, scheme: QuantizationScheme, target: Any = None) -> Phi3ForCausalLM:
-    return quantize_model(Phi3ForCausalLM(cfg, scheme.model_dtype, target), scheme)
+    return Phi3ForCausalLM(cfg, scheme.model_dtype, target)

@@ -12,7 +12,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from mlcbuild.models.llama.model import LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel
 from mlcbuild.models.nn_common import Embedding
 from mlcbuild.models.qwen2.config import Qwen2Config
-from mlcbuild.quantization.nn_quant import quantize_model
 from mlcbuild.quantization.scheme import QuantizationScheme
 
 
@@ -70,4 +69,4 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
 
 def create_model(cfg: Qwen2Config, scheme: QuantizationScheme, target: Any = None) -> Qwen2ForCausalLM:
-    return quantize_model(Qwen2ForCausalLM(cfg, scheme.model_dtype, target), scheme)
+    return Qwen2ForCausalLM(cfg, scheme.model_dtype, target)

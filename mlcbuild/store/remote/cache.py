@@ -3,39 +3,64 @@
 Trust rules: an object is taken only when the bytes that arrived hash to its digest and have its
 size, checked while they stream into the store's tmp dir; the store receives them only then. An
 action entry is taken only when it is well-formed, filed under the key asked for, and (with
-trusted keys) signed. Anything else: one warning line and a local build. Uploads put objects first
+trusted keys) signed, within MAX_ENTRY_BYTES, and names only files its step kind declares
+(store/entries.py). Anything else: one warning line and a local build. Uploads put objects first
 and the entry last, so no reader ever sees an entry whose objects are missing. A remote that fails
-(refused, timed out, 5xx) is dropped for the rest of the run after one warning: slower, never failed.
+(refused, timed out, 5xx, slower than the minimum rate) is dropped for the rest of the run after one
+warning: slower, never failed. Each transfer has a deadline: TIMEOUT_S plus its size at MIN_RATE
+($MLCBUILD_REMOTE_TIMEOUT seconds, $MLCBUILD_REMOTE_MIN_RATE bytes per second).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import re
+import shutil
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mlcbuild.errors import UserError, redact
+from mlcbuild.errors import MlcbuildError, UserError, redact
 from mlcbuild.store.cas import ActionResult, Store
+from mlcbuild.store.entries import MAX_ENTRY_BYTES, check_entry
 from mlcbuild.store.manifest import FileEntry
-from mlcbuild.store.remote.base import Backend, RemoteUnavailable, open_backend
+from mlcbuild.store.remote.base import SCHEMES, STALE_TEMP_S, Backend, InvalidObject, RemoteUnavailable, open_backend, scheme_of
 from mlcbuild.store.remote import signing
 
 ENV_REMOTE = "MLCBUILD_REMOTE"
 ENV_READ_ONLY = "MLCBUILD_REMOTE_READ_ONLY"
+ENV_MIN_RATE = "MLCBUILD_REMOTE_MIN_RATE"
+ENV_TIMEOUT = "MLCBUILD_REMOTE_TIMEOUT"
 TRANSFER_JOBS = 8
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+MIN_RATE = 1_000_000.0
+"""Bytes per second below which a transfer counts as stalled (a remote slower than this is slower
+than building locally for anything but the largest weights)."""
+TIMEOUT_S = 10.0
+"""The fixed part of every transfer's deadline (connects, a first byte, small entries)."""
 
 Progress = Callable[[float, str], None]
 
 
 def _stderr_warning(message: str) -> None:
     print(f"mlcbuild: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _positive_env(name: str, default: float) -> float:
+    """A rate or timeout from the environment; anything but a positive finite number is one error line."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"must be a positive number, got {text!r}", field=name)
+    return value
 
 
 class _Rejected(Exception):
@@ -61,24 +86,10 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
-def check_entry(result: ActionResult, key: str) -> None:
-    """Refuse an entry filed under another key or naming paths outside its output folder."""
-    if result.key != key:
-        raise ValueError(f"filed under {key[:12]} but made for {str(result.key)[:12]}")
-    for rel, entry in result.manifest.files.items():
-        parts = rel.split("/")
-        if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"unsafe output path {rel!r}")
-        if not _DIGEST.match(str(entry.digest)) or not isinstance(entry.size, int) or entry.size < 0:
-            raise ValueError(f"malformed manifest entry for {rel!r}")
-
-
 def _check_scheme(url: str, origin: str) -> None:
     """A mistyped scheme is the user's mistake (one error line), not a remote that is down."""
-    if "://" not in url:
-        return
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("file", "s3", "s3a", "http", "https"):
+    scheme = scheme_of(url)
+    if scheme in SCHEMES:
         return
     import fsspec
 
@@ -99,6 +110,8 @@ class RemoteSettings:
     read_only: bool = False
     signing_key: bytes | None = field(default=None, repr=False)
     trusted_keys: tuple[bytes, ...] | None = None
+    min_rate: float = MIN_RATE
+    timeout_s: float = TIMEOUT_S
 
     def open(self, warn: Callable[[str], None] = _stderr_warning) -> "RemoteCache":
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -108,7 +121,10 @@ class RemoteSettings:
         if self.trusted_keys is not None:
             publics = [Ed25519PublicKey.from_public_bytes(raw) for raw in self.trusted_keys]
             trusted = {signing.key_id(k): k for k in publics}
-        return RemoteCache(self.url, read_only=self.read_only, signing_key=key, trusted_keys=trusted, warn=warn)
+        return RemoteCache(
+            self.url, read_only=self.read_only, signing_key=key, trusted_keys=trusted, warn=warn,
+            min_rate=self.min_rate, timeout_s=self.timeout_s,
+        )
 
 
 class RemoteCache:
@@ -122,8 +138,13 @@ class RemoteCache:
         warn: Callable[[str], None] = _stderr_warning,
         jobs: int = TRANSFER_JOBS,
         backend: Backend | None = None,
+        min_rate: float = MIN_RATE,
+        timeout_s: float = TIMEOUT_S,
     ):
         self.url = redact(url)
+        self.min_rate = min_rate
+        self.timeout_s = timeout_s
+        self._swept = False
         self._raw_url = url
         self.read_only = read_only
         self.signing_key = signing_key
@@ -160,9 +181,12 @@ class RemoteCache:
         elif os.environ.get(signing.ENV_SIGNING_KEY):
             key = signing.load_signing_key(Path(os.environ[signing.ENV_SIGNING_KEY]), signing.ENV_SIGNING_KEY)
         trusted = None
-        if os.environ.get(signing.ENV_TRUSTED_KEYS, "").strip():
+        if signing.ENV_TRUSTED_KEYS in os.environ:
             trusted = signing.load_trusted_keys(os.environ[signing.ENV_TRUSTED_KEYS])
-        return cls(url, read_only=read_only, signing_key=key, trusted_keys=trusted, warn=warn)
+        return cls(
+            url, read_only=read_only, signing_key=key, trusted_keys=trusted, warn=warn,
+            min_rate=_positive_env(ENV_MIN_RATE, MIN_RATE), timeout_s=_positive_env(ENV_TIMEOUT, TIMEOUT_S),
+        )
 
     def settings(self) -> RemoteSettings:
         from cryptography.hazmat.primitives import serialization
@@ -174,7 +198,7 @@ class RemoteCache:
         trusted = None
         if self.trusted_keys is not None:
             trusted = tuple(k.public_bytes(raw, serialization.PublicFormat.Raw) for _, k in sorted(self.trusted_keys.items()))
-        return RemoteSettings(self._raw_url, self.read_only, key, trusted)
+        return RemoteSettings(self._raw_url, self.read_only, key, trusted, self.min_rate, self.timeout_s)
 
     def add_stats(self, other: TransferStats) -> None:
         """Count what another process (a Ray worker) transferred for this run."""
@@ -191,12 +215,16 @@ class RemoteCache:
                 self._backend = open_backend(self._raw_url)
             return self._backend
 
+    def deadline(self, size: int) -> float:
+        """When a transfer of `size` bytes started now must be done (time.monotonic())."""
+        return time.monotonic() + self.timeout_s + size / self.min_rate
+
     def _trip(self, error: Exception) -> None:
+        reason = " ".join(redact(str(error)).split()) or type(error).__name__
         with self._lock:
             if self.down:
                 return
             self.down = True
-        reason = " ".join(redact(str(error)).split()) or type(error).__name__
         self.warn(f"remote cache {self.url} unavailable ({reason}); using the local cache only for the rest of this run")
 
     def close(self) -> None:
@@ -205,20 +233,20 @@ class RemoteCache:
 
     # -- read ----------------------------------------------------------------
     def get_action(self, key: str) -> ActionResult | None:
-        """The remote's entry for key, checked (well-formed, filed under key, signed by a trusted key
-        when keys are trusted), its objects not fetched: what `matrix --affected` asks."""
+        """The remote's entry for key, checked (within MAX_ENTRY_BYTES and the deadline, well-formed,
+        signed by a trusted key when keys are trusted, and store/entries.py's check_entry), its
+        objects not fetched: what `matrix --affected` asks."""
         if self.down:
             return None
         try:
-            data = self.backend.get_action(key)
+            data = self.backend.get_action(key, MAX_ENTRY_BYTES, self.deadline(MAX_ENTRY_BYTES))
+            if data is None:
+                return None
+            result = ActionResult.from_json(signing.unseal(data, self.trusted_keys))
+            check_entry(result, key, strict=True)
         except RemoteUnavailable as e:
             self._trip(e)
             return None
-        if data is None:
-            return None
-        try:
-            result = ActionResult.from_json(signing.unseal(data, self.trusted_keys))
-            check_entry(result, key)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self.warn(f"remote entry {key[:12]} ignored: {' '.join(str(e).split())}; building locally")
             return None
@@ -233,7 +261,12 @@ class RemoteCache:
         for rel, entry in result.manifest.files.items():
             if not store.has_object(entry.digest):
                 needed.setdefault(entry.digest, (rel, entry))
-        tick = self._ticker(sum(e.size for _, e in needed.values()), "fetching", progress)
+        total = sum(e.size for _, e in needed.values())
+        free = shutil.disk_usage(store.tmp_dir).free
+        if total > free:
+            self.warn(f"remote result {key[:12]}: its objects need {_human(total)}, the cache has {_human(free)} free; building locally")
+            return None
+        tick = self._ticker(total, "fetching", progress)
         try:
             for _ in self._pool.map(lambda item: self._download(store, *item, tick), needed.values()):
                 pass
@@ -258,7 +291,7 @@ class RemoteCache:
             hashed: Future | None = None
             try:
                 with os.fdopen(fd, "wb") as f:
-                    for chunk in self.backend.get_stream(entry.digest):
+                    for chunk in self.backend.get_stream(entry.digest, self.deadline(entry.size)):
                         size += len(chunk)
                         if size > entry.size:
                             break
@@ -269,6 +302,8 @@ class RemoteCache:
                         tick(len(chunk))
             except FileNotFoundError:
                 raise _Rejected(f"object {entry.digest[:12]} ({rel}) is missing from the remote") from None
+            except InvalidObject as e:
+                raise _Rejected(f"object {entry.digest[:12]} ({rel}) is not usable ({e})") from None
             finally:
                 if hashed is not None:
                     hashed.result()
@@ -291,10 +326,18 @@ class RemoteCache:
             tmp.unlink(missing_ok=True)
 
     # -- write ---------------------------------------------------------------
-    def push(self, store: Store, result: ActionResult, progress: Progress | None = None) -> bool:
-        """Upload a result: objects the remote lacks first (in parallel), the entry last."""
+    def push(self, store: Store, result: ActionResult, progress: Progress | None = None, *, strict: bool = False) -> bool:
+        """Upload a result: objects the remote lacks first (in parallel), the entry last. `strict`
+        (`cache push`, where no local build follows): a remote that fails is an MlcbuildError, one
+        line, instead of a warning. The first push of a run removes stale temp files of others."""
         if self.read_only or self.down:
             return False
+        if not self._swept:
+            self._swept = True
+            try:
+                self.backend.remove_stale_temps()
+            except (RemoteUnavailable, OSError):
+                pass
         objects = {e.digest: e.size for e in result.manifest.files.values()}
         tick = self._ticker(sum(objects.values()), "uploading", progress)
 
@@ -308,7 +351,7 @@ class RemoteCache:
                 tick(size)
                 return
             with open(store.object_path(digest), "rb") as f:
-                self.backend.put_stream(digest, f, size)
+                self.backend.put_stream(digest, f, size, self.deadline(size))
             tick(size)
             with self._lock:
                 self._bad_remote.discard(digest)
@@ -320,11 +363,24 @@ class RemoteCache:
                 pass
             self.backend.put_action(result.key, signing.seal(result.to_json(), self.signing_key))
         except RemoteUnavailable as e:
+            if strict:
+                raise self._failed(e) from None
             self._trip(e)
             return False
         with self._lock:
             self.stats.uploaded_entries += 1
         return True
+
+    def remove_stale_temps(self, older_than_s: float = STALE_TEMP_S) -> int:
+        """`cache gc --remote`: temp files of uploads that died, older than older_than_s; how many."""
+        try:
+            return self.backend.remove_stale_temps(older_than_s)
+        except RemoteUnavailable as e:
+            raise self._failed(e) from None
+
+    def _failed(self, error: RemoteUnavailable) -> MlcbuildError:
+        """What a command that needs the remote (push, gc) says when it is unusable: one line."""
+        return MlcbuildError(f"remote cache {self.url} unavailable ({' '.join(redact(str(error)).split())})")
 
     def _ticker(self, total: int, verb: str, progress: Progress | None) -> Callable[[int], None]:
         done = 0

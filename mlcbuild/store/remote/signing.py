@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mlcbuild.errors import UserError
-from mlcbuild.store.manifest import canonical_json
+from mlcbuild.store.entries import MAX_ENTRY_BYTES
+from mlcbuild.store.manifest import canonical_json, parse_json
 
 FORMAT = "mlcbuild-ac/1"
 ENV_SIGNING_KEY = "MLCBUILD_SIGNING_KEY"
@@ -73,7 +74,10 @@ def load_trusted_keys(spec: str, origin: str = ENV_TRUSTED_KEYS) -> dict[str, An
             raise UserError(f"trusted key {item!r} is not an ed25519 key", field=origin)
         keys[key_id(key)] = key
     if not keys:
-        raise UserError("no keys given", field=origin)
+        raise UserError(
+            "is set but names no key (unset it to accept unsigned entries; an empty value never turns checking off)",
+            field=origin,
+        )
     return keys
 
 
@@ -91,16 +95,17 @@ def seal(entry: dict[str, Any], signing_key: Any | None) -> bytes:
 
 
 def unseal(data: bytes, trusted: dict[str, Any] | None) -> dict[str, Any]:
-    """The entry in `data`; ValueError saying why when it is malformed or no trusted key signed it."""
-    import json
-
-    envelope = json.loads(data)
+    """The entry in `data`; ValueError saying why when it is malformed (larger than MAX_ENTRY_BYTES,
+    nested deeper than MAX_JSON_DEPTH included) or no trusted key signed it."""
+    envelope = parse_json(data, MAX_ENTRY_BYTES)
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT or not isinstance(envelope.get("entry"), dict):
         raise ValueError(f"not an {FORMAT} entry")
     entry = envelope["entry"]
     if trusted is None:
         return entry
     signatures = envelope.get("signatures") or []
+    if not isinstance(signatures, list) or not all(isinstance(s, dict) for s in signatures):
+        raise ValueError("its signatures are not a list of objects")
     if not signatures:
         raise ValueError("unsigned, and trusted keys are configured")
     from cryptography.exceptions import InvalidSignature
@@ -114,4 +119,4 @@ def unseal(data: bytes, trusted: dict[str, Any] | None) -> dict[str, Any]:
             return entry
         except (InvalidSignature, ValueError):
             raise ValueError(f"bad signature by trusted key {signature.get('keyid')}") from None
-    raise ValueError("signed by no trusted key (key ids: " + ", ".join(str(s.get("keyid")) for s in signatures) + ")")
+    raise ValueError("signed by no trusted key (key ids: " + ", ".join(repr(str(s.get("keyid"))[:32]) for s in signatures[:4]) + ")")

@@ -1,0 +1,104 @@
+"""Attention over heads in parallel on CPU: TVM's paged-KV CPU attention kernels, rewritten in place.
+
+TVM's CPU attention kernels (`relax.frontend.nn.llm`, arriving already marked scheduled) are scalar
+loops on one thread. Heads are independent (each writes its own output[.., h, :] and lse[.., h]):
+
+- decode (`batch_decode_paged_kv_cpu*`) is `for b: attn block {scratch buffers; for h_qo: ...}`: the
+  scratch buffers used only inside the head loop move into a block of their own inside it (one set
+  per thread) and the head loop runs `parallel`;
+- prefill against cached pages (`batch_prefill_paged_kv_cpu*`) is `for h_qo: for b: attn block`,
+  whose block already allocates per iteration: the head loop runs `parallel` as it is.
+
+TVM's LLVM codegen cannot hand a float scalar parameter (sm_scale, rope_theta, rope_scale) to a
+parallel loop's closure (its analyzer binds every captured variable as an integer), so the kernel
+first stores them in a small buffer and reads them from it (`PrimFunc.specialize` substitutes the
+loads); the signature is unchanged. A kernel of another shape is left alone (the rewrite checks the
+structure it expects). The ragged prefill kernel (a new chunk's self-attention) interleaves its heads
+inside its key loop and stays serial.
+
+Imports TVM at module level: reached only through `pipeline.schedule_passes` for llvm targets.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import tirx
+from tvm.s_tir.stmt import SBlock, SBlockRealize
+
+HEAD_LOOP = "h_qo"
+KERNELS = ("batch_decode_paged_kv_cpu", "batch_prefill_paged_kv_cpu")
+
+
+def _block_with(block: Any, body: Any, alloc_buffers: Any = None) -> Any:
+    return SBlock(
+        block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
+        block.alloc_buffers if alloc_buffers is None else alloc_buffers, block.match_buffers, block.annotations,
+    )
+
+
+def _realize(realize: Any, block: Any) -> Any:
+    return SBlockRealize(realize.iter_values, realize.predicate, block)
+
+
+def _for_with(loop: Any, body: Any, kind: Any = None) -> Any:
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind if kind is None else kind, body, loop.thread_binding, loop.annotations)
+
+
+def _is_head_loop(stmt: Any) -> bool:
+    return isinstance(stmt, tirx.For) and stmt.loop_var.name == HEAD_LOOP and stmt.kind == tirx.ForKind.SERIAL
+
+
+def _decode_block(attn: Any) -> Any | None:
+    """The decode "attn" block with its head loop parallel and the loop's own scratch buffers inside it."""
+    seq = attn.body
+    if not isinstance(seq, tirx.SeqStmt) or not _is_head_loop(seq.seq[-1]):
+        return None
+    loop = seq.seq[-1]
+    before = "\n".join(str(s) for s in seq.seq[:-1])
+    shared = [b for b in attn.alloc_buffers if f"{b.name}[" in before]
+    private = [b for b in attn.alloc_buffers if f"{b.name}[" not in before]
+    head = SBlockRealize([], True, SBlock([], [], [], "attn_head", loop.body, None, private))
+    return _block_with(attn, tirx.SeqStmt([*seq.seq[:-1], _for_with(loop, head, tirx.ForKind.PARALLEL)]), shared)
+
+
+def _heads_parallel(body: Any) -> Any | None:
+    """The root block's body with the heads in parallel, or None for a shape this does not know."""
+    if _is_head_loop(body):
+        return _for_with(body, body.body, tirx.ForKind.PARALLEL)
+    if isinstance(body, tirx.For) and isinstance(body.body, SBlockRealize) and body.body.block.name_hint == "attn":
+        attn = _decode_block(body.body.block)
+        return None if attn is None else _for_with(body, _realize(body.body, attn))
+    return None
+
+
+def parallel_heads(func: Any) -> Any | None:
+    """`func` (a TVM CPU decode or paged-prefill attention kernel) with its heads in parallel, or None."""
+    if not isinstance(func.body, SBlockRealize) or _heads_parallel(func.body.block.body) is None:
+        return None
+    floats = [p for p in func.params if isinstance(p.ty, tvm.ir.PrimType) and str(p.ty.dtype).startswith("float")]
+    scalars = tirx.decl_buffer((max(len(floats), 1),), "float32", name="attn_scalars")
+    loads = {p: tirx.Cast(str(p.ty.dtype), tirx.BufferLoad(scalars, [tirx.IntImm("int32", i)])) for i, p in enumerate(floats)}
+    root = func.specialize(loads).body if floats else func.body
+    body = _heads_parallel(root.block.body)
+    if body is None:
+        return None
+    stores = [tirx.BufferStore(scalars, tirx.Cast("float32", p), [tirx.IntImm("int32", i)]) for i, p in enumerate(floats)]
+    block = _block_with(root.block, tirx.SeqStmt([*stores, body]) if stores else body, [*root.block.alloc_buffers, *([scalars] if floats else [])])
+    return func.with_body(_realize(root, block))
+
+
+def parallel_attention_heads():
+    """Module pass: TVM's CPU decode and paged-prefill attention kernels with heads in parallel."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ParallelAttentionHeads")
+    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        out = mod.clone()
+        for gv, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith(KERNELS):
+                rewritten = parallel_heads(func)
+                if rewritten is not None:
+                    out.update_func(gv, rewritten)
+        return out
+
+    return transform

@@ -1,0 +1,329 @@
+"""Decode GEMV on q4f16_1 weights as integer dot products (llama.cpp's Q4_0 × Q8_0 path).
+
+MLC's q4f16_1 stores a row of W[N, K] as uint32 words of 8 nibbles (element j of a word in bits
+4j..4j+3) and one float16 scale per group of 32 (value = (q - 7) * scale). The float path dequantizes
+every nibble (8 AVX2 instructions per 8 weights: decode is instruction-bound). Here, as llama.cpp
+multiplies Q4_0 weights by Q8_0 activations, each activation row is quantized once per call
+(`quantize_q8`), per group g of 32, to int8 digits in base 256 (LEVELS of them):
+
+    d[g] = max|x[g*32:+32]| / 127,   x ≈ d[g] · (q1 + q2/256),   q1 = nearbyint(x/d), q2 = nearbyint(256·(x/d - q1))
+
+and each output is a sum of exact int32 dot products of the nibbles (0..15) with those digits:
+
+    y[n] = Σ_g  s[n, g] · d[g]/256 · Σ_j (q[n, g, j] - 7) · (256·q1[g, j] + q2[g, j])
+
+The weights are read as stored (no repacking). 32 bytes of two groups hold even elements in the low
+nibbles and odd ones in the high nibbles, so `quantize_q8` writes the digits in that order (per pair
+of groups and digit: the 32 even elements, then the 32 odd ones) with -7·Σ(digits) per 4 bytes beside
+them (`zc`, the int32 accumulator's start). Per 64 weights (`q4_q8_gemv`): one 32-byte load, a shift
+and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpmaddubsw` + one
+`vpmaddwd` (AVX2: u8 × s8 pairs in int16 cannot saturate, 2·15·127 < 2^15) or four `sdot` (AArch64
+dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales.
+
+Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
+11 bits: logits as the float path's to 6e-5 on the 3B shape), ≤ d/2 with one (llama.cpp's Q8_0).
+The dot products are exact integers, the rest float32 as in the float path.
+
+Imports TVM at module level: reached only through `pipeline.schedule_passes` for llvm targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import relax
+from tvm.script import tirx as T
+
+GROUP = 32
+ZERO = 7
+PAIR = 2 * GROUP
+"""Weights per inner step: 32 bytes, two groups."""
+LEVELS = 2
+"""int8 digits per activation (base 256) by default: 1 is llama.cpp's Q8_0 (|error| ≤ d/2, d = max|x|/127
+per group: 0.061 on the tiny models' logits, 3× the q4f16_1 test tolerance; `compile: {cpu_int8_digits:
+1}`); 2 adds the rounded remainder (|error| ≤ d/512, logits as the float path's) for two more
+dot-product instructions per 64 weights."""
+ROWS_PER_TASK = (16, 8, 4, 2, 1)
+"""Rows of W per parallel task, largest dividing N first: a task's scratch buffers are allocated once."""
+
+
+@dataclass(frozen=True)
+class Isa:
+    """Which integer dot-product instructions a target has (None: leave the float path): `vnni`
+    (x86 vpdpbusd), `avx2` (vpmaddubsw + vpmaddwd), `neon` (AArch64 sdot, +dotprod); `reference`
+    is the same 4-byte dot products in plain TIR (tests check the NEON split and order with it on x86)."""
+
+    name: str
+
+    @classmethod
+    def of(cls, target: Any) -> "Isa | None":
+        if target.kind.name != "llvm":
+            return None
+        from tvm.target.codegen import target_has_features
+
+        arch = str(target.attrs.get("mtriple", "") or "x86_64").split("-")[0]
+        with target:
+            if arch in ("aarch64", "arm64"):
+                return cls("neon") if target_has_features("dotprod") else None
+            if arch != "x86_64":
+                return None
+            if target_has_features(["avx512vnni", "avx512vl"]) or target_has_features("avxvnni"):
+                return cls("vnni")
+            if target_has_features("avx2"):
+                return cls("avx2")
+        return None
+
+
+def _levels_of(x: Any, inv: Any, levels: int) -> list[Any]:
+    """int8 digits of x/d in base 256 (d = amax/127): nearbyint(x/d), then the rounded remainder × 256."""
+    from tvm import tirx
+
+    scaled = tirx.Cast("float32", x) * inv
+    first = tirx.nearbyint(scaled)
+    digits = [first]
+    if levels == 2:
+        rest = tirx.nearbyint((scaled - first) * tirx.const(256, "float32"))
+        digits.append(tirx.max(tirx.min(rest, tirx.const(127, "float32")), tirx.const(-127, "float32")))
+    return [tirx.Cast("int8", d) for d in digits]
+
+
+def _zero_point(xq: Any, r: Any, p: Any, lane: Any, levels: int) -> Any:
+    """-7 · Σ x over the 8 bytes (4 low-nibble, 4 high-nibble partners) that lane `lane` of pair p sums."""
+    from tvm import tirx
+
+    total = tirx.const(0, "int32")
+    for level in range(levels):
+        base = p * PAIR * levels + level * PAIR + lane * 4
+        digit_sum = tirx.const(0, "int32")
+        for half in (0, GROUP):
+            for i in range(4):
+                digit_sum = digit_sum + tirx.Cast("int32", xq[r, base + half + i])
+        total = total + digit_sum * tirx.const(256 ** (levels - 1 - level), "int32")
+    return total * tirx.const(-ZERO, "int32")
+
+
+def quantize_func(k: int, x_dtype: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
+    """x[M, K] → (xq int8[M, levels·K] in the pair order above, zc int32[M, K/8] = -7·Σx per 4 bytes,
+    xd float32[M, K/32]: x ≈ xd · Σ_l 256^(levels-1-l) · xq_l)."""
+    groups = k // GROUP
+    unit = 127 * 256 ** (levels - 1)
+
+    @T.prim_func(private=True, s_tir=True)
+    def quantize_q8(x_h: T.handle, xq_h: T.handle, zc_h: T.handle, xd_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(x_h, (m, k), x_dtype)
+        xq = T.match_buffer(xq_h, (m, levels * k), "int8")
+        zc = T.match_buffer(zc_h, (m, k // 8), "int32")
+        xd = T.match_buffer(xd_h, (m, groups), "float32")
+        with T.sblock("root"):
+            for r, g in T.grid(m, groups):
+                amax = T.decl_buffer((1,), "float32", scope="local")
+                amax[0] = T.float32(0)
+                for i in T.serial(GROUP):
+                    amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[r, g * GROUP + i])))
+                xd[r, g] = amax[0] / T.float32(unit)
+                amax[0] = T.Select(amax[0] > T.float32(0), T.float32(127) / T.max(amax[0], T.float32(1e-30)), T.float32(0))
+                for b, odd in T.grid(GROUP // 2, 2):
+                    xq[r, (g // 2) * PAIR * levels + odd * GROUP + (g % 2) * (GROUP // 2) + b] = _levels_of(x[r, g * GROUP + b * 2 + odd], amax[0], levels)[0]
+                    if levels == 2:
+                        xq[r, (g // 2) * PAIR * levels + PAIR + odd * GROUP + (g % 2) * (GROUP // 2) + b] = _levels_of(x[r, g * GROUP + b * 2 + odd], amax[0], levels)[1]
+            for r, p, lane in T.grid(m, k // PAIR, 8):
+                zc[r, p * 8 + lane] = _zero_point(xq, r, p, lane, levels)
+
+    return quantize_q8.with_attr("tirx.is_scheduled", True)
+
+
+def _dot4_reference(acc: Any, a: Any, b: Any, lanes: int) -> Any:
+    """acc[i] + Σ_j a[4i+j]·b[4i+j] for int32xlanes acc and 4·lanes int8 a, b: sdot's and vpdpbusd's
+    semantics in plain TIR."""
+    from tvm import tirx
+
+    prod = tirx.Cast(f"int32x{4 * lanes}", a) * tirx.Cast(f"int32x{4 * lanes}", b)
+    for j in range(4):
+        acc = acc + tirx.Shuffle([prod], [4 * i + j for i in range(lanes)])
+    return acc
+
+
+def _dot4(isa: str, acc: Any, a: Any, b: Any) -> Any:
+    """int32x8 acc + the 4-byte dot products of 32 unsigned nibble bytes a with 32 int8 b."""
+    from tvm import tirx
+
+    if isa == "vnni":
+        return tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc, a, b)
+    # NEON: two 16-byte halves (nibbles 0..15 are the same as signed bytes: sdot is s8 × s8)
+    halves = []
+    for h in range(2):
+        acc4 = tirx.Shuffle([acc], list(range(4 * h, 4 * h + 4)))
+        a16 = tirx.reinterpret("int8x16", tirx.Shuffle([a], list(range(16 * h, 16 * h + 16))))
+        b16 = tirx.Shuffle([b], list(range(16 * h, 16 * h + 16)))
+        if isa == "neon":
+            halves.append(tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc4, a16, b16))
+        else:
+            halves.append(_dot4_reference(acc4, a16, b16, 4))
+    return tirx.Shuffle(halves, list(range(8)))
+
+
+def _pair_term(isa: str, w: Any, s: Any, row: Any, xq: Any, zc: Any, xd: Any, r: Any, p: Any, levels: int) -> Any:
+    """float32x8: the 64 weights of pair p of W's row `row` against activation row r, scaled per group.
+
+    One expression: a named value in TVMScript would be a buffer (a workspace allocation), and every
+    load here is from a parameter (noalias), so LLVM keeps the accumulator in a register."""
+    from tvm import tirx
+
+    v = tirx.reinterpret("uint8x32", w.vload([row, p * 8], "uint32x8"))
+    mask = tirx.Broadcast(tirx.const(15, "uint8"), 32)
+    lo = tirx.bitwise_and(v, mask)
+    hi = tirx.bitwise_and(tirx.shift_right(v, tirx.Broadcast(tirx.const(4, "uint8"), 32)), mask)
+    dot = zc.vload([r, p * 8], "int32x8")
+    for level in range(levels):
+        xlo = xq.vload([r, p * PAIR * levels + level * PAIR], "int8x32")
+        xhi = xq.vload([r, p * PAIR * levels + level * PAIR + GROUP], "int8x32")
+        shift = 8 * (levels - 1 - level)
+        if isa == "avx2":
+            ubsw = "llvm.x86.avx2.pmadd.ub.sw"
+            pairs16 = tirx.call_llvm_pure_intrin("int16x16", ubsw, lo, xlo) + tirx.call_llvm_pure_intrin("int16x16", ubsw, hi, xhi)
+            factor = tirx.Broadcast(tirx.const(1 << shift, "int16"), 16)
+            dot = dot + tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, factor)
+        elif shift == 0:
+            dot = _dot4(isa, _dot4(isa, dot, lo, xlo), hi, xhi)
+        else:
+            zero = tirx.Broadcast(tirx.const(0, "int32"), 8)
+            part = _dot4(isa, _dot4(isa, zero, lo, xlo), hi, xhi)
+            dot = dot + tirx.shift_left(part, tirx.Broadcast(tirx.const(shift, "int32"), 8))
+    scales = tirx.Cast("float32x2", s.vload([row, p * 2], "float16x2")) * xd.vload([r, p * 2], "float32x2")
+    return tirx.Cast("float32x8", dot) * tirx.Shuffle([scales] * 4, [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
+    """y[M, N] = x · W[N, K]^T (q4f16_1 W) from `quantize_func`'s outputs: rows of W in parallel, each
+    row's 4-bit weights (K/2 bytes, in L1) used for every activation row."""
+    groups = k // GROUP
+    pairs = k // PAIR
+    words = k // 8
+    rows_per_task = next(t for t in ROWS_PER_TASK if n % t == 0)
+
+    @T.prim_func(private=True, s_tir=True)
+    def q4_q8_gemv(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        xq = T.match_buffer(xq_h, (m, levels * k), "int8")
+        zc = T.match_buffer(zc_h, (m, words), "int32")
+        xd = T.match_buffer(xd_h, (m, groups), "float32")
+        y = T.match_buffer(y_h, (m, n), out_dtype)
+        with T.sblock("root"):
+            for tile in T.parallel(n // rows_per_task):
+                acc = T.decl_buffer((8,), "float32", scope="local")
+                for row in T.serial(tile * rows_per_task, tile * rows_per_task + rows_per_task):
+                    for r in T.serial(m):
+                        acc[T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
+                        for p in T.serial(pairs):
+                            acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, row, xq, zc, xd, r, p, levels)
+                        y[r, row] = T.Cast(out_dtype, ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
+
+    return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
+
+
+def _shape(ty: Any) -> list[Any] | None:
+    values = getattr(getattr(ty, "shape", None), "values", None)
+    return list(values) if values is not None else None
+
+
+def _int(expr: Any) -> int | None:
+    return int(expr.value) if isinstance(expr, tvm.tirx.IntImm) else None
+
+
+def _callee(call: Any) -> str:
+    if isinstance(call, relax.Call) and call.args and isinstance(call.args[0], relax.GlobalVar):
+        return call.args[0].name_hint
+    return ""
+
+
+def _is_q4_group32(mod: tvm.IRModule, call: Any) -> bool:
+    """A call of nn_quant's dequantize for a scheme with 4-bit values, zero point 7, groups of 32
+    (q4f16_1): the scheme is named by the kernel's attribute, never guessed from shapes (q3f16_1's
+    are q4f16_1's for K = 64 or 128)."""
+    from mlcbuild.quantization import SCHEMES
+    from mlcbuild.quantization.nn_quant import SCHEME_ATTR
+
+    func = mod[call.args[0]] if _callee(call) and call.args[0] in mod.get_global_vars() else None
+    name = func.attrs.get(SCHEME_ATTR) if func is not None and func.attrs is not None else None
+    scheme = SCHEMES.get(str(name)) if name is not None else None
+    return (getattr(scheme, "bits", None), getattr(scheme, "group_size", None), getattr(scheme, "max_int", None)) == (4, GROUP, ZERO)
+
+
+def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
+    """Relax pass (after LegalizeOps, before the dequantize + matmul fusion): every
+    `NT_matmul(x, dequantize(q_weight, q_scale))` of one activation row on q4f16_1 weights becomes
+    quantize_q8(x) → q4_q8_gemv (`levels` int8 digits per activation); each activation is quantized
+    once for all its matmuls."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def __init__(self, mod: tvm.IRModule) -> None:
+            super().__init__(mod)
+            self.mod_ = mod
+            self.funcs: dict[tuple[Any, ...], relax.GlobalVar] = {}
+            self.quantized: dict[Any, relax.Var] = {}
+
+        def transform(self) -> tvm.IRModule:
+            for gv, func in self.mod_.functions_items():
+                if isinstance(func, relax.Function):
+                    self.quantized = {}
+                    self.builder_.update_func(gv, self.visit_expr(func))
+            return self.builder_.get()
+
+        def _func(self, key: tuple[Any, ...], make: Any) -> relax.GlobalVar:
+            if key not in self.funcs:
+                self.funcs[key] = self.builder_.add_func(make().with_attr("op_pattern", 8), key[0])
+            return self.funcs[key]
+
+        def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(call_tir) or not _callee(call).startswith("NT_matmul"):
+                return call
+            args = call.args[1]
+            if not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+                return call
+            x, dq = args.fields
+            producer = self.lookup_binding(dq) if isinstance(dq, relax.Var) else dq
+            if not (isinstance(producer, relax.Call) and producer.op.same_as(call_tir) and _is_q4_group32(self.mod_, producer)):
+                return call
+            qargs = producer.args[1]
+            if not isinstance(qargs, relax.Tuple) or len(qargs.fields) != 2:
+                return call
+            w, s = qargs.fields
+            x_shape, y_shape = _shape(x.ty), _shape(call.ty)
+            w_shape, s_shape = ([_int(d) for d in shape] if shape else None for shape in (_shape(w.ty), _shape(s.ty)))
+            if x_shape is None or y_shape is None or w_shape is None or s_shape is None or len(x_shape) < 2:
+                return call
+            k, n = _int(x_shape[-1]), w_shape[0]
+            x_dtype, y_dtype = str(x.ty.dtype), str(call.ty.dtype)
+            # one token per sequence (decode, batch_decode): the sequence axis is a static 1
+            if (
+                k is None or n is None or k % PAIR or _int(x_shape[-2]) != 1 or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
+                or _int(y_shape[-1]) != n or str(w.ty.dtype) != "uint32" or str(s.ty.dtype) != "float16"
+                or x_dtype not in ("float16", "float32") or y_dtype not in ("float16", "float32")
+            ):
+                return call
+            rows = x_shape[0]
+            for d in x_shape[1:-1]:
+                rows = rows * d
+            bb = self.builder_
+            if x not in self.quantized:
+                quant = self._func(("quantize_q8", k, x_dtype), lambda: quantize_func(k, x_dtype, levels))
+                flat = bb.emit(relax.op.reshape(x, (rows, k)))
+                outs = [relax.TensorType((rows, levels * k), "int8"), relax.TensorType((rows, k // 8), "int32"), relax.TensorType((rows, k // GROUP), "float32")]
+                self.quantized[x] = bb.emit(relax.call_tir(quant, [flat], outs))
+            q = self.quantized[x]
+            gemv = self._func(("q4_q8_gemv", n, k, y_dtype, isa.name), lambda: gemv_func(n, k, y_dtype, isa.name, levels))
+            y = bb.emit(relax.call_tir(gemv, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2), w, s], relax.TensorType((rows, n), y_dtype)))
+            return relax.op.reshape(y, y_shape)
+
+    @tvm.transform.module_pass(opt_level=0, name="DecodeInt8Gemv")
+    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(Rewriter(mod).transform())
+
+    return transform

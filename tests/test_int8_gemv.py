@@ -1,0 +1,137 @@
+"""The decode GEMV on q4f16_1 weights as integer dot products (mlcbuild/compiler/int8_gemv.py).
+
+Micro-kernels only (no model compile): the kernels compute a numpy statement of the same math on
+random data, the compiled code holds the x86 integer dot-product instructions the target has, and
+targets without them keep the float path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _target(variant: str):
+    import tvm
+
+    from mlcbuild.targets import resolve_target
+
+    return tvm.target.Target(resolve_target("llvm", variant).tvm_target_config())
+
+
+def _build(n: int, k: int, variant: str, levels: int, out_dtype: str = "float32", isa: str | None = None):
+    import tvm
+
+    from mlcbuild.compiler.int8_gemv import Isa, gemv_func, quantize_func
+
+    target = _target(variant)
+    isa = isa or Isa.of(target).name
+    mod = tvm.IRModule({
+        "quantize_q8": quantize_func(k, "float16", levels).with_attr("global_symbol", "quantize_q8"),
+        "gemv": gemv_func(n, k, out_dtype, isa, levels).with_attr("global_symbol", "gemv"),
+    })
+    return tvm.compile(mod, target=target)
+
+
+def _nibbles(w: np.ndarray) -> np.ndarray:
+    """MLC's q4f16_1 words → [N, K] integers 0..15 (element j of a word in bits 4j..4j+3)."""
+    return ((w[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).astype(np.int64).reshape(w.shape[0], -1)
+
+
+def _dequantized(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    n = w.shape[0]
+    return ((_nibbles(w) - 7).reshape(n, -1, 32) * s.astype(np.float64)[:, :, None]).reshape(n, -1)
+
+
+def numpy_q4_q8_gemv(x: np.ndarray, w: np.ndarray, s: np.ndarray, levels: int) -> np.ndarray:
+    """The integer path's math: x per group of 32 as base-256 int8 digits of x/d (d = max|x|/127),
+    exact integer dot products with the nibbles, minus 7·Σx, times scale · d."""
+    m, k = x.shape
+    n = w.shape[0]
+    xg = x.astype(np.float32).reshape(m, k // 32, 32)
+    amax = np.abs(xg).max(-1)
+    inv = np.where(amax > 0, np.float32(127) / np.maximum(amax, np.float32(1e-30)), np.float32(0)).astype(np.float32)
+    scaled = (xg * inv[..., None]).astype(np.float32)
+    first = np.rint(scaled)
+    digits = first.astype(np.int64)
+    unit = 127
+    if levels == 2:
+        rest = np.clip(np.rint((scaled - first) * np.float32(256)), -127, 127).astype(np.int64)
+        digits = digits * 256 + rest
+        unit = 127 * 256
+    d = amax / np.float32(unit)
+    nib = _nibbles(w).reshape(n, k // 32, 32)
+    isum = np.einsum("ngj,mgj->mng", nib - 7, digits)
+    return (isum * (s.astype(np.float32)[None] * d[:, None, :]).astype(np.float64)).sum(-1)
+
+
+@pytest.mark.parametrize("variant, isa", [("x86_64", None), ("znver4", None), ("x86_64", "reference")])
+@pytest.mark.parametrize("k", [64, 512])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None, k: int, levels: int) -> None:
+    """On x86: AVX2, VNNI, and the NEON kernel's split into 16-byte sdot halves with sdot's semantics
+    written in plain TIR (`reference`; the aarch64 library itself cannot run here)."""
+    import tvm
+
+    needs = {"x86_64": {"avx2", "f16c"}, "znver4": {"avx512_vnni", "avx512vl", "avx512bw"}}[variant]
+    if not needs <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
+    rng = np.random.default_rng(k + levels)
+    m, n = 2, 48
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    x[1, :32] = 0  # an all-zero group: scale 0, no division by zero
+    w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
+    s = (rng.random((n, k // 32)) * 0.02).astype(np.float16)
+    lib = _build(n, k, variant, levels, isa=isa)
+    dev = tvm.cpu()
+    xq = tvm.runtime.empty((m, levels * k), "int8", dev)
+    zc = tvm.runtime.empty((m, k // 8), "int32", dev)
+    xd = tvm.runtime.empty((m, k // 32), "float32", dev)
+    y = tvm.runtime.empty((m, n), "float32", dev)
+    lib["quantize_q8"](tvm.runtime.tensor(x, dev), xq, zc, xd)
+    lib["gemv"](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
+    want = numpy_q4_q8_gemv(x, w, s, levels)
+    assert np.abs(y.numpy() - want).max() <= 1e-5 * np.abs(want).max()
+    exact = x.astype(np.float64) @ _dequantized(w, s).T
+    # one int8 digit is llama.cpp's Q8_0 error; two digits leave float32 rounding only
+    assert np.abs(y.numpy() - exact).max() <= (3e-2 if levels == 1 else 5e-4) * np.abs(exact).max()
+
+
+@pytest.mark.parametrize(
+    "variant, wanted, unwanted",
+    [
+        ("x86_64", ("vpmaddubsw", "vpmaddwd", "vcvtph2ps"), ("vpdpbusd",)),
+        ("znver4", ("vpdpbusd", "vcvtph2ps"), ("vpmaddubsw",)),
+        ("aarch64_dotprod", ("sdot\t", "fcvtl"), ()),
+    ],
+)
+def test_compiled_gemv_uses_integer_dot_products(variant: str, wanted: tuple[str, ...], unwanted: tuple[str, ...]) -> None:
+    lib = _build(64, 512, variant, 2, "float16")
+    asm = lib.mod.imports[0].inspect_source("asm") if lib.mod.imports else lib.mod.inspect_source("asm")
+    for instr in wanted:
+        assert instr in asm, instr
+    for instr in unwanted:
+        assert instr not in asm, instr
+
+
+def test_targets_without_integer_dot_products_keep_the_float_path() -> None:
+    from mlcbuild.compiler.int8_gemv import Isa
+
+    assert Isa.of(_target("x86_64")).name == "avx2"
+    assert Isa.of(_target("znver4")).name == "vnni"
+    assert Isa.of(_target("x86_64_baseline")) is None
+    assert Isa.of(_target("aarch64_dotprod")).name == "neon"
+    assert Isa.of(_target("aarch64")) is None  # NEON without the dot-product extension
