@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace, verb: str, make: Callable[[Any], "VerbPlan"],
     written = place_output(store, result.report, plan.node.id, plan.dest, plan.rename)
     shown = written[0] if plan.rename else plan.dest
     how = "cached" if outcome.status == "cached" else f"built in {outcome.duration_s:.1f}s"
-    print(f"{verb}: {how} (key {outcome.key[:12] if outcome.key else '?'}): {shown} ({len(written)} files)")
+    print(f"{verb}: {how} (key {outcome.key[:12] if outcome.key else '?'}): {shown} ({len(written)} file{'' if len(written) == 1 else 's'})")
     return 0
 
 

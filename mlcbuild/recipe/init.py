@@ -118,9 +118,9 @@ def starter(spec: str, dest: Path | None) -> Starter:
 
     folder = Path(spec).expanduser()
     if folder.is_dir():
-        base = dest.parent if dest is not None else Path.cwd()
-        rel = os.path.relpath(folder.resolve(), base.resolve())
-        source = {"path": rel if dest is not None else str(folder.resolve())}
+        base = (dest.parent if dest is not None else Path.cwd()).resolve()
+        shared = os.path.commonpath([folder.resolve(), base]) != base.anchor
+        source = {"path": os.path.relpath(folder.resolve(), base) if dest is not None and shared else str(folder.resolve())}
         name = name_from_source(folder.resolve().name)
         if is_mlc_folder(folder):
             return _from_mlc(folder, spec, name, source)
