@@ -12,13 +12,24 @@ def test_levels_resolve_to_explicit_choices() -> None:
     # no level turns on cuBLAS, which the compiler refuses (no cuBLAS dispatch in the pipeline yet)
     assert o3.resolved("cuda", cublas_available=True) == {"opt": "O3", "cudagraph": True, "cublas": False, "embed_ptx": False}
     assert o3.resolved("cuda", cublas_available=False)["cublas"] is False
-    assert o3.resolved("llvm", cublas_available=False) == {"opt": "O3", "cudagraph": False, "cublas": False, "embed_ptx": False}
+    assert o3.resolved("llvm", cublas_available=False) == {"opt": "O3", "cudagraph": False, "cublas": False, "embed_ptx": False, "cpu_int8_digits": 2}
 
 
 def test_equal_meaning_gives_equal_options() -> None:
     implicit = CompileOptions.from_json({"opt": "O2"}).resolved("cuda", cublas_available=False)
     explicit = CompileOptions.from_json({"opt": "O2", "cudagraph": False, "cublas": False}).resolved("cuda", False)
     assert implicit == explicit
+
+
+def test_int8_digits_key_only_llvm_and_only_by_meaning() -> None:
+    """`cpu_int8_digits: 2` written out is the default (one cache entry); 1 is another library; a GPU
+    target never sees the option in its key."""
+    default = CompileOptions.from_json({}).resolved("llvm", False)
+    assert CompileOptions.from_json({"cpu_int8_digits": 2}).resolved("llvm", False) == default
+    assert CompileOptions.from_json({"cpu_int8_digits": 1}).resolved("llvm", False) != default
+    assert CompileOptions.from_json({"cpu_int8_digits": 1}).resolved("cuda", False) == CompileOptions.from_json({}).resolved("cuda", False)
+    with pytest.raises(UserError, match="compile.cpu_int8_digits"):
+        CompileOptions.from_json({"cpu_int8_digits": True})
 
 
 def test_impossible_requests_are_user_errors() -> None:

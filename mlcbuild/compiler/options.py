@@ -94,6 +94,9 @@ class CompileOptions:
     extra: Mapping[str, Any] = field(default_factory=dict)
     ignored: tuple[str, ...] = ()
     """MLC flags asked on that this build cannot honour (`flashinfer=1`): warned about, never keyed."""
+    cpu_int8_digits: int = 2
+    """int8 digits per activation in the llvm decode GEMVs (compiler/int8_gemv.py): 2 keeps the float
+    path's numerics, 1 is llama.cpp's Q8_0 (faster, looser), 0 the float dequantize path."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> "CompileOptions":
@@ -107,7 +110,13 @@ class CompileOptions:
             known[name] = value
         if data.pop("flashinfer", False):
             ignored += ("flashinfer=1",)
-        return cls(opt=level, **known, extra=data, ignored=ignored)
+        digits = data.pop("cpu_int8_digits", 2)
+        if isinstance(digits, bool) or digits not in (0, 1, 2):
+            raise UserError(
+                f"must be 0 (float decode), 1 (llama.cpp's Q8_0) or 2 int8 digits per activation, got {digits!r}",
+                field="compile.cpu_int8_digits",
+            )
+        return cls(opt=level, **known, extra=data, ignored=ignored, cpu_int8_digits=int(digits))
 
     @property
     def level(self) -> int:
@@ -126,6 +135,7 @@ class CompileOptions:
             "cudagraph": cuda and bool(cudagraph),
             "cublas": cuda and bool(cublas),
             "embed_ptx": cuda and self.embed_ptx,
+            **({"cpu_int8_digits": self.cpu_int8_digits} if kind == "llvm" else {}),
             **self.extra,
         }
 

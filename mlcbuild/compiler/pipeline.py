@@ -9,10 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from mlcbuild.compiler.options import OPT_LEVELS, CompileOptions  # noqa: F401  (re-exported)
-from mlcbuild.errors import UserError
 
-INT8_DIGITS = "cpu_int8_digits"
-"""`compile:` option: int8 digits per activation in the llvm decode GEMVs (int8_gemv.LEVELS by default)."""
 
 
 def variable_bounds(config: Mapping[str, Any]) -> dict[str, int]:
@@ -91,14 +88,6 @@ def cpu_legalize_map(level: int) -> dict[str, Any] | None:
     return dict(LEGALIZE) if level >= 1 else None
 
 
-def int8_digits(options: CompileOptions) -> int:
-    """The `cpu_int8_digits` compile option (default 2), checked: one line naming the field if bad."""
-    digits = options.extra.get(INT8_DIGITS, 2)
-    if digits not in (0, 1, 2) or isinstance(digits, bool):
-        raise UserError(f"must be 0 (float decode), 1 (llama.cpp's Q8_0) or 2 int8 digits per activation, got {digits!r}", field=f"compile.{INT8_DIGITS}")
-    return int(digits)
-
-
 def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
     """Where llvm kernels are scheduled: the decode GEMV on q4f16_1 weights as integer dot products
     (compiler/int8_gemv.py) where the target has them (x86 AVX2, AVX-512 VNNI / AVX-VNNI, AArch64
@@ -110,7 +99,7 @@ def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
     from mlcbuild.compiler.cpu_attention import parallel_attention_heads
     from mlcbuild.compiler.int8_gemv import Isa, decode_int8_gemv
 
-    digits = int8_digits(options)
+    digits = options.cpu_int8_digits
     isa = Isa.of(target)
     return [*([decode_int8_gemv(isa, digits)] if isa is not None and digits else []), parallel_attention_heads()]
 

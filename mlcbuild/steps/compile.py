@@ -65,9 +65,6 @@ class CompileStep(Step):
         target = _target(params)
         options = CompileOptions.from_json(params.get("options"))
         options.resolved(target.tvm_target["kind"], cublas_available=cublas_available(target.tvm_target["kind"]))
-        from mlcbuild.compiler.pipeline import int8_digits
-
-        int8_digits(options)
 
     def unavailable(self, params: Mapping[str, JSON]) -> str | None:
         missing = check_resolved(_target(params))
