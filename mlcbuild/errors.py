@@ -3,6 +3,7 @@ every line that may hold a URL passes through, so credentials never reach a term
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ _SECRET_PARAM = re.compile(
 )
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}")
+
+
+def print_warning(message: str) -> None:
+    """A warning line on stderr, where no reporter draws one (library callers, the remote cache)."""
+    print(f"mlcbuild: warning: {message}", file=sys.stderr, flush=True)
 
 
 def redact(text: str) -> str:

@@ -42,7 +42,6 @@ from mlcbuild.store.manifest import FileEntry, sha256_json
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://mlcbuild.dev/provenance/build/v1"
-SUFFIX = PROVENANCE_SUFFIX
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 MAX_STATEMENT_BYTES = 64 << 20
 """A statement lists an artifact's files and nodes: kilobytes. A file near this size is not one."""
@@ -393,5 +392,5 @@ def verify_artifact(artifact: Path, trusted: dict[str, Any] | None = None) -> Ve
 def artifacts_under(folder: Path) -> list[Path]:
     """Every artifact with a statement under `folder` (an output folder such as dist/, holding many
     artifacts rather than being one): model folders, and libraries in its libs/."""
-    found = [(p, artifact_of_statement(p)) for p in folder.rglob(f"*{SUFFIX}") if p.is_file()]
+    found = [(p, artifact_of_statement(p)) for p in folder.rglob(f"*{PROVENANCE_SUFFIX}") if p.is_file()]
     return sorted(artifact for _, artifact in found if artifact is not None)

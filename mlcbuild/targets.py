@@ -166,6 +166,7 @@ detection, run by TVM): CPU name, triple and the features the CPU (a VM) lacks o
 the provenance name the CPU, and a library built for one CPU is never served for another (llama.cpp's
 GGML_NATIVE, with the cache's keys)."""
 
+
 def targets_dirs() -> list[Path]:
     """Where target files are read from, lowest precedence first."""
     extra = [Path(p) for p in os.environ.get("MLCBUILD_TARGETS_DIR", "").split(os.pathsep) if p]

@@ -84,15 +84,13 @@ def _model_type(args: argparse.Namespace) -> str | None:
 
 def _run(args: argparse.Namespace, verb: str, make: Callable[[Any], "VerbPlan"], anchor: Path) -> int:
     """Plan with the cache `anchor` (the model's folder) belongs to, run, place where MLC writes."""
-    from mlcbuild.cli.common import console, open_remote
+    from mlcbuild.cli.common import console, open_remote, open_store
     from mlcbuild.cli.reporting import live_reporter
     from mlcbuild.execute.base import ELSEWHERE
     from mlcbuild.execute.build import place_output, run_build
     from mlcbuild.execute.local import LocalExecutor
-    from mlcbuild.store import open_cache_dir
-    from mlcbuild.store.cas import Store
 
-    store = Store(open_cache_dir([anchor]))
+    store = open_store([anchor])
     plan = make(store)
     remote = open_remote(args)
     with live_reporter(lambda: console(True)) as reporter:
@@ -146,7 +144,7 @@ def gen_config_cmd(args: argparse.Namespace) -> int:
 @command("compile")
 def compile_cmd(args: argparse.Namespace) -> int:
     from mlcbuild.compiler.options import compile_warnings
-    from mlcbuild.execute.build import print_warning
+    from mlcbuild.errors import print_warning
     from mlcbuild.plan.verbs import compile_plan, model_folder
 
     _refuse("--host", args.host, "auto", "the host comes from the target definition (`mlcbuild targets`); pick a variant with --device NAME:VARIANT")

@@ -35,6 +35,9 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
+from mlcbuild.compiler.cpu_schedule import _as_int
+from mlcbuild.compiler.fusion import _callee_name
+
 GROUP = 32
 ZERO = 7
 PAIR = 2 * GROUP
@@ -230,16 +233,6 @@ def _shape(ty: Any) -> list[Any] | None:
     return list(values) if values is not None else None
 
 
-def _int(expr: Any) -> int | None:
-    return int(expr.value) if isinstance(expr, tvm.tirx.IntImm) else None
-
-
-def _callee(call: Any) -> str:
-    if isinstance(call, relax.Call) and call.args and isinstance(call.args[0], relax.GlobalVar):
-        return call.args[0].name_hint
-    return ""
-
-
 def _is_q4_group32(mod: tvm.IRModule, call: Any) -> bool:
     """A call of nn_quant's dequantize for a scheme with 4-bit values, zero point 7, groups of 32
     (q4f16_1): the scheme is named by the kernel's attribute, never guessed from shapes (q3f16_1's
@@ -247,7 +240,7 @@ def _is_q4_group32(mod: tvm.IRModule, call: Any) -> bool:
     from mlcbuild.quantization import SCHEMES
     from mlcbuild.quantization.nn_quant import SCHEME_ATTR
 
-    func = mod[call.args[0]] if _callee(call) and call.args[0] in mod.get_global_vars() else None
+    func = mod[call.args[0]] if _callee_name(call) and call.args[0] in mod.get_global_vars() else None
     name = func.attrs.get(SCHEME_ATTR) if func is not None and func.attrs is not None else None
     scheme = SCHEMES.get(str(name)) if name is not None else None
     return (getattr(scheme, "bits", None), getattr(scheme, "group_size", None), getattr(scheme, "max_int", None)) == (4, GROUP, ZERO)
@@ -282,7 +275,7 @@ def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
 
         def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802
             call = self.visit_expr_post_order(call)
-            if not call.op.same_as(call_tir) or not _callee(call).startswith("NT_matmul"):
+            if not call.op.same_as(call_tir) or not _callee_name(call).startswith("NT_matmul"):
                 return call
             args = call.args[1]
             if not isinstance(args, relax.Tuple) or len(args.fields) != 2:
@@ -296,15 +289,15 @@ def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
                 return call
             w, s = qargs.fields
             x_shape, y_shape = _shape(x.ty), _shape(call.ty)
-            w_shape, s_shape = ([_int(d) for d in shape] if shape else None for shape in (_shape(w.ty), _shape(s.ty)))
+            w_shape, s_shape = ([_as_int(d) for d in shape] if shape else None for shape in (_shape(w.ty), _shape(s.ty)))
             if x_shape is None or y_shape is None or w_shape is None or s_shape is None or len(x_shape) < 2:
                 return call
-            k, n = _int(x_shape[-1]), w_shape[0]
+            k, n = _as_int(x_shape[-1]), w_shape[0]
             x_dtype, y_dtype = str(x.ty.dtype), str(call.ty.dtype)
             # one token per sequence (decode, batch_decode): the sequence axis is a static 1
             if (
-                k is None or n is None or k % PAIR or _int(x_shape[-2]) != 1 or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
-                or _int(y_shape[-1]) != n or str(w.ty.dtype) != "uint32" or str(s.ty.dtype) != "float16"
+                k is None or n is None or k % PAIR or _as_int(x_shape[-2]) != 1 or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
+                or _as_int(y_shape[-1]) != n or str(w.ty.dtype) != "uint32" or str(s.ty.dtype) != "float16"
                 or x_dtype not in ("float16", "float32") or y_dtype not in ("float16", "float32")
             ):
                 return call

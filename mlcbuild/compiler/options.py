@@ -48,6 +48,7 @@ def parse_opt(text: str) -> tuple[str, dict[str, bool], tuple[str, ...]]:
     level: str | None = None
     flags: dict[str, bool] = {}
     ignored: list[str] = []
+    names = (*HONOURED_FLAGS, *IGNORED_FLAGS)
     for part in (p.strip() for p in str(text).split(";")):
         if not part:
             continue
@@ -58,7 +59,6 @@ def parse_opt(text: str) -> tuple[str, dict[str, bool], tuple[str, ...]]:
             continue
         name, eq, value = part.partition("=")
         name, value = name.strip().lstrip("-"), value.strip()
-        names = (*HONOURED_FLAGS, *IGNORED_FLAGS)
         if not eq:
             guess = closest(part, OPT_LEVELS)
             hint = f" — did you mean {guess!r}?" if guess else f", nor a flag name=0|1 ({', '.join(names)}), `;`-separated"

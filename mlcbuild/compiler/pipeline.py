@@ -11,7 +11,6 @@ from typing import Any, Mapping, Sequence
 from mlcbuild.compiler.options import OPT_LEVELS, CompileOptions  # noqa: F401  (re-exported)
 
 
-
 def variable_bounds(config: Mapping[str, Any]) -> dict[str, int]:
     """Upper bounds of the symbolic sizes the model's spec uses (MLC's AttachVariableBounds)."""
     window = int(config.get("context_window_size") or -1)

@@ -4,11 +4,11 @@ caller gets the same order (a model folder is placed only after its nodes ran; t
 only after everything wanted is in place)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from mlcbuild.errors import print_warning
 from mlcbuild.execute.base import ELSEWHERE, BuildReport
 from mlcbuild.plan.graph import BuildGraph, Node
 from mlcbuild.plan.planner import PlanOptions, plan
@@ -19,10 +19,6 @@ from mlcbuild.store.cas import Store
 if TYPE_CHECKING:
     from mlcbuild.execute.base import Executor
     from mlcbuild.store.remote import RemoteCache
-
-
-def print_warning(message: str) -> None:
-    print(f"mlcbuild: warning: {message}", file=sys.stderr, flush=True)
 
 
 def check_node(node: Node) -> None:

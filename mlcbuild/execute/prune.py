@@ -64,19 +64,16 @@ def prune(recipes: Iterable[Recipe], graph: BuildGraph, dry_run: bool = False) -
                 report.kept.append(path)
                 continue
             report.removed.append(path)
-            if dry_run:
-                if not whole:
-                    report.removed += [p for p in (provenance_path(path), envelope_path(path)) if p.is_file()]
-                continue
-            with fs_errors("output folder", folder):
-                path.unlink()
-            placed.drop(name)
-            _remove_empty_parents(path, folder)
+            if not dry_run:
+                with fs_errors("output folder", folder):
+                    path.unlink()
+                placed.drop(name)
+                _remove_empty_parents(path, folder)
             if not whole:
-                _remove_beside(provenance_path(path), envelope_path(path), report)
+                _remove_beside(path, report, dry_run)
         if dry_run:
             if whole and not any(folder in p.parents for p in report.kept):
-                report.removed += [p for p in (provenance_path(folder), envelope_path(folder)) if p.is_file()]
+                _remove_beside(folder, report, dry_run)
             continue
         with fs_errors("output folder", folder):
             placed.save()
@@ -84,14 +81,16 @@ def prune(recipes: Iterable[Recipe], graph: BuildGraph, dry_run: bool = False) -
             (folder / RECORD).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
-            _remove_beside(provenance_path(folder), envelope_path(folder), report)
+            _remove_beside(folder, report)
     return report
 
 
-def _remove_beside(statement: Path, envelope: Path, report: PruneReport) -> None:
-    for path in (statement, envelope):
+def _remove_beside(artifact: Path, report: PruneReport, dry_run: bool = False) -> None:
+    """The provenance statement and signature envelope beside a removed artifact (with dry_run, only listed)."""
+    for path in (provenance_path(artifact), envelope_path(artifact)):
         if path.is_file():
-            path.unlink()
+            if not dry_run:
+                path.unlink()
             report.removed.append(path)
 
 

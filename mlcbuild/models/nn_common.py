@@ -54,7 +54,7 @@ class CausalLMBase(nn.Module):
         self.vocab_size = cfg.vocab_size
         self.num_hidden_layers = cfg.num_hidden_layers
         self.num_attention_heads = cfg.num_attention_heads
-        self.num_key_value_heads = getattr(cfg, "num_key_value_heads", 0) or cfg.num_attention_heads
+        self.num_key_value_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         self.rope_theta = rope_theta
         self.rope_scaling = dict(rope_scaling or {})

@@ -71,11 +71,8 @@ def convert_weight_plan(store: Store, model: Path, quantization: str, output: Pa
     folder, config = model_folder(model)
     recipe = _recipe(folder, config, quantization, model_type=model_type, output=output)
     _check_output(output, store)
-    graph = BuildGraph()
     full, _ = source_nodes(recipe, store, None, mlc=False)
-    node = graph.add(convert_node(recipe, quantization, graph.add(full)))
-    mark_unbuildable(graph, _check)
-    return VerbPlan(graph, node, output)
+    return VerbPlan(*_graph(full, convert_node(recipe, quantization, full)), output)
 
 
 def gen_config_plan(
@@ -97,11 +94,8 @@ def gen_config_plan(
     folder, config = model_folder(model)
     recipe = _recipe(folder, config, quantization, model_type=model_type, conv_template=conv_template, overrides=dict(overrides or {}), output=output)
     _check_output(output, store)
-    graph = BuildGraph()
     _, meta = source_nodes(recipe, store, None, mlc=False)
-    node = graph.add(gen_config_node(recipe, quantization, graph.add(meta)))
-    mark_unbuildable(graph, _check)
-    return VerbPlan(graph, node, output)
+    return VerbPlan(*_graph(meta, gen_config_node(recipe, quantization, meta)), output)
 
 
 def target_for_device(device: str) -> TargetRef:
@@ -153,12 +147,19 @@ def compile_plan(
     ref = target_for_device(device)
     recipe = _recipe(folder, config_file, found_quant, compile_options={"opt": opt}, output=output.parent)
     _check_output(output.parent, store)
-    graph = BuildGraph()
     _, meta = source_nodes(recipe, store, None, mlc=True)
-    node, resolved = compile_node(recipe, found_quant, ref, graph.add(meta))
+    node, resolved = compile_node(recipe, found_quant, ref, meta)
+    return VerbPlan(*_graph(meta, node), output.parent, {f"lib.{resolved.suffix}": output.name})
+
+
+def _graph(source: Node, node: Node) -> tuple[BuildGraph, Node]:
+    """A verb's graph: its one step `node` on its `source` (download) node, each node checked and
+    those this machine cannot build marked."""
+    graph = BuildGraph()
+    graph.add(source)
     node = graph.add(node)
     mark_unbuildable(graph, _check)
-    return VerbPlan(graph, node, output.parent, {f"lib.{resolved.suffix}": output.name})
+    return graph, node
 
 
 def _check(node: Node) -> None:

@@ -21,6 +21,12 @@ def bitmask_words(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
+def _first_line(exc: Exception) -> str:
+    """The first line of xgrammar's message (which says what it cannot use), else the error's type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Grammars:
     """An engine's grammar compiler over its tokenizer (built on first use, compiled grammars cached)."""
 
@@ -67,10 +73,8 @@ class Grammars:
                 else:
                     self._cache[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
             except Exception as exc:  # noqa: BLE001 - xgrammar's own message says what it cannot use
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"the schema cannot be used: {first}", field=f"{FIELD}.json_schema") from None
+                raise UserError(f"the schema cannot be used: {_first_line(exc)}", field=f"{FIELD}.json_schema") from None
         return Constraint(xgr.GrammarMatcher(self._cache[key]), self.vocab_size)
-
 
     def tool_constraint(self, tools: Any) -> "Constraint":
         """A call to one of `tools` (runtime/tools.py), or with tool_choice "auto" also plain text
@@ -82,8 +86,7 @@ class Grammars:
             try:
                 call = xgr.Grammar.from_json_schema(json.dumps(tools.schema()), any_whitespace=False)
             except Exception as exc:  # noqa: BLE001
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"a tool's parameters cannot be used: {first}", field="tools") from None
+                raise UserError(f"a tool's parameters cannot be used: {_first_line(exc)}", field="tools") from None
             grammar = call if tools.required else xgr.Grammar.union(call, xgr.Grammar.from_regex(r"[^{][\s\S]*"))
             self._cache[key] = self._compiler.compile_grammar(grammar)
         return Constraint(xgr.GrammarMatcher(self._cache[key]), self.vocab_size)
@@ -107,10 +110,6 @@ class Constraint:
     def accept(self, token: int) -> None:
         if not self.matcher.accept_token(int(token)):
             raise RuntimeError(f"token {token} was sampled outside the grammar")
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.matcher.is_terminated())
 
 
 __all__ = ["Constraint", "Grammars", "bitmask_words"]

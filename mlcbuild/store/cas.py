@@ -39,12 +39,12 @@ from mlcbuild.store import hashing
 from mlcbuild.store.entries import MAX_ENTRY_BYTES, ActionResult, check_entry
 from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, read_regular, seal
 from mlcbuild.store.hashing import StatIndex
-from mlcbuild.store.maintenance import GcReport, Maintenance
+from mlcbuild.store.maintenance import Maintenance
 from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, parse_json
-from mlcbuild.store.placement import PLACE_TMP_NAME, Placement, shared_with_user
+from mlcbuild.store.placement import Placement, shared_with_user
 from mlcbuild.store.signatures import ObjectSignatures
 
-__all__ = ["ActionResult", "GcReport", "PLACE_TMP_NAME", "Store"]
+__all__ = ["ActionResult", "Store"]
 
 _LEASE_LOCK = threading.Lock()
 _LEASES: dict[Path, list[int]] = {}
@@ -304,11 +304,15 @@ class Store(Placement, Maintenance):
                 print(f"mlcbuild: warning: cache entry {key[:12]} ignored: {' '.join(str(e).split())}; it will be rebuilt", file=sys.stderr)
             return None
         if not check_objects:
-            return result if all(os.path.isfile(self._object_str(e.digest)) for e in result.manifest.files.values()) else None
+            return result if self._objects_present(result) else None
         self.hold_lease()
         if not all(self.check_object(e.digest) is not None for e in result.manifest.files.values()):
             return None
         return result
+
+    def _objects_present(self, result: ActionResult) -> bool:
+        """Every object the result names exists (not re-hashed: for planning and gc)."""
+        return all(os.path.isfile(self._object_str(e.digest)) for e in result.manifest.files.values())
 
     def put_action(self, result: ActionResult) -> None:
         with self._writing():

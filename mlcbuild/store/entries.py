@@ -79,7 +79,6 @@ class ActionResult:
         return cls(key, Manifest.from_json(data.get("manifest")), preimage, *numbers, built_with=built_with, label=label)
 
 
-
 def check_entry(result: ActionResult, key: str, *, strict: bool) -> None:
     """ValueError saying why `result` may not serve `key`. `strict` (remote entries): the preimage
     must hash to the key; otherwise (the local cache, which tests and tools also fill by hand) the

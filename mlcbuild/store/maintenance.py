@@ -244,7 +244,7 @@ class Maintenance:
                 drop = (keep_keys is not None and result.key not in keep_keys) or (
                     older_than_s is not None and now - result.created > older_than_s
                 )
-                if not all(os.path.isfile(self._object_str(e.digest)) for e in result.manifest.files.values()):
+                if not self._objects_present(result):
                     report.broken.append(result)
                 elif drop:
                     report.results.append(result)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mlcbuild.artifact.names import CHAT_CONFIG, LEGACY_TENSOR_CACHE, SHARD_PREFIX, TENSOR_CACHE
 from mlcbuild.errors import UserError
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -29,10 +30,10 @@ DEFAULT_PATTERNS: tuple[str, ...] = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS
 
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
 
-MLC_CONFIG = "mlc-chat-config.json"
+MLC_CONFIG = CHAT_CONFIG
 MLC_META_PATTERNS: tuple[str, ...] = (MLC_CONFIG, *TOKENIZER_FILES)
 """What compiling an already-converted MLC folder needs: its config (and tokenizer, for smoke runs)."""
-MLC_PATTERNS: tuple[str, ...] = (*MLC_META_PATTERNS, "tensor-cache.json", "ndarray-cache.json", "params_shard_*.bin")
+MLC_PATTERNS: tuple[str, ...] = (*MLC_META_PATTERNS, TENSOR_CACHE, LEGACY_TENSOR_CACHE, f"{SHARD_PREFIX}_*.bin")
 """An MLC weight folder as MLC's convert_weight + gen_config write it (or `mlc-ai/*-MLC` publishes it)."""
 
 

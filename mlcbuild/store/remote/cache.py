@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mlcbuild.errors import MlcbuildError, UserError, redact
+from mlcbuild.errors import MlcbuildError, UserError, print_warning, redact
 from mlcbuild.store.cas import ActionResult, Store
 from mlcbuild.store.entries import MAX_ENTRY_BYTES, check_entry
 from mlcbuild.store.manifest import FileEntry
@@ -45,10 +44,6 @@ TIMEOUT_S = 10.0
 Progress = Callable[[float, str], None]
 
 
-def _stderr_warning(message: str) -> None:
-    print(f"mlcbuild: warning: {message}", file=sys.stderr, flush=True)
-
-
 def _positive_env(name: str, default: float) -> float:
     """A rate or timeout from the environment; anything but a positive finite number is one error line."""
     text = os.environ.get(name, "").strip()
@@ -61,6 +56,11 @@ def _positive_env(name: str, default: float) -> float:
     if not value > 0 or value == float("inf"):
         raise UserError(f"must be a positive number, got {text!r}", field=name)
     return value
+
+
+def _reason(error: Exception) -> str:
+    """An error as one line of a warning, credentials redacted."""
+    return " ".join(redact(str(error)).split())
 
 
 class _Rejected(Exception):
@@ -113,7 +113,7 @@ class RemoteSettings:
     min_rate: float = MIN_RATE
     timeout_s: float = TIMEOUT_S
 
-    def open(self, warn: Callable[[str], None] = _stderr_warning) -> "RemoteCache":
+    def open(self, warn: Callable[[str], None] = print_warning) -> "RemoteCache":
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
         key = None if self.signing_key is None else Ed25519PrivateKey.from_private_bytes(self.signing_key)
@@ -135,7 +135,7 @@ class RemoteCache:
         read_only: bool = False,
         signing_key: Any | None = None,
         trusted_keys: dict[str, Any] | None = None,
-        warn: Callable[[str], None] = _stderr_warning,
+        warn: Callable[[str], None] = print_warning,
         jobs: int = TRANSFER_JOBS,
         backend: Backend | None = None,
         min_rate: float = MIN_RATE,
@@ -166,7 +166,7 @@ class RemoteCache:
         *,
         read_only: bool = False,
         signing_key: Path | None = None,
-        warn: Callable[[str], None] = _stderr_warning,
+        warn: Callable[[str], None] = print_warning,
     ) -> "RemoteCache | None":
         """From flags, else MLCBUILD_REMOTE / _READ_ONLY / MLCBUILD_SIGNING_KEY / MLCBUILD_TRUSTED_KEYS."""
         origin = "--remote" if url else ENV_REMOTE
@@ -220,7 +220,7 @@ class RemoteCache:
         return time.monotonic() + self.timeout_s + size / self.min_rate
 
     def _trip(self, error: Exception) -> None:
-        reason = " ".join(redact(str(error)).split()) or type(error).__name__
+        reason = _reason(error) or type(error).__name__
         with self._lock:
             if self.down:
                 return
@@ -380,7 +380,7 @@ class RemoteCache:
 
     def _failed(self, error: RemoteUnavailable) -> MlcbuildError:
         """What a command that needs the remote (push, gc) says when it is unusable: one line."""
-        return MlcbuildError(f"remote cache {self.url} unavailable ({' '.join(redact(str(error)).split())})")
+        return MlcbuildError(f"remote cache {self.url} unavailable ({_reason(error)})")
 
     def _ticker(self, total: int, verb: str, progress: Progress | None) -> Callable[[int], None]:
         done = 0
