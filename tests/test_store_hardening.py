@@ -210,6 +210,38 @@ def test_gc_waits_for_a_build_holding_the_cache(tmp_path: Path) -> None:
     assert not store.object_path(manifest.files["a"].digest).exists()
 
 
+def test_a_store_collected_inside_the_lease_bookkeeping_never_deadlocks(tmp_path: Path) -> None:
+    """The garbage collector may free a leased Store while its thread holds the lease lock (any
+    allocation there can run it). Nothing may wait for a lock its own thread holds (CI once hung so
+    until its time ran out), and the lease is still given back."""
+    import gc
+    import threading
+
+    def collect_inside_the_lock() -> None:
+        with cas._LEASE_LOCK:
+            gc.collect()
+
+    gc.disable()
+    try:
+        dropped = Store(tmp_path / "dropped")
+        dropped.hold_lease()
+        dropped.cycle = dropped  # only the cyclic collector frees it
+        del dropped
+        worker = threading.Thread(target=collect_inside_the_lock, daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+    finally:
+        gc.enable()
+    assert not worker.is_alive(), "the collector's __del__ waited for the lease lock its own thread held"
+    taker = Store(tmp_path / "taker")
+    taker.hold_lease()
+    assert (tmp_path / "dropped").absolute() not in cas._LEASES and (tmp_path / "taker").absolute() in cas._LEASES
+    with taker.exclusive():  # this process's own lease never blocks its gc
+        pass
+    taker.close()
+    assert (tmp_path / "taker").absolute() not in cas._LEASES
+
+
 # -- 6. a failed variant places nothing --------------------------------------------------------
 def test_a_failed_variant_places_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path / "cache")

@@ -22,6 +22,7 @@ in store/placement.py, and `cache verify`/`gc`/`du` in store/maintenance.py.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -49,6 +50,29 @@ __all__ = ["ActionResult", "Store"]
 _LEASE_LOCK = threading.Lock()
 _LEASES: dict[Path, list[int]] = {}
 """cache root -> [fd of locks/gc.lock held shared, Stores using it]: one lease per process."""
+_DROPPED: collections.deque[Path] = collections.deque()
+"""Leases let go of by `Store.__del__`, given back by whoever next holds _LEASE_LOCK. The garbage
+collector runs __del__ at any allocation, also inside a `with _LEASE_LOCK` of the same thread, so
+__del__ must never wait for that lock (it did once: a test run that hung until CI's time ran out)."""
+_SIGNATURES_LOCK = threading.Lock()
+
+
+def _give_back_dropped(wait: bool) -> None:
+    if not _LEASE_LOCK.acquire(blocking=wait):
+        return
+    try:
+        while _DROPPED:
+            root = _DROPPED.popleft()
+            held = _LEASES.get(root)
+            if held is None:
+                continue
+            held[1] -= 1
+            if held[1] <= 0:
+                del _LEASES[root]
+                if held[0] >= 0:
+                    os.close(held[0])
+    finally:
+        _LEASE_LOCK.release()
 
 class Store(Placement, Maintenance):
     """The cache under one root: objects and the action cache here; placement and maintenance
@@ -104,7 +128,7 @@ class Store(Placement, Maintenance):
     @property
     def signatures(self) -> ObjectSignatures:
         if self._signatures is None:
-            with _LEASE_LOCK:
+            with _SIGNATURES_LOCK:
                 if self._signatures is None:
                     self._signatures = ObjectSignatures.open(self.root / "index" / "objects.json")
         return self._signatures
@@ -128,16 +152,20 @@ class Store(Placement, Maintenance):
         with the last Store using it, or at exit), so `cache gc`, which takes it exclusive, waits for
         running builds. Taken on first use; a cache where the lock file cannot even be opened
         (read-only and never written) needs none: gc cannot delete anything there either."""
-        if self._leased:
-            return
-        with _LEASE_LOCK:
-            if self._leased:
-                return
-            held = _LEASES.get(self.root)
-            if held is None:
-                held = _LEASES[self.root] = [self._open_lease(), 0]
-            held[1] += 1
-            self._leased = True
+        opened: int | None = None  # opened without _LEASE_LOCK: it may wait for another process's gc
+        while not self._leased:
+            with _LEASE_LOCK:
+                held = _LEASES.get(self.root)
+                if held is None and opened is not None:
+                    held, opened = _LEASES.setdefault(self.root, [opened, 0]), None
+                if held is not None and not self._leased:
+                    held[1] += 1
+                    self._leased = True
+            if not self._leased:
+                opened = self._open_lease()
+        if opened is not None and opened >= 0:
+            os.close(opened)  # another thread took this cache's lease meanwhile
+        _give_back_dropped(wait=True)
 
     def _open_lease(self) -> int:
         path = self.root / "locks" / "gc.lock"
@@ -158,21 +186,17 @@ class Store(Placement, Maintenance):
 
     def close(self) -> None:
         """Release this Store's share of the lease (also done when it is garbage-collected)."""
-        if not self._leased:
-            return
-        with _LEASE_LOCK:
-            self._leased = False
-            held = _LEASES.get(self.root)
-            if held is not None:
-                held[1] -= 1
-                if held[1] <= 0:
-                    del _LEASES[self.root]
-                    if held[0] >= 0:
-                        os.close(held[0])
+        self._drop_lease(wait=True)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            self.close()
+            self._drop_lease(wait=False)
+
+    def _drop_lease(self, wait: bool) -> None:
+        if self._leased:
+            self._leased = False
+            _DROPPED.append(self.root)
+            _give_back_dropped(wait)
 
     @contextlib.contextmanager
     def exclusive(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
@@ -180,10 +204,13 @@ class Store(Placement, Maintenance):
         path = self.root / "locks" / "gc.lock"
         with self._writing():
             path.parent.mkdir(parents=True, exist_ok=True)
-        held = _LEASES.get(self.root)
-        own = held is None or held[0] < 0
-        with self._writing():
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644) if own else held[0]
+        self.hold_lease()  # converted to exclusive below: this process never waits for itself
+        with _LEASE_LOCK:
+            fd = _LEASES[self.root][0]
+        own = fd < 0
+        if own:
+            with self._writing():
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
