@@ -110,6 +110,39 @@ def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None
     assert np.abs(y.numpy() - exact).max() <= (3e-2 if levels == 1 else 5e-4) * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("variant", ["x86_64", "znver4"])
+def test_long_rows_in_chunks_give_the_same_bits(variant: str, monkeypatch) -> None:
+    """Rows whose activation digits outgrow L1 (K = 8192, two digits: 20 KB) are taken in chunks of K
+    across a task's rows; each row's sum keeps its order, so the output is the row-by-row kernel's, bit
+    for bit, and the numpy statement's."""
+    import tvm
+
+    from mlcbuild.compiler import int8_gemv
+
+    needs = {"x86_64": {"avx2", "f16c"}, "znver4": {"avx512_vnni", "avx512vl", "avx512bw"}}[variant]
+    if not needs <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
+    m, n, k = 2, 32, 8192
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
+    s = (rng.random((n, k // 32)) * 0.02).astype(np.float16)
+    assert "sums" in int8_gemv.gemv_func(n, k, "float32", "avx2", 2).script()
+    outputs = []
+    for in_l1 in (int8_gemv.ROW_BYTES_IN_L1, 1 << 30):
+        monkeypatch.setattr(int8_gemv, "ROW_BYTES_IN_L1", in_l1)
+        lib = _build(n, k, variant, 2)
+        dev = tvm.cpu()
+        xq, zc, xd = (tvm.runtime.empty(shape, dtype, dev) for shape, dtype in (((m, 2 * k), "int8"), ((m, k // 8), "int32"), ((m, k // 32), "float32")))
+        y = tvm.runtime.empty((m, n), "float32", dev)
+        lib["quantize_q8"](tvm.runtime.tensor(x, dev), xq, zc, xd)
+        lib["gemv"](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
+        outputs.append(y.numpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    want = numpy_q4_q8_gemv(x, w, s, 2)
+    assert np.abs(outputs[0] - want).max() <= 1e-5 * np.abs(want).max()
+
+
 @pytest.mark.parametrize(
     "variant, wanted, unwanted",
     [

@@ -49,6 +49,13 @@ per group: 0.061 on the tiny models' logits, 3× the q4f16_1 test tolerance; `co
 dot-product instructions per 64 weights."""
 ROWS_PER_TASK = (16, 8, 4, 2, 1)
 """Rows of W per parallel task, largest dividing N first: a task's scratch buffers are allocated once."""
+ROW_BYTES_IN_L1 = 16 * 1024
+"""Above this many bytes of one activation row's digits and zero points (levels·K + K/2), a task
+takes K in chunks of CHUNK_PAIRS pairs across its rows, so the chunk stays in L1 while the weights
+stream: mlp down (K = 10240, two digits: 25 KB) ran at 18 GB/s row by row, 27 GB/s chunked
+(`python -m bench.gemv`); rows of K = 2560 (6.4 KB) run fastest whole, one contiguous stream."""
+CHUNK_PAIRS = 8
+"""Pairs (64 weights) per chunk, unrolled: 8 and 4 measured alike, 16 and more as slow as whole rows."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,8 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
     words = k // 8
     rows_per_task = next(t for t in ROWS_PER_TASK if n % t == 0)
 
+    chunks = pairs // CHUNK_PAIRS if levels * k + k // 2 > ROW_BYTES_IN_L1 and pairs % CHUNK_PAIRS == 0 else 0
+
     @T.prim_func(private=True, s_tir=True)
     def q4_q8_gemv(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -225,6 +234,31 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
                             acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, row, xq, zc, xd, r, p, levels)
                         y[r, row] = T.Cast(out_dtype, ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
 
+    @T.prim_func(private=True, s_tir=True)
+    def q4_q8_gemv_chunked(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        xq = T.match_buffer(xq_h, (m, levels * k), "int8")
+        zc = T.match_buffer(zc_h, (m, words), "int32")
+        xd = T.match_buffer(xd_h, (m, groups), "float32")
+        y = T.match_buffer(y_h, (m, n), out_dtype)
+        with T.sblock("root"):
+            for tile in T.parallel(n // rows_per_task):
+                sums = T.decl_buffer((rows_per_task * 8,), "float32", scope="local")
+                acc = T.decl_buffer((8,), "float32", scope="local")
+                for r in T.serial(m):
+                    for i in T.serial(rows_per_task):
+                        sums[T.ramp(i * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
+                    for c, i in T.grid(chunks, rows_per_task):
+                        acc[T.ramp(0, 1, 8)] = sums[T.ramp(i * 8, 1, 8)]
+                        for p in T.unroll(CHUNK_PAIRS):
+                            acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * CHUNK_PAIRS + p, levels)
+                        sums[T.ramp(i * 8, 1, 8)] = acc[T.ramp(0, 1, 8)]
+                    for i in T.serial(rows_per_task):
+                        y[r, tile * rows_per_task + i] = T.Cast(out_dtype, ((sums[i * 8] + sums[i * 8 + 4]) + (sums[i * 8 + 1] + sums[i * 8 + 5])) + ((sums[i * 8 + 2] + sums[i * 8 + 6]) + (sums[i * 8 + 3] + sums[i * 8 + 7])))
+
+    if chunks:
+        return q4_q8_gemv_chunked.with_attr("tirx.is_scheduled", True)
     return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
 
 

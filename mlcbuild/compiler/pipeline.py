@@ -185,6 +185,7 @@ def build_pipeline(
     @tvm.transform.module_pass(opt_level=0, name="MlcbuildPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         from mlcbuild.compiler.determinism import canonical_store_order
+        from mlcbuild.compiler.llvm_alias import noalias_everywhere
 
         with target:
             seq = tvm.transform.Sequential(
@@ -205,6 +206,7 @@ def build_pipeline(
                     relax.transform.VMShapeLower(),
                     relax.transform.AttachGlobalSymbol(),
                     canonical_store_order(),
+                    *([noalias_everywhere()] if kind == "llvm" else []),
                 ]
             )
             return seq(mod)
