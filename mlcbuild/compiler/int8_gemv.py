@@ -207,35 +207,18 @@ def _pair_term(isa: str, w: Any, s: Any, row: Any, xq: Any, zc: Any, xd: Any, r:
 
 
 def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
-    """y[M, N] = x · W[N, K]^T (q4f16_1 W) from `quantize_func`'s outputs: rows of W in parallel, each
-    row's 4-bit weights (K/2 bytes, in L1) used for every activation row."""
+    """y[M, N] = x · W[N, K]^T (q4f16_1 W) from `quantize_func`'s outputs: tasks of rows of W in
+    parallel; each row's sum runs over K in order, whole or (long rows) in chunks across the task's rows."""
     groups = k // GROUP
     pairs = k // PAIR
     words = k // 8
     rows_per_task = next(t for t in ROWS_PER_TASK if n % t == 0)
 
-    chunks = pairs // CHUNK_PAIRS if levels * k + k // 2 > ROW_BYTES_IN_L1 and pairs % CHUNK_PAIRS == 0 else 0
+    chunked = levels * k + k // 2 > ROW_BYTES_IN_L1 and pairs % CHUNK_PAIRS == 0
+    chunk = CHUNK_PAIRS if chunked else pairs
 
     @T.prim_func(private=True, s_tir=True)
     def q4_q8_gemv(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        xq = T.match_buffer(xq_h, (m, levels * k), "int8")
-        zc = T.match_buffer(zc_h, (m, words), "int32")
-        xd = T.match_buffer(xd_h, (m, groups), "float32")
-        y = T.match_buffer(y_h, (m, n), out_dtype)
-        with T.sblock("root"):
-            for tile in T.parallel(n // rows_per_task):
-                acc = T.decl_buffer((8,), "float32", scope="local")
-                for row in T.serial(tile * rows_per_task, tile * rows_per_task + rows_per_task):
-                    for r in T.serial(m):
-                        acc[T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
-                        for p in T.serial(pairs):
-                            acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, row, xq, zc, xd, r, p, levels)
-                        y[r, row] = T.Cast(out_dtype, ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
-
-    @T.prim_func(private=True, s_tir=True)
-    def q4_q8_gemv_chunked(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m = T.int64()
         xq = T.match_buffer(xq_h, (m, levels * k), "int8")
@@ -249,16 +232,14 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
                 for r in T.serial(m):
                     for i in T.serial(rows_per_task):
                         sums[T.ramp(i * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
-                    for c, i in T.grid(chunks, rows_per_task):
+                    for c, i in T.grid(pairs // chunk, rows_per_task):
                         acc[T.ramp(0, 1, 8)] = sums[T.ramp(i * 8, 1, 8)]
-                        for p in T.unroll(CHUNK_PAIRS):
-                            acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * CHUNK_PAIRS + p, levels)
+                        for p in T.unroll(chunk) if chunked else T.serial(chunk):
+                            acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * chunk + p, levels)
                         sums[T.ramp(i * 8, 1, 8)] = acc[T.ramp(0, 1, 8)]
                     for i in T.serial(rows_per_task):
                         y[r, tile * rows_per_task + i] = T.Cast(out_dtype, ((sums[i * 8] + sums[i * 8 + 4]) + (sums[i * 8 + 1] + sums[i * 8 + 5])) + ((sums[i * 8 + 2] + sums[i * 8 + 6]) + (sums[i * 8 + 3] + sums[i * 8 + 7])))
 
-    if chunks:
-        return q4_q8_gemv_chunked.with_attr("tirx.is_scheduled", True)
     return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
 
 
