@@ -15,10 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from mlcbuild.artifact.names import CHAT_CONFIG
+from mlcbuild.artifact.names import CHAT_CONFIG, MODEL_SUFFIX
 from mlcbuild.errors import UserError
 
-MODEL_SUFFIX = "-MLC"
 LIBS = "libs"
 LIBRARY_SUFFIXES: tuple[str, ...] = (".so", ".dylib", ".dll")
 PROVENANCE_SUFFIX = ".provenance.json"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 CHAT_CONFIG = "mlc-chat-config.json"
+MODEL_SUFFIX = "-MLC"
+"""A model folder's name ends so (`<name>-<quantization>-MLC`), as do MLC's prebuilt repos (mlc-ai/*-MLC)."""
 TENSOR_CACHE = "tensor-cache.json"
 LEGACY_TENSOR_CACHE = "ndarray-cache.json"
 """The same index under its name before TVM's 2025 rename; MLC-published folders still carry it."""

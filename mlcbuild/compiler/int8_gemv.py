@@ -18,7 +18,9 @@ of groups and digit: the 32 even elements, then the 32 odd ones) with -7·Σ(dig
 them (`zc`, the int32 accumulator's start). Per 64 weights (`q4_q8_gemv`): one 32-byte load, a shift
 and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpmaddubsw` + one
 `vpmaddwd` (AVX2: u8 × s8 pairs in int16 cannot saturate, 2·15·127 < 2^15) or four `sdot` (AArch64
-dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales.
+dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
+row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
+taken in chunks of K across the task's rows, each row's sum still in order (the same bits).
 
 Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
 11 bits: logits as the float path's to 6e-5 on the 3B shape), ≤ d/2 with one (llama.cpp's Q8_0).

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from mlcbuild.artifact.names import MODEL_SUFFIX
 from mlcbuild.errors import Location, UserError, describe
 from mlcbuild.recipe.model import Recipe, Source, TargetRef
 from mlcbuild.recipe.schema import InstancePath, Issue, iter_issues, load_schema
@@ -315,9 +316,9 @@ def _source(check: _Checker, base: Path, src: Mapping[str, Any]) -> tuple[Source
 def name_from_source(source_name: str) -> str:
     """The name a recipe gets from its source: an MLC folder's `<name>-<quant>-MLC` gives `<name>`,
     so its outputs are not called `<name>-<quant>-MLC-<quant>-MLC`."""
-    if not source_name.endswith("-MLC"):
+    if not source_name.endswith(MODEL_SUFFIX):
         return source_name
-    return re.sub(r"-q\d+(?:f|bf)\d+(?:_\d+)?$", "", source_name.removesuffix("-MLC")) or source_name
+    return re.sub(r"-q\d+(?:f|bf)\d+(?:_\d+)?$", "", source_name.removesuffix(MODEL_SUFFIX)) or source_name
 
 
 def _targets_of(check: _Checker, texts: list[str], problems: list[UserError | None]) -> list[TargetRef]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from mlcbuild.artifact.names import CHAT_CONFIG, LEGACY_TENSOR_CACHE, SHARD_PREFIX, TENSOR_CACHE
+from mlcbuild.artifact.names import CHAT_CONFIG, LEGACY_TENSOR_CACHE, MODEL_SUFFIX, SHARD_PREFIX, TENSOR_CACHE
 from mlcbuild.errors import UserError
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -51,7 +51,7 @@ def is_mlc_folder(folder: Path) -> bool:
 
 def is_mlc_repo(repo: str) -> bool:
     """A Hub repo of converted weights, by the `*-MLC` name mlc-ai publishes them under."""
-    return repo.endswith("-MLC")
+    return repo.endswith(MODEL_SUFFIX)
 
 
 def is_weight_file(name: str) -> bool:
