@@ -119,7 +119,7 @@ class _CompiledModels:
             (out / "mlc-chat-config.json").write_bytes(config.dumps())
         return out
 
-    def __call__(self, family, quantization, target="llvm"):
+    def __call__(self, family, quantization, target="llvm", options=None):
         import json as _json
         from types import SimpleNamespace
 
@@ -127,13 +127,14 @@ class _CompiledModels:
         from mlcbuild.compiler.pipeline import CompileOptions
         from mlcbuild.targets import resolve_target
 
-        key = (family, quantization, target)
+        key = (family, quantization, target, _json.dumps(options, sort_keys=True))
         if key not in self._built:
             model_dir = self.model_dir(family, quantization)
             name, _, variant = target.partition(":")
             chat_config = _json.loads((model_dir / "mlc-chat-config.json").read_text())
-            out = self.root / family / f"lib-{quantization}-{name}-{variant or 'default'}"
-            result = build_model_lib(chat_config, resolve_target(name, variant or None), CompileOptions(), out)
+            suffix = "".join(f"-{k}{v}" for k, v in sorted((options or {}).items()))
+            out = self.root / family / f"lib-{quantization}-{name}-{variant or 'default'}{suffix}"
+            result = build_model_lib(chat_config, resolve_target(name, variant or None), CompileOptions.from_json(options), out)
             self._built[key] = SimpleNamespace(
                 family=family,
                 quantization=quantization,
@@ -148,7 +149,7 @@ class _CompiledModels:
 
 @_pytest.fixture(scope="session")
 def compiled_model(tmp_path_factory):
-    """compiled_model(family, quantization, target="llvm") -> namespace(hf_dir, model_dir, lib, metadata).
+    """compiled_model(family, quantization, target="llvm", options=None) -> namespace(hf_dir, model_dir, lib, metadata).
 
     family is one of TINY_FAMILIES; context_window_size 128, prefill chunk 16.
     """

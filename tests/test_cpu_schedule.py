@@ -15,6 +15,9 @@ try:
 except ImportError:
     from tests.test_compile import EXACT_TOL, FP16_TOL, _tokens, reference_logits
 
+ONE_DIGIT_TOL = 0.15
+"""llama.cpp's one-digit activations: |error| ≤ d/2 per activation (0.061 on these logits, decode only)."""
+
 
 def _llvm() -> object:
     import tvm
@@ -52,6 +55,7 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
     kernels = scheduled_kernels(built.model_dir)
     matmuls = {name: text for name, text in kernels.items() if "NT_matmul" in name}
     integer = [name for name in kernels if name.startswith("q4_q8_gemv")]
+    assert not [name for name in kernels if name.startswith("q4_q8_gemm")], "two digits: prefill stays float"
     # q4f16_1 decode GEMVs are integer dot products (compiler/int8_gemv.py); prefill stays float
     assert len(matmuls) >= (8 if quantization == "q0f32" else 4) and len(integer) >= (0 if quantization == "q0f32" else 4), sorted(kernels)
     for name, text in matmuls.items():
@@ -184,16 +188,41 @@ def test_other_schemes_keep_the_float_decode_path(compiled_model, quantization: 
     assert any("dequantize" in name and "NT_matmul" in name for name in kernels)
 
 
+@pytest.mark.slow
+def test_one_digit_library_prefills_and_decodes_in_integers_near_transformers(compiled_model) -> None:
+    """`cpu_int8_digits: 1` (llama.cpp's numerics): every q4f16_1 matmul, prefill's included, multiplies
+    one-digit int8 activations; the library still runs the model, within that rounding of transformers."""
+    from mlcbuild.runtime.engine import Engine
+
+    try:
+        from test_compile import DECODE, PROMPT
+    except ImportError:
+        from tests.test_compile import DECODE, PROMPT
+
+    built = compiled_model("gpt_neox", "q4f16_1", options={"cpu_int8_digits": 1})
+    ids = _tokens(PROMPT + DECODE)
+    ours = Engine.load(built.model_dir, built.lib).logits_for(ids[:PROMPT], ids[PROMPT:])
+    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", "q4f16_1", ids)[PROMPT - 1 :]
+    err = np.abs(ours - ref).max(axis=-1)
+    assert err.max() <= ONE_DIGIT_TOL, f"per-step max abs error {err}"
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    assert err.max() > FP16_TOL / 10, "the one-digit rounding shows: the integer path ran"
+
+
 @pytest.mark.parametrize("digits, kernels_expected", [(1, True), (0, False)])
 def test_int8_digits_option(compiled_model, digits: int, kernels_expected: bool) -> None:
     """`compile: {cpu_int8_digits: 1}` is llama.cpp's one-digit Q8_0 activation (64 int8 per row of
-    the tiny model's 64 activations, not 128); 0 keeps the float decode path; anything else is one line."""
+    the tiny model's 64 activations, not 128), for prefill's matmuls too (q4_q8_gemm); 0 keeps the
+    float path; anything else is one line."""
     from mlcbuild.errors import UserError
     from mlcbuild.steps.compile import CompileStep
     from mlcbuild.targets import target_params
 
     kernels = scheduled_kernels(compiled_model.model_dir("gpt_neox", "q4f16_1"), {"cpu_int8_digits": digits})
     assert any(name.startswith("q4_q8_gemv") for name in kernels) == kernels_expected
+    assert any(name.startswith("q4_q8_gemm") for name in kernels) == kernels_expected
+    if kernels_expected:  # every q4f16_1 matmul is integer: no dequantize + NT_matmul kernel is left
+        assert not [name for name in kernels if "dequantize" in name and "NT_matmul" in name], sorted(kernels)
     if kernels_expected:
         assert '(m, 64), "int8")' in kernels["quantize_q8"]
     with pytest.raises(UserError, match="cpu_int8_digits: must be 0 .* got 3"):

@@ -35,13 +35,14 @@ def _target(variant: str):
 def _build(n: int, k: int, variant: str, levels: int, out_dtype: str = "float32", isa: str | None = None):
     import tvm
 
-    from mlcbuild.compiler.int8_gemv import Isa, gemv_func, quantize_func
+    from mlcbuild.compiler.int8_gemv import Isa, gemm_func, gemv_func, quantize_func
 
     target = _target(variant)
     isa = isa or Isa.of(target).name
     mod = tvm.IRModule({
         "quantize_q8": quantize_func(k, "float16", levels).with_attr("global_symbol", "quantize_q8"),
         "gemv": gemv_func(n, k, out_dtype, isa, levels).with_attr("global_symbol", "gemv"),
+        "gemm": gemm_func(n, k, out_dtype, isa, levels).with_attr("global_symbol", "gemm"),
     })
     return tvm.compile(mod, target=target)
 
@@ -90,7 +91,7 @@ def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None
     if not needs <= _cpu_flags():
         pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
     rng = np.random.default_rng(k + levels)
-    m, n = 2, 48
+    m, n = 5, 48
     x = rng.standard_normal((m, k)).astype(np.float16)
     x[1, :32] = 0  # an all-zero group: scale 0, no division by zero
     w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
@@ -102,12 +103,16 @@ def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None
     xd = tvm.runtime.empty((m, k // 32), "float32", dev)
     y = tvm.runtime.empty((m, n), "float32", dev)
     lib["quantize_q8"](tvm.runtime.tensor(x, dev), xq, zc, xd)
-    lib["gemv"](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
     want = numpy_q4_q8_gemv(x, w, s, levels)
-    assert np.abs(y.numpy() - want).max() <= 1e-5 * np.abs(want).max()
     exact = x.astype(np.float64) @ _dequantized(w, s).T
-    # one int8 digit is llama.cpp's Q8_0 error; two digits leave float32 rounding only
-    assert np.abs(y.numpy() - exact).max() <= (3e-2 if levels == 1 else 5e-4) * np.abs(exact).max()
+    outputs = []
+    for kernel in ("gemv", "gemm"):  # decode's rows one by one; prefill's 4 at a time, the last step short
+        lib[kernel](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
+        outputs.append(y.numpy())
+        assert np.abs(outputs[-1] - want).max() <= 1e-5 * np.abs(want).max(), kernel
+        # one int8 digit is llama.cpp's Q8_0 error; two digits leave float32 rounding only
+        assert np.abs(outputs[-1] - exact).max() <= (3e-2 if levels == 1 else 5e-4) * np.abs(exact).max(), kernel
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # same sums in the same order
 
 
 @pytest.mark.parametrize("variant", ["x86_64", "znver4"])

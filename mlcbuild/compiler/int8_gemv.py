@@ -58,6 +58,9 @@ stream: mlp down (K = 10240, two digits: 25 KB) ran at 18 GB/s row by row, 27 GB
 (`python -m bench.gemv`); rows of K = 2560 (6.4 KB) run fastest whole, one contiguous stream."""
 CHUNK_PAIRS = 8
 """Pairs (64 weights) per chunk, unrolled: 8 and 4 measured alike, 16 and more as slow as whole rows."""
+TOKENS_PER_STEP = 4
+"""Activation rows per step of the prefill GEMM (`python -m bench.gemv`'s prefill rows, 32 tokens of the
+3B shapes, one digit: 4 rows × 1 weight row 116 GMAC/s AVX2 / 145 VNNI; 2 × 2, 2 × 4, 4 × 2 slower)."""
 
 
 @dataclass(frozen=True)
@@ -87,17 +90,14 @@ class Isa:
         return None
 
 
-def _levels_of(x: Any, inv: Any, levels: int) -> list[Any]:
-    """int8 digits of x/d in base 256 (d = amax/127): nearbyint(x/d), then the rounded remainder × 256."""
+def _digit(x: Any, inv: Any, level: Any) -> Any:
+    """int8 digit `level` of x/d in base 256 (d = amax/127): nearbyint(x/d), then the rounded remainder × 256."""
     from tvm import tirx
 
     scaled = tirx.Cast("float32", x) * inv
     first = tirx.nearbyint(scaled)
-    digits = [first]
-    if levels == 2:
-        rest = tirx.nearbyint((scaled - first) * tirx.const(256, "float32"))
-        digits.append(tirx.max(tirx.min(rest, tirx.const(127, "float32")), tirx.const(-127, "float32")))
-    return [tirx.Cast("int8", d) for d in digits]
+    rest = tirx.max(tirx.min(tirx.nearbyint((scaled - first) * tirx.const(256, "float32")), tirx.const(127, "float32")), tirx.const(-127, "float32"))
+    return tirx.Cast("int8", tirx.Select(level == 0, first, rest))
 
 
 def _zero_point(xq: Any, r: Any, p: Any, lane: Any, levels: int) -> Any:
@@ -121,6 +121,8 @@ def quantize_func(k: int, x_dtype: str, levels: int = LEVELS) -> tvm.tirx.PrimFu
     groups = k // GROUP
     unit = 127 * 256 ** (levels - 1)
 
+    pairs = k // PAIR
+
     @T.prim_func(private=True, s_tir=True)
     def quantize_q8(x_h: T.handle, xq_h: T.handle, zc_h: T.handle, xd_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -130,19 +132,19 @@ def quantize_func(k: int, x_dtype: str, levels: int = LEVELS) -> tvm.tirx.PrimFu
         zc = T.match_buffer(zc_h, (m, k // 8), "int32")
         xd = T.match_buffer(xd_h, (m, groups), "float32")
         with T.sblock("root"):
-            for r, g in T.grid(m, groups):
+            for rg in T.parallel(m * groups):
                 amax = T.decl_buffer((1,), "float32", scope="local")
                 amax[0] = T.float32(0)
                 for i in T.serial(GROUP):
-                    amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[r, g * GROUP + i])))
-                xd[r, g] = amax[0] / T.float32(unit)
+                    amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[rg // groups, rg % groups * GROUP + i])))
+                xd[rg // groups, rg % groups] = amax[0] / T.float32(unit)
                 amax[0] = T.Select(amax[0] > T.float32(0), T.float32(127) / T.max(amax[0], T.float32(1e-30)), T.float32(0))
                 for b, odd in T.grid(GROUP // 2, 2):
-                    xq[r, (g // 2) * PAIR * levels + odd * GROUP + (g % 2) * (GROUP // 2) + b] = _levels_of(x[r, g * GROUP + b * 2 + odd], amax[0], levels)[0]
-                    if levels == 2:
-                        xq[r, (g // 2) * PAIR * levels + PAIR + odd * GROUP + (g % 2) * (GROUP // 2) + b] = _levels_of(x[r, g * GROUP + b * 2 + odd], amax[0], levels)[1]
-            for r, p, lane in T.grid(m, k // PAIR, 8):
-                zc[r, p * 8 + lane] = _zero_point(xq, r, p, lane, levels)
+                    for level in T.unroll(levels):
+                        xq[rg // groups, rg % groups // 2 * PAIR * levels + level * PAIR + odd * GROUP + rg % groups % 2 * (GROUP // 2) + b] = _digit(x[rg // groups, rg % groups * GROUP + b * 2 + odd], amax[0], level)
+            for rp in T.parallel(m * pairs):
+                for lane in T.serial(8):
+                    zc[rp // pairs, rp % pairs * 8 + lane] = _zero_point(xq, rp // pairs, rp % pairs, lane, levels)
 
     return quantize_q8.with_attr("tirx.is_scheduled", True)
 
@@ -240,9 +242,47 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
                             acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * chunk + p, levels)
                         sums[T.ramp(i * 8, 1, 8)] = acc[T.ramp(0, 1, 8)]
                     for i in T.serial(rows_per_task):
-                        y[r, tile * rows_per_task + i] = T.Cast(out_dtype, ((sums[i * 8] + sums[i * 8 + 4]) + (sums[i * 8 + 1] + sums[i * 8 + 5])) + ((sums[i * 8 + 2] + sums[i * 8 + 6]) + (sums[i * 8 + 3] + sums[i * 8 + 7])))
+                        y[r, tile * rows_per_task + i] = T.Cast(out_dtype, _lane_sum(sums, i * 8))
 
     return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
+
+
+def gemm_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
+    """The same y for a chunk of rows (prefill): TOKENS_PER_STEP activation rows per step share each
+    pair's weight load and unpacking, each with its own accumulator; a last short step recomputes the
+    chunk's last row (writing the same values again) instead of branching."""
+    groups = k // GROUP
+    pairs = k // PAIR
+    words = k // 8
+    rows_per_task = next(t for t in ROWS_PER_TASK if n % t == 0)
+    tokens = TOKENS_PER_STEP
+
+    @T.prim_func(private=True, s_tir=True)
+    def q4_q8_gemm(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        xq = T.match_buffer(xq_h, (m, levels * k), "int8")
+        zc = T.match_buffer(zc_h, (m, words), "int32")
+        xd = T.match_buffer(xd_h, (m, groups), "float32")
+        y = T.match_buffer(y_h, (m, n), out_dtype)
+        with T.sblock("root"):
+            for tile in T.parallel(n // rows_per_task):
+                acc = T.decl_buffer((tokens * 8,), "float32", scope="local")
+                for step, i in T.grid((m + tokens - 1) // tokens, rows_per_task):
+                    for t in T.unroll(tokens):
+                        acc[T.ramp(t * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
+                    for p in T.serial(pairs):
+                        for t in T.unroll(tokens):
+                            acc[T.ramp(t * 8, 1, 8)] = acc[T.ramp(t * 8, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, T.min(step * tokens + t, m - 1), p, levels)
+                    for t in T.unroll(tokens):
+                        y[T.min(step * tokens + t, m - 1), tile * rows_per_task + i] = T.Cast(out_dtype, _lane_sum(acc, t * 8))
+
+    return q4_q8_gemm.with_attr("tirx.is_scheduled", True)
+
+
+def _lane_sum(buf: Any, base: Any) -> Any:
+    """The 8 partial sums at buf[base:base+8], added pairwise (the order every kernel here uses)."""
+    return ((buf[base] + buf[base + 4]) + (buf[base + 1] + buf[base + 5])) + ((buf[base + 2] + buf[base + 6]) + (buf[base + 3] + buf[base + 7]))
 
 
 def _shape(ty: Any) -> list[Any] | None:
@@ -265,9 +305,11 @@ def _is_q4_group32(mod: tvm.IRModule, call: Any) -> bool:
 
 def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
     """Relax pass (after LegalizeOps, before the dequantize + matmul fusion): every
-    `NT_matmul(x, dequantize(q_weight, q_scale))` of one activation row on q4f16_1 weights becomes
-    quantize_q8(x) → q4_q8_gemv (`levels` int8 digits per activation); each activation is quantized
-    once for all its matmuls."""
+    `NT_matmul(x, dequantize(q_weight, q_scale))` on q4f16_1 weights of one activation row per sequence
+    (decode, batch_decode) becomes quantize_q8(x) → q4_q8_gemv (`levels` int8 digits per activation);
+    with one digit, those of a chunk of rows (prefill) too, → q4_q8_gemm. Two digits keep prefill on
+    the float kernel: the integer GEMM is no faster there (`python -m bench.gemv`: 77 against 78 GMAC/s
+    on AVX2). Each activation is quantized once for all its matmuls."""
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
     @relax.expr_functor.mutator
@@ -312,8 +354,9 @@ def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
             k, n = _as_int(x_shape[-1]), w_shape[0]
             x_dtype, y_dtype = str(x.ty.dtype), str(call.ty.dtype)
             # one token per sequence (decode, batch_decode): the sequence axis is a static 1
+            one_row = _as_int(x_shape[-2]) == 1
             if (
-                k is None or n is None or k % PAIR or _as_int(x_shape[-2]) != 1 or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
+                k is None or n is None or k % PAIR or not (one_row or levels == 1) or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
                 or _as_int(y_shape[-1]) != n or str(w.ty.dtype) != "uint32" or str(s.ty.dtype) != "float16"
                 or x_dtype not in ("float16", "float32") or y_dtype not in ("float16", "float32")
             ):
@@ -328,8 +371,9 @@ def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
                 outs = [relax.TensorType((rows, levels * k), "int8"), relax.TensorType((rows, k // 8), "int32"), relax.TensorType((rows, k // GROUP), "float32")]
                 self.quantized[x] = bb.emit(relax.call_tir(quant, [flat], outs))
             q = self.quantized[x]
-            gemv = self._func(("q4_q8_gemv", n, k, y_dtype, isa.name), lambda: gemv_func(n, k, y_dtype, isa.name, levels))
-            y = bb.emit(relax.call_tir(gemv, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2), w, s], relax.TensorType((rows, n), y_dtype)))
+            name, make = ("q4_q8_gemv", gemv_func) if one_row else ("q4_q8_gemm", gemm_func)
+            matmul = self._func((name, n, k, y_dtype, isa.name), lambda: make(n, k, y_dtype, isa.name, levels))
+            y = bb.emit(relax.call_tir(matmul, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2), w, s], relax.TensorType((rows, n), y_dtype)))
             return relax.op.reshape(y, y_shape)
 
     @tvm.transform.module_pass(opt_level=0, name="DecodeInt8Gemv")
