@@ -12,7 +12,7 @@ builds the library and weights from it through a recipe like any user's. Each en
 process (one model in memory at a time); every figure is warm (one short forward before timing) and
 greedy at batch 1, on the same random prompt.
 
-    python -m bench.decode [--layers 32] [--prompt 32] [--decode 16] [--skip hf,llama] [--target llvm:znver4]
+    python -m bench.decode [--layers 32] [--prompt 32] [--decode 16] [--skip hf,llama] [--target llvm:znver4] [--int8-digits 1]
 """
 from __future__ import annotations
 
@@ -40,15 +40,16 @@ def checkpoint(layers: int) -> Path:
     return folder
 
 
-def build(model: Path, layers: int, target: str = "llvm") -> dict[str, Any]:
+def build(model: Path, layers: int, target: str = "llvm", int8_digits: int = 2) -> dict[str, Any]:
     """`mlcbuild build` of a one-quantization, one-target recipe over the checkpoint; where it put things."""
     from mlcbuild.artifact.layout import lib_path, model_dir
     from mlcbuild.recipe.load import load_recipe
     from mlcbuild.targets import resolve_target
 
-    root = WORK / "decode" / f"{layers}L"
+    root = WORK / "decode" / (f"{layers}L" if int8_digits == 2 else f"{layers}L-int8x{int8_digits}")
     root.mkdir(parents=True, exist_ok=True)
-    recipe = write_recipe(root / "recipe.yaml", model.name, model, ["q4f16_1"], [target], 1024, 128)
+    options = {} if int8_digits == 2 else {"compile": {"cpu_int8_digits": int8_digits}}
+    recipe = write_recipe(root / "recipe.yaml", model.name, model, ["q4f16_1"], [target], 1024, 128, **options)
     cache = WORK / "decode" / "cache"
     began = time.perf_counter()
     run([sys.executable, "-m", "mlcbuild", "--cache-dir", str(cache), "build", str(recipe), "-j", "1"])
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip", default="", help=f"comma list of peers to leave out: {','.join(PEERS)}")
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--target", default="llvm", help="the llvm variant mlcbuild builds: llvm (x86_64), llvm:znver4, llvm:native")
+    ap.add_argument("--int8-digits", type=int, default=2, help="compile: {cpu_int8_digits: N}: 2 (default), 1 (llama.cpp's Q8_0 numerics), 0 (float)")
     ap.add_argument("--worker", choices=["mlc", "hf", "llama"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
@@ -311,13 +313,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     skip = set(filter(None, args.skip.split(",")))
     model = checkpoint(args.layers)
-    built = build(model, args.layers, args.target)
+    built = build(model, args.layers, args.target, args.int8_digits)
     timing = {"prompt": args.prompt, "decode": args.decode}
     mlc = _in_process("mlc", args.threads, model_dir=built["model_dir"], lib=built["lib"], **timing)
     bandwidth = {n: copy_bandwidth(n) for n in (1, 2)}
     per_token = mlc["weight_bytes_per_token"]
     results: dict[str, Any] = {
-        "shape": {"layers": args.layers, "hidden": HIDDEN, "vocab": VOCAB, "threads": args.threads, "target": args.target, **timing},
+        "shape": {"layers": args.layers, "hidden": HIDDEN, "vocab": VOCAB, "threads": args.threads, "target": args.target, "int8_digits": args.int8_digits, **timing},
         "mlcbuild_q4f16_1_llvm": {**mlc, "build_s_this_run": built["build_s"]},
         "copy_bandwidth_GB_s": {f"{n}_thread": round(b / 1e9, 2) for n, b in bandwidth.items()},
         "roofline_decode_tok_s": {f"{n}_thread": round(b / per_token, 2) for n, b in bandwidth.items()},
@@ -349,7 +351,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nRedPajama-3B-shaped GPT-NeoX ({s['layers']} layers, mlcbuild target {s.get('target', 'llvm')}), random weights, this CPU, {s['threads']} threads, "
           f"warm, batch 1: prefill {s['prompt']} tokens, then {s['decode']} greedy steps")
     print(f"  {'engine':<34} {'prefill tok/s':>14} {'decode tok/s':>13} {'mlcbuild decode ÷ this':>24}")
-    rows = [(f"mlcbuild q4f16_1 {s.get('target', 'llvm')}", mlc)]
+    digits = s.get("int8_digits", 2)
+    rows = [(f"mlcbuild q4f16_1 {s.get('target', 'llvm')}" + (f" int8x{digits}" if digits != 2 else ""), mlc)]
     for key, label in (("transformers_cpu", "transformers bf16"), ("llama_cpp", "llama.cpp Q4_0")):
         if key in r:
             rows.append((label, r[key]))
