@@ -92,7 +92,7 @@ def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
     (compiler/int8_gemv.py) where the target has them (x86 AVX2, AVX-512 VNNI / AVX-VNNI, AArch64
     dotprod), and TVM's CPU attention kernels with heads in parallel (compiler/cpu_attention.py).
     `compile: {cpu_int8_digits: 1}` quantizes activations to one int8 digit (llama.cpp's Q8_0)
-    instead of two (the default); 0 keeps the float decode path."""
+    instead of two (the default), for prefill's matmuls too; 0 keeps the float path."""
     if options.level < 1 or "cpu" not in target.keys:
         return []
     from mlcbuild.compiler.cpu_attention import parallel_attention_heads
