@@ -7,14 +7,17 @@ loops on one thread. Heads are independent (each writes its own output[.., h, :]
   scratch buffers used only inside the head loop move into a block of their own inside it (one set
   per thread) and the head loop runs `parallel`;
 - prefill against cached pages (`batch_prefill_paged_kv_cpu*`) is `for h_qo: for b: attn block`,
-  whose block already allocates per iteration: the head loop runs `parallel` as it is.
+  whose block already allocates per iteration: the head loop runs `parallel` as it is;
+- a new chunk's self-attention (`batch_prefill_ragged_kv`) is `for b: attn block {scratch buffers;
+  for q_idx: ...}`, its heads interleaved inside its key loop: its queries are independent instead
+  (each re-initializes every scratch buffer and writes its own output row), so the query loop runs
+  `parallel` with the scratch buffers inside it, as decode's head loop does.
 
 TVM's LLVM codegen cannot hand a float scalar parameter (sm_scale, rope_theta, rope_scale) to a
 parallel loop's closure (its analyzer binds every captured variable as an integer), so the kernel
 first stores them in a small buffer and reads them from it (`PrimFunc.specialize` substitutes the
 loads); the signature is unchanged. A kernel of another shape is left alone (the rewrite checks the
-structure it expects). The ragged prefill kernel (a new chunk's self-attention) interleaves its heads
-inside its key loop and stays serial.
+structure it expects).
 
 Imports TVM at module level: reached only through `pipeline.schedule_passes` for llvm targets.
 """
@@ -27,7 +30,8 @@ from tvm import tirx
 from tvm.s_tir.stmt import SBlock, SBlockRealize
 
 HEAD_LOOP = "h_qo"
-KERNELS = ("batch_decode_paged_kv_cpu", "batch_prefill_paged_kv_cpu")
+QUERY_LOOP = "q_idx"
+KERNELS = ("batch_decode_paged_kv_cpu", "batch_prefill_paged_kv_cpu", "batch_prefill_ragged_kv")
 
 
 def _block_with(block: Any, body: Any, alloc_buffers: Any = None) -> Any:
@@ -45,21 +49,23 @@ def _for_with(loop: Any, body: Any, kind: Any = None) -> Any:
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind if kind is None else kind, body, loop.thread_binding, loop.annotations)
 
 
-def _is_head_loop(stmt: Any) -> bool:
-    return isinstance(stmt, tirx.For) and stmt.loop_var.name == HEAD_LOOP and stmt.kind == tirx.ForKind.SERIAL
+def _is_head_loop(stmt: Any, name: str = HEAD_LOOP) -> bool:
+    return isinstance(stmt, tirx.For) and stmt.loop_var.name == name and stmt.kind == tirx.ForKind.SERIAL
 
 
-def _decode_block(attn: Any) -> Any | None:
-    """The decode "attn" block with its head loop parallel and the loop's own scratch buffers inside it."""
-    seq = attn.body
-    if not isinstance(seq, tirx.SeqStmt) or not _is_head_loop(seq.seq[-1]):
+def _attn_block(attn: Any) -> Any | None:
+    """The "attn" block with its last loop parallel (decode: the heads; ragged prefill: the queries)
+    and that loop's own scratch buffers inside it."""
+    stmts = list(attn.body.seq) if isinstance(attn.body, tirx.SeqStmt) else [attn.body]
+    loop = stmts[-1]
+    if not (_is_head_loop(loop) or len(stmts) == 1 and _is_head_loop(loop, QUERY_LOOP)):
         return None
-    loop = seq.seq[-1]
-    before = "\n".join(str(s) for s in seq.seq[:-1])
+    before = "\n".join(str(s) for s in stmts[:-1])
     shared = [b for b in attn.alloc_buffers if f"{b.name}[" in before]
     private = [b for b in attn.alloc_buffers if f"{b.name}[" not in before]
-    head = SBlockRealize([], True, SBlock([], [], [], "attn_head", loop.body, None, private))
-    return _block_with(attn, tirx.SeqStmt([*seq.seq[:-1], _for_with(loop, head, tirx.ForKind.PARALLEL)]), shared)
+    inner = SBlockRealize([], True, SBlock([], [], [], f"attn_{loop.loop_var.name}", loop.body, None, private))
+    parallel = _for_with(loop, inner, tirx.ForKind.PARALLEL)
+    return _block_with(attn, tirx.SeqStmt([*stmts[:-1], parallel]) if len(stmts) > 1 else parallel, shared)
 
 
 def _heads_parallel(body: Any) -> Any | None:
@@ -67,13 +73,13 @@ def _heads_parallel(body: Any) -> Any | None:
     if _is_head_loop(body):
         return _for_with(body, body.body, tirx.ForKind.PARALLEL)
     if isinstance(body, tirx.For) and isinstance(body.body, SBlockRealize) and body.body.block.name_hint == "attn":
-        attn = _decode_block(body.body.block)
+        attn = _attn_block(body.body.block)
         return None if attn is None else _for_with(body, _realize(body.body, attn))
     return None
 
 
 def parallel_heads(func: Any) -> Any | None:
-    """`func` (a TVM CPU decode or paged-prefill attention kernel) with its heads in parallel, or None."""
+    """`func` (a TVM CPU attention kernel) with its heads (or queries) in parallel, or None."""
     if not isinstance(func.body, SBlockRealize) or _heads_parallel(func.body.block.body) is None:
         return None
     floats = [p for p in func.params if isinstance(p.ty, tvm.ir.PrimType) and str(p.ty.dtype).startswith("float")]
@@ -89,7 +95,7 @@ def parallel_heads(func: Any) -> Any | None:
 
 
 def parallel_attention_heads():
-    """Module pass: TVM's CPU decode and paged-prefill attention kernels with heads in parallel."""
+    """Module pass: TVM's CPU attention kernels with heads (ragged prefill: queries) in parallel."""
 
     @tvm.transform.module_pass(opt_level=0, name="ParallelAttentionHeads")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
