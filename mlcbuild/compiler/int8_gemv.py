@@ -90,38 +90,60 @@ class Isa:
         return None
 
 
-def _digit(x: Any, inv: Any, level: Any) -> Any:
-    """int8 digit `level` of x/d in base 256 (d = amax/127): nearbyint(x/d), then the rounded remainder × 256."""
+def _digits(x: Any, r: Any, g: Any, inv: Any, level: int) -> Any:
+    """float32x32: int8 digit `level` of group g of row r of x/d in base 256 (d = amax/127):
+    nearbyint(x/d), then the rounded remainder × 256, clamped to ±127."""
     from tvm import tirx
 
-    scaled = tirx.Cast("float32", x) * inv
-    first = tirx.nearbyint(scaled)
-    rest = tirx.max(tirx.min(tirx.nearbyint((scaled - first) * tirx.const(256, "float32")), tirx.const(127, "float32")), tirx.const(-127, "float32"))
-    return tirx.Cast("int8", tirx.Select(level == 0, first, rest))
+    scaled = tirx.Cast("float32x32", x.vload([r, g * GROUP], f"{x.dtype}x{GROUP}")) * tirx.Broadcast(inv, GROUP)
+    first = tirx.call_intrin("float32x32", "tirx.nearbyint", scaled)
+    if level == 0:
+        return first
+    rest = tirx.call_intrin("float32x32", "tirx.nearbyint", (scaled - first) * tirx.Broadcast(tirx.const(256, "float32"), GROUP))
+    return tirx.max(tirx.min(rest, tirx.Broadcast(tirx.const(127, "float32"), GROUP)), tirx.Broadcast(tirx.const(-127, "float32"), GROUP))
 
 
-def _zero_point(xq: Any, r: Any, p: Any, lane: Any, levels: int) -> Any:
-    """-7 · Σ x over the 8 bytes (4 low-nibble, 4 high-nibble partners) that lane `lane` of pair p sums."""
+def _half(x: Any, r: Any, g: Any, inv: Any, level: int, odd: int) -> Any:
+    """int8x16: the even (odd = 0) or odd elements' digits of group g: the nibbles' order."""
     from tvm import tirx
 
-    total = tirx.const(0, "int32")
+    return tirx.Shuffle([tirx.Cast("int8x32", _digits(x, r, g, inv, level))], list(range(odd, GROUP, 2)))
+
+
+def _zero_points(x: Any, r: Any, g: Any, inv: Any, levels: int) -> Any:
+    """int32x4: -7·Σ digits over each 8 consecutive elements of group g (the 4 + 4 bytes, low and high
+    nibble partners, that one int32 lane of the dot products adds up)."""
+    from tvm import tirx
+
+    total = None
     for level in range(levels):
-        base = p * PAIR * levels + level * PAIR + lane * 4
-        digit_sum = tirx.const(0, "int32")
-        for half in (0, GROUP):
-            for i in range(4):
-                digit_sum = digit_sum + tirx.Cast("int32", xq[r, base + half + i])
-        total = total + digit_sum * tirx.const(256 ** (levels - 1 - level), "int32")
-    return total * tirx.const(-ZERO, "int32")
+        weight = tirx.Broadcast(tirx.const(-ZERO * 256 ** (levels - 1 - level), "int32"), GROUP)
+        term = tirx.Cast("int32x32", tirx.Cast("int8x32", _digits(x, r, g, inv, level))) * weight
+        total = term if total is None else total + term
+    lanes = GROUP
+    while lanes > 4:
+        lanes //= 2
+        total = tirx.Shuffle([total], list(range(0, 2 * lanes, 2))) + tirx.Shuffle([total], list(range(1, 2 * lanes, 2)))
+    return total
+
+
+def _abs_max(x: Any, r: Any, g: Any) -> Any:
+    from tvm import tirx
+
+    v = tirx.call_intrin("float32x32", "tirx.fabs", tirx.Cast("float32x32", x.vload([r, g * GROUP], f"{x.dtype}x{GROUP}")))
+    lanes = GROUP
+    while lanes > 1:
+        lanes //= 2
+        v = tirx.max(tirx.Shuffle([v], list(range(lanes))), tirx.Shuffle([v], list(range(lanes, 2 * lanes))))
+    return v
 
 
 def quantize_func(k: int, x_dtype: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
     """x[M, K] → (xq int8[M, levels·K] in the pair order above, zc int32[M, K/8] = -7·Σx per 4 bytes,
-    xd float32[M, K/32]: x ≈ xd · Σ_l 256^(levels-1-l) · xq_l)."""
+    xd float32[M, K/32]: x ≈ xd · Σ_l 256^(levels-1-l) · xq_l). One task per (row, group), in vector
+    registers: 32 elements, their digits, both halves and four zero points."""
     groups = k // GROUP
     unit = 127 * 256 ** (levels - 1)
-
-    pairs = k // PAIR
 
     @T.prim_func(private=True, s_tir=True)
     def quantize_q8(x_h: T.handle, xq_h: T.handle, zc_h: T.handle, xd_h: T.handle):
@@ -134,17 +156,16 @@ def quantize_func(k: int, x_dtype: str, levels: int = LEVELS) -> tvm.tirx.PrimFu
         with T.sblock("root"):
             for rg in T.parallel(m * groups):
                 amax = T.decl_buffer((1,), "float32", scope="local")
-                amax[0] = T.float32(0)
-                for i in T.serial(GROUP):
-                    amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[rg // groups, rg % groups * GROUP + i])))
+                inv = T.decl_buffer((1,), "float32", scope="local")
+                amax[0] = _abs_max(x, rg // groups, rg % groups)
                 xd[rg // groups, rg % groups] = amax[0] / T.float32(unit)
-                amax[0] = T.Select(amax[0] > T.float32(0), T.float32(127) / T.max(amax[0], T.float32(1e-30)), T.float32(0))
-                for b, odd in T.grid(GROUP // 2, 2):
-                    for level in T.unroll(levels):
-                        xq[rg // groups, rg % groups // 2 * PAIR * levels + level * PAIR + odd * GROUP + rg % groups % 2 * (GROUP // 2) + b] = _digit(x[rg // groups, rg % groups * GROUP + b * 2 + odd], amax[0], level)
-            for rp in T.parallel(m * pairs):
-                for lane in T.serial(8):
-                    zc[rp // pairs, rp % pairs * 8 + lane] = _zero_point(xq, rp // pairs, rp % pairs, lane, levels)
+                inv[0] = T.Select(amax[0] > T.float32(0), T.float32(127) / T.max(amax[0], T.float32(1e-30)), T.float32(0))
+                xq[rg // groups, T.ramp(rg % groups // 2 * PAIR * levels + rg % groups % 2 * (GROUP // 2), 1, GROUP // 2)] = _half(x, rg // groups, rg % groups, inv[0], 0, 0)
+                xq[rg // groups, T.ramp(rg % groups // 2 * PAIR * levels + GROUP + rg % groups % 2 * (GROUP // 2), 1, GROUP // 2)] = _half(x, rg // groups, rg % groups, inv[0], 0, 1)
+                if levels == 2:
+                    xq[rg // groups, T.ramp(rg % groups // 2 * PAIR * levels + PAIR + rg % groups % 2 * (GROUP // 2), 1, GROUP // 2)] = _half(x, rg // groups, rg % groups, inv[0], 1, 0)
+                    xq[rg // groups, T.ramp(rg % groups // 2 * PAIR * levels + PAIR + GROUP + rg % groups % 2 * (GROUP // 2), 1, GROUP // 2)] = _half(x, rg // groups, rg % groups, inv[0], 1, 1)
+                zc[rg // groups, T.ramp(rg % groups * 4, 1, 4)] = _zero_points(x, rg // groups, rg % groups, inv[0], levels)
 
     return quantize_q8.with_attr("tirx.is_scheduled", True)
 
