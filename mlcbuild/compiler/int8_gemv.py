@@ -1,4 +1,5 @@
-"""Decode GEMV on q4f16_1 weights as integer dot products (llama.cpp's Q4_0 × Q8_0 path).
+"""Matmuls on q4f16_1 weights as integer dot products (llama.cpp's Q4_0 × Q8_0 path): decode's
+GEMV always, prefill's GEMM with one digit.
 
 MLC's q4f16_1 stores a row of W[N, K] as uint32 words of 8 nibbles (element j of a word in bits
 4j..4j+3) and one float16 scale per group of 32 (value = (q - 7) * scale). The float path dequantizes
@@ -20,7 +21,8 @@ and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpm
 `vpmaddwd` (AVX2: u8 × s8 pairs in int16 cannot saturate, 2·15·127 < 2^15) or four `sdot` (AArch64
 dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
 row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
-taken in chunks of K across the task's rows, each row's sum still in order (the same bits).
+taken in chunks of K across the task's rows, each row's sum still in order (the same bits). The
+prefill GEMM (`q4_q8_gemm`) shares each pair's weight load and unpacking among 4 activation rows.
 
 Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
 11 bits: logits as the float path's to 6e-5 on the 3B shape), ≤ d/2 with one (llama.cpp's Q8_0).
