@@ -49,7 +49,7 @@ def _for_with(loop: Any, body: Any, kind: Any = None) -> Any:
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind if kind is None else kind, body, loop.thread_binding, loop.annotations)
 
 
-def _is_head_loop(stmt: Any, name: str = HEAD_LOOP) -> bool:
+def _is_serial_loop(stmt: Any, name: str) -> bool:
     return isinstance(stmt, tirx.For) and stmt.loop_var.name == name and stmt.kind == tirx.ForKind.SERIAL
 
 
@@ -58,7 +58,7 @@ def _attn_block(attn: Any) -> Any | None:
     and that loop's own scratch buffers inside it."""
     stmts = list(attn.body.seq) if isinstance(attn.body, tirx.SeqStmt) else [attn.body]
     loop = stmts[-1]
-    if not (_is_head_loop(loop) or len(stmts) == 1 and _is_head_loop(loop, QUERY_LOOP)):
+    if not (_is_serial_loop(loop, HEAD_LOOP) or len(stmts) == 1 and _is_serial_loop(loop, QUERY_LOOP)):
         return None
     before = "\n".join(str(s) for s in stmts[:-1])
     shared = [b for b in attn.alloc_buffers if f"{b.name}[" in before]
@@ -70,7 +70,7 @@ def _attn_block(attn: Any) -> Any | None:
 
 def _heads_parallel(body: Any) -> Any | None:
     """The root block's body with the heads in parallel, or None for a shape this does not know."""
-    if _is_head_loop(body):
+    if _is_serial_loop(body, HEAD_LOOP):
         return _for_with(body, body.body, tirx.ForKind.PARALLEL)
     if isinstance(body, tirx.For) and isinstance(body.body, SBlockRealize) and body.body.block.name_hint == "attn":
         attn = _attn_block(body.body.block)

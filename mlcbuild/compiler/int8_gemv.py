@@ -326,7 +326,7 @@ def _is_q4_group32(mod: tvm.IRModule, call: Any) -> bool:
     return (getattr(scheme, "bits", None), getattr(scheme, "group_size", None), getattr(scheme, "max_int", None)) == (4, GROUP, ZERO)
 
 
-def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
+def int8_matmuls(isa: Isa, levels: int = LEVELS):
     """Relax pass (after LegalizeOps, before the dequantize + matmul fusion): every
     `NT_matmul(x, dequantize(q_weight, q_scale))` on q4f16_1 weights of one activation row per sequence
     (decode, batch_decode) becomes quantize_q8(x) → q4_q8_gemv (`levels` int8 digits per activation);
@@ -399,7 +399,7 @@ def decode_int8_gemv(isa: Isa, levels: int = LEVELS):
             y = bb.emit(relax.call_tir(matmul, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2), w, s], relax.TensorType((rows, n), y_dtype)))
             return relax.op.reshape(y, y_shape)
 
-    @tvm.transform.module_pass(opt_level=0, name="DecodeInt8Gemv")
+    @tvm.transform.module_pass(opt_level=0, name="Int8Matmuls")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(Rewriter(mod).transform())
 

@@ -96,11 +96,11 @@ def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
     if options.level < 1 or "cpu" not in target.keys:
         return []
     from mlcbuild.compiler.cpu_attention import parallel_attention_heads
-    from mlcbuild.compiler.int8_gemv import Isa, decode_int8_gemv
+    from mlcbuild.compiler.int8_gemv import Isa, int8_matmuls
 
     digits = options.cpu_int8_digits
     isa = Isa.of(target)
-    return [*([decode_int8_gemv(isa, digits)] if isa is not None and digits else []), parallel_attention_heads()]
+    return [*([int8_matmuls(isa, digits)] if isa is not None and digits else []), parallel_attention_heads()]
 
 
 def apply_schedule_rules(rules: Sequence[Any]):
