@@ -62,14 +62,12 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
         assert "T.parallel(" in text and "T.vectorized(" in text, name
         assert ("dequantize" in text) == (quantization != "q0f32"), name
     assert "T.parallel(" in kernels["temperature_softmax"]
-    # TVM's CPU attention, heads (ragged prefill: queries) in parallel (compiler/cpu_attention.py);
-    # decode's scratch buffers are allocated per head, inside the parallel loop
-    for name in ("batch_decode_paged_kv_cpu", "batch_prefill_paged_kv_cpu"):
-        assert "for h_qo in T.parallel(" in kernels[name], name
-    decode_attention = kernels["batch_decode_paged_kv_cpu"]
-    assert decode_attention.index("T.parallel(") < decode_attention.index("O_local = T.sblock_alloc_buffer")
-    ragged = kernels["batch_prefill_ragged_kv"]  # a new chunk's self-attention: its queries in parallel
-    assert ragged.index("for q_idx in T.parallel(") < ragged.index("attention_scores = T.sblock_alloc_buffer")
+    # attention: the vector kernels (compiler/cpu_attention_kernels.py), one (query, head) per parallel
+    # task, scores in float32x8 lanes; decode prefetches the rows it streams; sliding windows keep TVM's
+    for name in ("batch_decode_paged_kv_cpu", "batch_prefill_paged_kv_cpu", "batch_prefill_ragged_kv"):
+        assert "for task in T.parallel(" in kernels[name] and "float32x8" in kernels[name], name
+        assert ("llvm.prefetch" in kernels[name]) == name.startswith("batch_decode"), name
+    assert "for h_qo in T.parallel(" in kernels["batch_decode_paged_kv_cpu_sliding_window"]
     gelus = [text for name, text in kernels.items() if name.endswith("gelu") or "_gelu" in name]
     assert gelus, sorted(kernels)
     for text in gelus:  # erf is libm's scalar call; the polynomial vectorizes with the epilogue

@@ -1,7 +1,11 @@
-"""Attention over heads in parallel on CPU: TVM's paged-KV CPU attention kernels, rewritten in place.
+"""CPU attention: TVM's paged-KV CPU attention kernels replaced by vector ones, or rewritten in place.
 
 TVM's CPU attention kernels (`relax.frontend.nn.llm`, arriving already marked scheduled) are scalar
-loops on one thread. Heads are independent (each writes its own output[.., h, :] and lse[.., h]):
+loops on one thread. Where the module's caches never rotate q and k inside attention (RopeMode NORMAL
+or NONE, every model family here), decode, paged prefill and ragged prefill are replaced by the vector
+kernels of `cpu_attention_kernels.py` (same names and signatures). The rest (sliding windows, inline
+rope, head sizes not a multiple of 8) keep TVM's loops with their heads run in parallel; heads are
+independent (each writes its own output[.., h, :] and lse[.., h]):
 
 - decode (`batch_decode_paged_kv_cpu*`) is `for b: attn block {scratch buffers; for h_qo: ...}`: the
   scratch buffers used only inside the head loop move into a block of their own inside it (one set
@@ -94,15 +98,74 @@ def parallel_heads(func: Any) -> Any | None:
     return func.with_body(_realize(root, block))
 
 
-def parallel_attention_heads():
-    """Module pass: TVM's CPU attention kernels with heads (ragged prefill: queries) in parallel."""
+INLINE_ROPE = 2
+"""RopeMode.INLINE: the runtime then asks the attention kernels to rotate q and k (rotary_mode 1)."""
 
-    @tvm.transform.module_pass(opt_level=0, name="ParallelAttentionHeads")
+
+def _rope_modes(mod: tvm.IRModule) -> set[int] | None:
+    """The rope modes of every paged KV cache the module creates, or None where one is not a constant."""
+    from tvm import relax
+
+    modes: set[int] = set()
+    unknown: list[bool] = []
+
+    @relax.expr_functor.visitor
+    class Creates(relax.PyExprVisitor):
+        def visit_call_(self, call: Any) -> None:
+            callee = call.args[0] if len(call.args) else None
+            if isinstance(callee, relax.ExternFunc) and callee.global_symbol == "vm.builtin.paged_attention_kv_cache_create":
+                mode = call.args[9] if len(call.args) > 9 else None
+                if isinstance(mode, tirx.IntImm):
+                    modes.add(int(mode.value))
+                else:
+                    unknown.append(True)
+            for arg in call.args:
+                self.visit_expr(arg)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            Creates().visit_expr(func)
+    return None if unknown else modes
+
+
+def vector_kernel(name: str, func: Any) -> Any | None:
+    """The vector kernel (compiler/cpu_attention_kernels.py) for TVM's CPU attention kernel `func`
+    named `name`, of its shapes, or None (sliding windows, other kernels, head sizes not in lanes)."""
+    from mlcbuild.compiler import cpu_attention_kernels as kernels
+
+    buffers = [p for p in func.params if not isinstance(p.ty, tvm.ir.PrimType)]
+    shapes = [[int(x) if isinstance(x, tirx.IntImm) else None for x in b.shape] for b in buffers]
+    dtype = str(buffers[0].dtype)
+    if name == "batch_decode_paged_kv_cpu" or name == "batch_prefill_paged_kv_cpu":
+        _, _, h_kv, page_size, d = shapes[1 if name.startswith("batch_decode") else 2]
+        h_q = shapes[0][1]
+        if not kernels.supports(h_kv, h_q, d):
+            return None
+        make = kernels.decode_func if name.startswith("batch_decode") else kernels.prefill_paged_func
+        built = make(h_kv, h_q, d, dtype, page_size)
+    elif name == "batch_prefill_ragged_kv":
+        (_, h_q, d), (_, h_kv, d_k), (_, _, d_v) = shapes[0], shapes[2], shapes[3]
+        if d != d_k or d != d_v or not kernels.supports(h_kv, h_q, d):
+            return None
+        built = kernels.prefill_ragged_func(h_kv, h_q, d, dtype)
+    else:
+        return None
+    symbol = func.attrs.get("global_symbol") if func.attrs is not None else None
+    return built if symbol is None else built.with_attr("global_symbol", symbol)
+
+
+def cpu_attention():
+    """Module pass: TVM's CPU attention kernels replaced by vector ones where the module's caches
+    never rotate inside attention, else (and for sliding windows) with heads in parallel."""
+
+    @tvm.transform.module_pass(opt_level=0, name="CpuAttention")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         out = mod.clone()
+        modes = _rope_modes(mod)
+        vectors_ok = modes is not None and INLINE_ROPE not in modes
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith(KERNELS):
-                rewritten = parallel_heads(func)
+                rewritten = (vector_kernel(gv.name_hint, func) if vectors_ok else None) or parallel_heads(func)
                 if rewritten is not None:
                     out.update_func(gv, rewritten)
         return out

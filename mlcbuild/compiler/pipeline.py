@@ -90,17 +90,17 @@ def cpu_legalize_map(level: int) -> dict[str, Any] | None:
 def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
     """Where llvm kernels are scheduled: the decode GEMV on q4f16_1 weights as integer dot products
     (compiler/int8_gemv.py) where the target has them (x86 AVX2, AVX-512 VNNI / AVX-VNNI, AArch64
-    dotprod), and TVM's CPU attention kernels with heads in parallel (compiler/cpu_attention.py).
+    dotprod), and attention as vector kernels (compiler/cpu_attention.py).
     `compile: {cpu_int8_digits: 1}` quantizes activations to one int8 digit (llama.cpp's Q8_0)
     instead of two (the default), for prefill's matmuls too; 0 keeps the float path."""
     if options.level < 1 or "cpu" not in target.keys:
         return []
-    from mlcbuild.compiler.cpu_attention import parallel_attention_heads
+    from mlcbuild.compiler.cpu_attention import cpu_attention
     from mlcbuild.compiler.int8_gemv import Isa, int8_matmuls
 
     digits = options.cpu_int8_digits
     isa = Isa.of(target)
-    return [*([int8_matmuls(isa, digits)] if isa is not None and digits else []), parallel_attention_heads()]
+    return [*([int8_matmuls(isa, digits)] if isa is not None and digits else []), cpu_attention()]
 
 
 def apply_schedule_rules(rules: Sequence[Any]):
