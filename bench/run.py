@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from bench import (
+    attention,
     decode,
     engine,
     hashing,
@@ -29,6 +30,7 @@ def main() -> None:
         "engine": engine.main([]),
         "ingest": ingest.main(),
         "schedule": schedule.main(),
+        "attention": attention.main([]),
         "decode": decode.main([]),
     }
     write_json(WORK / "results.json", results)

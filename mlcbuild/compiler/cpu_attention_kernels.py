@@ -84,22 +84,20 @@ def _attend(q, q_at, kbuf, k_at, vbuf, v_at, n, output, lse, out_at, scale, d, d
     st[1] = T.float32(1)
     for blk in T.serial((n + KEY_BLOCK - 1) // KEY_BLOCK):
         st[2] = st[0]
-        for j in T.serial(KEY_BLOCK):
-            if blk * KEY_BLOCK + j < n:
-                if stream:
-                    _prefetch(vbuf, v_at(blk * KEY_BLOCK + j), d, 512 // tvm.DataType(dtype).bits)
-                s[j] = _dot(q_local, kbuf, k_at(blk * KEY_BLOCK + j), d)
-                st[2] = T.max(st[2], s[j])
+        for j in T.serial(T.min(KEY_BLOCK, n - blk * KEY_BLOCK)):
+            if stream:
+                _prefetch(vbuf, v_at(blk * KEY_BLOCK + j), d, 512 // tvm.DataType(dtype).bits)
+            s[j] = _dot(q_local, kbuf, k_at(blk * KEY_BLOCK + j), d)
+            st[2] = T.max(st[2], s[j])
         st[1] = st[1] * T.exp2(st[0] - st[2])
         o[T.ramp(0, 1, d)] = o[T.ramp(0, 1, d)] * T.broadcast(T.exp2(st[0] - st[2]), d)
         st[0] = st[2]
         s[T.ramp(0, 1, KEY_BLOCK)] = _exp2(s[T.ramp(0, 1, KEY_BLOCK)] - T.broadcast(st[0], KEY_BLOCK), KEY_BLOCK)
-        for j in T.serial(KEY_BLOCK):
-            if blk * KEY_BLOCK + j < n:
-                if stream and (blk + 1) * KEY_BLOCK + j < n:
-                    _prefetch(kbuf, k_at((blk + 1) * KEY_BLOCK + j), d, 512 // tvm.DataType(dtype).bits)
-                st[1] = st[1] + s[j]
-                o[T.ramp(0, 1, d)] = o[T.ramp(0, 1, d)] + T.broadcast(s[j], d) * T.Cast(f"float32x{d}", vbuf[(*v_at(blk * KEY_BLOCK + j), T.ramp(0, 1, d))])
+        for j in T.serial(T.min(KEY_BLOCK, n - blk * KEY_BLOCK)):
+            if stream and (blk + 1) * KEY_BLOCK + j < n:
+                _prefetch(kbuf, k_at((blk + 1) * KEY_BLOCK + j), d, 512 // tvm.DataType(dtype).bits)
+            st[1] = st[1] + s[j]
+            o[T.ramp(0, 1, d)] = o[T.ramp(0, 1, d)] + T.broadcast(s[j], d) * T.Cast(f"float32x{d}", vbuf[(*v_at(blk * KEY_BLOCK + j), T.ramp(0, 1, d))])
     output[(*out_at, T.ramp(0, 1, d))] = T.Cast(f"{dtype}x{d}", o[T.ramp(0, 1, d)] / T.broadcast(st[1], d))
     lse[out_at] = st[0] + T.log2(st[1])
 
