@@ -96,7 +96,6 @@ def test_vector_kernels_compute_what_tvms_kernels_compute(h_kv: int, h_q: int, d
 
 
 def _module_with_cache(rope_mode: int):
-    import tvm
     from tvm import relax
     from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
 
@@ -110,13 +109,32 @@ def _module_with_cache(rope_mode: int):
     return bb.get()
 
 
-@pytest.mark.parametrize("rope_mode,vector", [(1, True), (0, True), (2, False)])
-def test_kernels_are_replaced_only_where_the_cache_never_rotates_inside_attention(rope_mode: int, vector: bool) -> None:
-    """RopeMode INLINE (2) makes the runtime pass rotary_mode 1, which only TVM's kernels implement;
+@pytest.mark.parametrize("rope_mode,sliding_window,vector", [(1, False, True), (0, False, True), (2, False, False), (1, True, False)])
+def test_kernels_are_replaced_only_where_the_cache_never_rotates_inside_attention(rope_mode: int, sliding_window: bool, vector: bool) -> None:
+    """RopeMode INLINE (2), or NORMAL in a cache created with sliding-window support (TVM's runtime
+    then rotates inline), makes the runtime pass rotary_mode 1, which only TVM's kernels implement;
     sliding-window kernels keep TVM's loops either way, with their heads in parallel."""
     from mlcbuild.compiler.cpu_attention import cpu_attention
 
-    mod = cpu_attention()(_module_with_cache(rope_mode))
+    mod = cpu_attention(vector_kernels=not sliding_window)(_module_with_cache(rope_mode))
     decode = mod["batch_decode_paged_kv_cpu"].script()
     assert ("float32x8" in decode and "O_local" not in decode) == vector
     assert "for h_qo in T.parallel(" in mod["batch_decode_paged_kv_cpu_sliding_window"].script()
+
+
+def test_a_rotating_call_is_an_error_never_a_wrong_answer() -> None:
+    import tvm
+
+    from mlcbuild.compiler import cpu_attention_kernels as kernels
+    from mlcbuild.targets import resolve_target
+
+    target = tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
+    lib = tvm.compile(tvm.IRModule({"decode": kernels.decode_func(2, 4, 16, "float32", PAGE).with_attr("global_symbol", "decode")}), target=target)
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 4, 16)).astype("float32")
+    arrays = [q, *_pages(rng, 2, 16, "float32", [5]), np.zeros(1, "int32"), np.zeros(1, "int32"), np.zeros_like(q), np.zeros((1, 4), "float32")]
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
+    lib["decode"](*args, 0, 1.0, 1e4, 0.25)
+    assert np.abs(args[-2].numpy()).max() > 0
+    with pytest.raises(Exception, match="do not rotate q and k"):
+        lib["decode"](*args, 1, 1.0, 1e4, 0.25)

@@ -496,6 +496,18 @@ def test_staged_step_inputs_keep_their_signatures_unless_a_step_wrote_to_them(tm
             assert intact == {"model.safetensors": True, "config.json": True} and calls == [], calls  # a no-op reads no object
 
 
+def _paths_of_inode(path: Path, root: Path) -> list[str]:
+    """Every path under root (and the system temp folder) that is the same file as path: who holds a link."""
+    import tempfile
+
+    ino = os.stat(path).st_ino
+    found = []
+    for top in (root, Path(tempfile.gettempdir())):
+        for dirpath, _, files in os.walk(top):
+            found += [os.path.join(dirpath, f) for f in files if os.lstat(os.path.join(dirpath, f)).st_ino == ino]
+    return sorted(set(found))
+
+
 def test_editing_a_source_file_in_place_never_damages_the_cache(tmp_path: Path, capsys, monkeypatch) -> None:
     """Issue 19: config.json of a local model folder edited in place after a build. Small source files
     are copied into the cache, never hard-linked, so the edit reaches no object: the rebuild is correct
@@ -529,7 +541,7 @@ def test_editing_a_source_file_in_place_never_damages_the_cache(tmp_path: Path, 
 
     monkeypatch.setattr(placement, "LINK_MIN_BYTES", 0)  # every file as large as weights: hard-linked
     assert run("linked", "--link-type", "hardlink", *build) == 0
-    assert os.stat(config).st_nlink == 2
+    assert os.stat(config).st_nlink == 2, _paths_of_inode(config, tmp_path)
     edited = edit()
     assert run("linked", "--link-type", "hardlink", *build) == 0
     assert run("linked", "cache", "verify") == 1

@@ -2,10 +2,11 @@
 
 TVM's CPU attention kernels (`relax.frontend.nn.llm`, arriving already marked scheduled) are scalar
 loops on one thread. Where the module's caches never rotate q and k inside attention (RopeMode NORMAL
-or NONE, every model family here), decode, paged prefill and ragged prefill are replaced by the vector
-kernels of `cpu_attention_kernels.py` (same names and signatures). The rest (sliding windows, inline
-rope, head sizes not a multiple of 8) keep TVM's loops with their heads run in parallel; heads are
-independent (each writes its own output[.., h, :] and lse[.., h]):
+or NONE and no sliding window: most models here), decode, paged prefill and ragged prefill are replaced
+by the vector kernels of `cpu_attention_kernels.py` (same names and signatures). The rest (models with
+a sliding window, inline rope, head sizes not a multiple of 8, the sliding-window kernels) keep TVM's
+loops with their heads run in parallel; heads are independent (each writes its own output[.., h, :]
+and lse[.., h]):
 
 - decode (`batch_decode_paged_kv_cpu*`) is `for b: attn block {scratch buffers; for h_qo: ...}`: the
   scratch buffers used only inside the head loop move into a block of their own inside it (one set
@@ -99,7 +100,9 @@ def parallel_heads(func: Any) -> Any | None:
 
 
 INLINE_ROPE = 2
-"""RopeMode.INLINE: the runtime then asks the attention kernels to rotate q and k (rotary_mode 1)."""
+"""RopeMode.INLINE: the runtime then asks the attention kernels to rotate q and k (rotary_mode 1). TVM's
+runtime also switches a NORMAL cache to INLINE when it is created with sliding-window support (MLC's
+runtimes do that for a model with `sliding_window_size` > 0), so that is checked too (`cpu_attention`)."""
 
 
 def _rope_modes(mod: tvm.IRModule) -> set[int] | None:
@@ -154,15 +157,16 @@ def vector_kernel(name: str, func: Any) -> Any | None:
     return built if symbol is None else built.with_attr("global_symbol", symbol)
 
 
-def cpu_attention():
+def cpu_attention(vector_kernels: bool = True):
     """Module pass: TVM's CPU attention kernels replaced by vector ones where the module's caches
-    never rotate inside attention, else (and for sliding windows) with heads in parallel."""
+    never rotate inside attention, else (and for sliding windows) with heads in parallel.
+    `vector_kernels=False` (a model that runs with a sliding window): TVM's kernels, heads in parallel."""
 
     @tvm.transform.module_pass(opt_level=0, name="CpuAttention")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         out = mod.clone()
         modes = _rope_modes(mod)
-        vectors_ok = modes is not None and INLINE_ROPE not in modes
+        vectors_ok = vector_kernels and modes is not None and INLINE_ROPE not in modes
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith(KERNELS):
                 rewritten = (vector_kernel(gv.name_hint, func) if vectors_ok else None) or parallel_heads(func)

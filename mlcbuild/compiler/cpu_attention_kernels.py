@@ -14,8 +14,9 @@ The queries see a prefix of their keys (causal: `kv_len - qo_len + row + 1` of t
 masked keys are never visited. Same state as TVM's kernels: m starts at -5e4 and the softmax sum at
 1.0 (a query that sees no key writes zeros, lse -5e4), output = o / sum, lse = m + log2(sum).
 
-Only for caches whose rope is applied before the cache (RopeMode NORMAL or NONE: the runtime passes
-rotary_mode 0) and without sliding windows; `cpu_attention.vector_attention` checks both.
+Only for caches whose rope is applied before the cache (RopeMode NORMAL or NONE, no sliding window:
+the runtime passes rotary_mode 0); `cpu_attention.cpu_attention` checks that at compile time, and a
+call with rotary_mode 1 is a runtime error, never a wrong answer.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ KEY_BLOCK = 32
 LANES = 8
 LOG2E = math.log2(math.e)
 MASKED = -5e4
+ROTARY_UNSUPPORTED = "mlcbuild's CPU attention kernels do not rotate q and k (rotary_mode 1: a sliding-window cache); this library was built for a model without a sliding window"
 
 
 def _dot(q_local, k, row, d: int):
@@ -136,6 +138,7 @@ def decode_func(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tvm.
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         with T.sblock("root"):
             scale = T.decl_buffer((1,), "float32")
+            assert rotary_mode == 0, ROTARY_UNSUPPORTED
             scale[0] = sm_scale * T.float32(LOG2E)
             for task in T.parallel(B * h_q):
                 _attend(
@@ -174,6 +177,7 @@ def prefill_paged_func(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) 
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         with T.sblock("root"):
             scale = T.decl_buffer((1,), "float32")
+            assert rotary_mode == 0, ROTARY_UNSUPPORTED
             scale[0] = sm_scale * T.float32(LOG2E)
             for b in T.serial(batch_size):
                 for task in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):
@@ -212,6 +216,7 @@ def prefill_ragged_func(h_kv: int, h_q: int, d: int, dtype: str) -> tvm.tirx.Pri
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
         with T.sblock("root"):
             scale = T.decl_buffer((1,), "float32")
+            assert rotary_mode == 0, ROTARY_UNSUPPORTED
             scale[0] = sm_scale * T.float32(LOG2E)
             for b in T.serial(batch_size):
                 for task in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):

@@ -87,12 +87,14 @@ def cpu_legalize_map(level: int) -> dict[str, Any] | None:
     return dict(LEGALIZE) if level >= 1 else None
 
 
-def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
+def cpu_kernel_passes(target: Any, options: CompileOptions, sliding_window: bool = True) -> list[Any]:
     """Where llvm kernels are scheduled: the decode GEMV on q4f16_1 weights as integer dot products
     (compiler/int8_gemv.py) where the target has them (x86 AVX2, AVX-512 VNNI / AVX-VNNI, AArch64
     dotprod), and attention as vector kernels (compiler/cpu_attention.py).
     `compile: {cpu_int8_digits: 1}` quantizes activations to one int8 digit (llama.cpp's Q8_0)
-    instead of two (the default), for prefill's matmuls too; 0 keeps the float path."""
+    instead of two (the default), for prefill's matmuls too; 0 keeps the float path. `sliding_window`:
+    the model may run with a sliding window (unknown counts as yes): its runtime cache then rotates
+    q and k inside attention, which only TVM's attention kernels do."""
     if options.level < 1 or "cpu" not in target.keys:
         return []
     from mlcbuild.compiler.cpu_attention import cpu_attention
@@ -100,7 +102,7 @@ def cpu_kernel_passes(target: Any, options: CompileOptions) -> list[Any]:
 
     digits = options.cpu_int8_digits
     isa = Isa.of(target)
-    return [*([int8_matmuls(isa, digits)] if isa is not None and digits else []), cpu_attention()]
+    return [*([int8_matmuls(isa, digits)] if isa is not None and digits else []), cpu_attention(vector_kernels=not sliding_window)]
 
 
 def apply_schedule_rules(rules: Sequence[Any]):
@@ -157,7 +159,7 @@ def schedule_passes(
         *([rewrite_transpose_matmul()] if level >= 1 else []),
         relax.transform.LegalizeOps(cpu_legalize_map(level) if "cpu" in target.keys else None),
         relax.transform.AnnotateTIROpPattern(),
-        *cpu_kernel_passes(target, options),
+        *cpu_kernel_passes(target, options, metadata is None or int(metadata.get("sliding_window_size") or -1) > 0),
         *([fuse_dequantize_matmul()] if level >= 1 else []),
         relax.transform.FoldConstant(),
         *([relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []),
