@@ -587,3 +587,25 @@ def test_atomic_writes_are_readable_like_any_written_file(tmp_path: Path) -> Non
     fs.atomic_write_bytes(target, b"{}")
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~fs._UMASK
     assert target.stat().st_mode & stat.S_IROTH or fs._UMASK & 0o004
+
+
+def test_linking_a_file_that_is_already_linked_there_leaves_no_temp_name(tmp_path: Path) -> None:
+    """rename(2) does nothing when both names are links to one file: two ingests of one source at
+    once (the full suite once saw a third link to a source file after a hard-linking build), or an
+    output placed again over its own object link, left the temp link behind as a third name."""
+    store = Store(tmp_path / "cache")
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"w" * 100)
+    digest = hashing.sha256_file(src)
+    obj = store.object_path(digest)
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    os.link(src, obj)
+    with store.new_object(digest) as tmp:
+        os.link(src, tmp)
+    assert not tmp.exists() and os.stat(src).st_nlink == 2
+
+    out = tmp_path / "dist" / "weights.bin"
+    out.parent.mkdir()
+    os.link(obj, out)
+    assert store._place(obj, out, True, False)
+    assert [p.name for p in out.parent.iterdir()] == ["weights.bin"] and os.stat(src).st_nlink == 3

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 from mlcbuild.store import hashing
 from mlcbuild.store.entries import MAX_ENTRY_BYTES, ActionResult, check_entry
-from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, read_regular, seal
+from mlcbuild.store.fs import StoreError, atomic_write_bytes, fs_errors, read_regular, replace_link, seal
 from mlcbuild.store.hashing import StatIndex
 from mlcbuild.store.maintenance import Maintenance
 from mlcbuild.store.manifest import FileEntry, Manifest, canonical_json, parse_json
@@ -292,7 +292,7 @@ class Store(Placement, Maintenance):
         tmp = dest.with_name(f".{digest}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         try:
             yield tmp
-            os.replace(tmp, dest)
+            replace_link(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -89,6 +89,15 @@ def _process_umask() -> int:
 _UMASK = _process_umask()
 
 
+def replace_link(tmp: Path, dest: Path) -> None:
+    """os.replace(tmp, dest) for a tmp that may be a hard link: rename(2) does nothing when both names
+    are already links to one file (the same source ingested twice at once, an output already linked
+    to its object), which would leave the temp link behind as a third name of the file."""
+    os.replace(tmp, dest)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file + rename in the same folder: readers see the old or the new file,
     never a partial one, and the temp file is gone on every error path. The file gets the mode

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcbuild.store.fs import StoreError, fs_errors, os_error_message, reflink
+from mlcbuild.store.fs import StoreError, fs_errors, os_error_message, reflink, replace_link
 from mlcbuild.store.manifest import Manifest
 from mlcbuild.store.placed import Placed
 
@@ -106,7 +106,7 @@ class Placement:
                 if not linked:
                     _clone_or_copy(source, tmp)
                     os.chmod(tmp, 0o555 if executable else 0o444)
-                os.replace(tmp, target)
+                replace_link(tmp, target)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
