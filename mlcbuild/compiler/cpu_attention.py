@@ -109,26 +109,22 @@ def _rope_modes(mod: tvm.IRModule) -> set[int] | None:
     """The rope modes of every paged KV cache the module creates, or None where one is not a constant."""
     from tvm import relax
 
-    modes: set[int] = set()
-    unknown: list[bool] = []
+    modes: set[int | None] = set()
 
     @relax.expr_functor.visitor
     class Creates(relax.PyExprVisitor):
         def visit_call_(self, call: Any) -> None:
             callee = call.args[0] if len(call.args) else None
             if isinstance(callee, relax.ExternFunc) and callee.global_symbol == "vm.builtin.paged_attention_kv_cache_create":
-                mode = call.args[9] if len(call.args) > 9 else None
-                if isinstance(mode, tirx.IntImm):
-                    modes.add(int(mode.value))
-                else:
-                    unknown.append(True)
+                mode = call.args[9] if len(call.args) > 9 else None  # rope_mode: TVM's 9th argument of the call
+                modes.add(int(mode.value) if isinstance(mode, tirx.IntImm) else None)
             for arg in call.args:
                 self.visit_expr(arg)
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             Creates().visit_expr(func)
-    return None if unknown else modes
+    return None if None in modes else modes
 
 
 def vector_kernel(name: str, func: Any) -> Any | None:

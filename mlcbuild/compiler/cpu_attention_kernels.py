@@ -110,6 +110,15 @@ def _visible(causal, row, kv_len, qo_len):
     return T.max(T.if_then_else(causal > 0, T.min(kv_len, kv_len - qo_len + row + 1), kv_len), 0)
 
 
+def _chunk_len(q_indptr, b):
+    return q_indptr[b + 1] - q_indptr[b]
+
+
+def _query(q_indptr, b, task):
+    """(query row, head) of a prefill task: tasks head-major over sequence b's chunk."""
+    return q_indptr[b] + task % _chunk_len(q_indptr, b), task // _chunk_len(q_indptr, b)
+
+
 def _pages_len(page_indptr, length_info, b, page_size: int):
     """Cached tokens of sequence b: full pages and the last page's fill (TVM's kv_chunk_len)."""
     return T.if_then_else(page_indptr[b] != page_indptr[b + 1], (page_indptr[b + 1] - page_indptr[b] - 1) * page_size + length_info[b], 0)
@@ -181,13 +190,13 @@ def prefill_paged_func(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) 
             assert rotary_mode == 0, ROTARY_UNSUPPORTED
             scale[0] = sm_scale * T.float32(LOG2E)
             for b in T.serial(batch_size):
-                for task in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):
+                for task in T.parallel(h_q * _chunk_len(q_indptr, b)):
                     _attend(
-                        q, (q_indptr[b] + task % (q_indptr[b + 1] - q_indptr[b]), task // (q_indptr[b + 1] - q_indptr[b])),
-                        pages, lambda key: (page_values[page_indptr[b] + key // page_size], 0, task // (q_indptr[b + 1] - q_indptr[b]) // group, key % page_size),
-                        pages, lambda key: (page_values[page_indptr[b] + key // page_size], 1, task // (q_indptr[b + 1] - q_indptr[b]) // group, key % page_size),
-                        _visible(causal, task % (q_indptr[b + 1] - q_indptr[b]), _pages_len(page_indptr, length_info, b, page_size), q_indptr[b + 1] - q_indptr[b]),
-                        output, lse, (q_indptr[b] + task % (q_indptr[b + 1] - q_indptr[b]), task // (q_indptr[b + 1] - q_indptr[b])), scale, d, dtype, False,
+                        q, _query(q_indptr, b, task),
+                        pages, lambda key: (page_values[page_indptr[b] + key // page_size], 0, _query(q_indptr, b, task)[1] // group, key % page_size),
+                        pages, lambda key: (page_values[page_indptr[b] + key // page_size], 1, _query(q_indptr, b, task)[1] // group, key % page_size),
+                        _visible(causal, task % _chunk_len(q_indptr, b), _pages_len(page_indptr, length_info, b, page_size), _chunk_len(q_indptr, b)),
+                        output, lse, _query(q_indptr, b, task), scale, d, dtype, False,
                     )
 
     return batch_prefill_paged_kv_cpu.with_attr("tirx.is_scheduled", True)
@@ -220,13 +229,13 @@ def prefill_ragged_func(h_kv: int, h_q: int, d: int, dtype: str) -> tvm.tirx.Pri
             assert rotary_mode == 0, ROTARY_UNSUPPORTED
             scale[0] = sm_scale * T.float32(LOG2E)
             for b in T.serial(batch_size):
-                for task in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):
+                for task in T.parallel(h_q * _chunk_len(q_indptr, b)):
                     _attend(
-                        q, (q_indptr[b] + task % (q_indptr[b + 1] - q_indptr[b]), task // (q_indptr[b + 1] - q_indptr[b])),
-                        k, lambda key: (kv_indptr[b] + key, task // (q_indptr[b + 1] - q_indptr[b]) // group),
-                        v, lambda key: (kv_indptr[b] + key, task // (q_indptr[b + 1] - q_indptr[b]) // group),
-                        _visible(causal, task % (q_indptr[b + 1] - q_indptr[b]), kv_indptr[b + 1] - kv_indptr[b], q_indptr[b + 1] - q_indptr[b]),
-                        output, lse, (q_indptr[b] + task % (q_indptr[b + 1] - q_indptr[b]), task // (q_indptr[b + 1] - q_indptr[b])), scale, d, dtype, False,
+                        q, _query(q_indptr, b, task),
+                        k, lambda key: (kv_indptr[b] + key, _query(q_indptr, b, task)[1] // group),
+                        v, lambda key: (kv_indptr[b] + key, _query(q_indptr, b, task)[1] // group),
+                        _visible(causal, task % _chunk_len(q_indptr, b), _chunk_len(kv_indptr, b), _chunk_len(q_indptr, b)),
+                        output, lse, _query(q_indptr, b, task), scale, d, dtype, False,
                     )
 
     return batch_prefill_ragged_kv.with_attr("tirx.is_scheduled", True)

@@ -159,7 +159,7 @@ def schedule_passes(
         *([rewrite_transpose_matmul()] if level >= 1 else []),
         relax.transform.LegalizeOps(cpu_legalize_map(level) if "cpu" in target.keys else None),
         relax.transform.AnnotateTIROpPattern(),
-        *cpu_kernel_passes(target, options, metadata is None or int(metadata.get("sliding_window_size") or -1) > 0),
+        *cpu_kernel_passes(target, options, sliding_window=metadata is None or int(metadata.get("sliding_window_size") or -1) > 0),
         *([fuse_dequantize_matmul()] if level >= 1 else []),
         relax.transform.FoldConstant(),
         *([relax.transform.FuseOps(), relax.transform.FuseTIR()] if level >= 1 else []),

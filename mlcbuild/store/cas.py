@@ -165,7 +165,8 @@ class Store(Placement, Maintenance):
                 opened = self._open_lease()
         if opened is not None and opened >= 0:
             os.close(opened)  # another thread took this cache's lease meanwhile
-        _give_back_dropped(wait=True)
+        if _DROPPED:  # every object write passes here: the lock only when a lease waits to go back
+            _give_back_dropped(wait=True)
 
     def _open_lease(self) -> int:
         path = self.root / "locks" / "gc.lock"
