@@ -1,5 +1,5 @@
 """Matmuls on q4f16_1 weights as integer dot products (llama.cpp's Q4_0 × Q8_0 path): decode's
-GEMV always, prefill's GEMM with one digit.
+GEMV and prefill's GEMM.
 
 MLC's q4f16_1 stores a row of W[N, K] as uint32 words of 8 nibbles (element j of a word in bits
 4j..4j+3) and one float16 scale per group of 32 (value = (q - 7) * scale). The float path dequantizes
@@ -22,7 +22,9 @@ and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpm
 dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
 row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
 taken in chunks of K across the task's rows, each row's sum still in order (the same bits). The
-prefill GEMM (`q4_q8_gemm`) shares each pair's weight load and unpacking among 4 activation rows.
+prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side, each activation row's 4
+digits broadcast, so a group's weights are unpacked once for every token and one conversion and FMA
+serve 8 outputs (its float sums run group by group: the last bits can differ from the GEMV's).
 
 Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
 11 bits: logits as the float path's to 6e-5 on the 3B shape), ≤ d/2 with one (llama.cpp's Q8_0).
@@ -60,9 +62,11 @@ stream: mlp down (K = 10240, two digits: 25 KB) ran at 18 GB/s row by row, 27 GB
 (`python -m bench.gemv`); rows of K = 2560 (6.4 KB) run fastest whole, one contiguous stream."""
 CHUNK_PAIRS = 8
 """Pairs (64 weights) per chunk, unrolled: 8 and 4 measured alike, 16 and more as slow as whole rows."""
-TOKENS_PER_STEP = 4
-"""Activation rows per step of the prefill GEMM (`python -m bench.gemv`'s prefill rows, 32 tokens of the
-3B shapes, one digit: 4 rows × 1 weight row 116 GMAC/s AVX2 / 145 VNNI; 2 × 2, 2 × 4, 4 × 2 slower)."""
+LANES = 8
+"""W rows per prefill GEMM task, one per int32 lane of a 256-bit dot product."""
+TOKEN_BLOCK = 64
+"""Activation rows per pass over a GEMM tile's weights (their float32 sums stay in L1: 2 KB); 16 ran
+10% slower (weights unpacked twice as often), 32 and 64 alike for a 32-token prompt."""
 
 
 @dataclass(frozen=True)
@@ -270,15 +274,78 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
     return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
 
 
+def _tile_rows(tile: Any, n: int) -> list[Any]:
+    """W rows of a GEMM tile's lanes; past the last row (N not a multiple of 8) the last row again, so
+    the tail lanes compute and write its values twice instead of branching."""
+    from tvm import tirx
+
+    return [tile * LANES + lane if n % LANES == 0 else tirx.min(tile * LANES + lane, n - 1) for lane in range(LANES)]
+
+
+def _gather(buf: Any, rows: list[Any], col: Any, dtype: str) -> Any:
+    """`dtype`x8: buf[rows[lane], col] in lane `lane`."""
+    from tvm import tirx
+
+    return tirx.Shuffle([buf.vload([r, col], dtype) for r in rows], list(range(LANES)))
+
+
+def _word_column(w: Any, rows: list[Any], g: Any, c: int) -> Any:
+    """uint8x32: word c of group g of the tile's rows (row `lane`'s 4 bytes in bytes 4·lane..4·lane+3)."""
+    from tvm import tirx
+
+    return tirx.reinterpret("uint8x32", _gather(w, rows, g * 4 + c, "uint32"))
+
+
+def _digits4(xq: Any, tok: Any, g: Any, level: int, levels: int, c: int, odd: int) -> Any:
+    """int8x32: the 4 activation digits that word c's low (odd = 0) or high nibbles of group g meet, in
+    every lane (LLVM folds it into the dot product's broadcast memory operand)."""
+    from tvm import tirx
+
+    at = g // 2 * PAIR * levels + level * PAIR + odd * GROUP + g % 2 * (GROUP // 2) + 4 * c
+    return tirx.reinterpret("int8x32", tirx.Broadcast(tirx.reinterpret("int32", xq.vload([tok, at], "int8x4")), LANES))
+
+
+def _group_dot(isa: str, nib: Any, xq: Any, zg: Any, tok: Any, g: Any, levels: int) -> Any:
+    """int32x8: Σ_j (q[row, g, j] - 7) · digits[tok, g, j] for the tile's 8 rows, exact. `nib` holds the
+    group's unpacked weights, word c's low nibbles at 64·c, its high ones at 64·c + 32. Independent
+    dependency chains (low and high nibbles apart, pairwise int16 sums): one chain of 16 dot products
+    ran at 117 GMAC/s, two of 8 at 149 (VNNI, two digits)."""
+    from tvm import tirx
+
+    dot = tirx.Broadcast(zg[tok, g], LANES)
+    for level in range(levels):
+        shift = 8 * (levels - 1 - level)
+        terms = [[(nib.vload([(2 * c + odd) * 32], "uint8x32"), _digits4(xq, tok, g, level, levels, c, odd)) for c in range(4)] for odd in range(2)]
+        if isa == "avx2":
+            # pairs of u8 × s8 sum to at most 2·15·127; eight of them 30480 < 2^15: no saturation
+            sums = [tirx.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a, b) for chain in terms for a, b in chain]
+            while len(sums) > 1:
+                sums = [sums[i] + sums[i + 1] for i in range(0, len(sums), 2)]
+            factor = tirx.Broadcast(tirx.const(1 << shift, "int16"), 16)
+            dot = dot + tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", sums[0], factor)
+            continue
+        chains = []
+        for odd, chain in enumerate(terms):
+            part = dot if shift == 0 and odd == 0 else tirx.Broadcast(tirx.const(0, "int32"), LANES)
+            for a, b in chain:
+                part = _dot4(isa, part, a, b)
+            chains.append(part)
+        both = chains[0] + chains[1]
+        dot = both if shift == 0 else dot + tirx.shift_left(both, tirx.Broadcast(tirx.const(shift, "int32"), LANES))
+    return dot
+
+
 def gemm_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
-    """The same y for a chunk of rows (prefill): TOKENS_PER_STEP activation rows per step share each
-    pair's weight load and unpacking, each with its own accumulator; a last short step recomputes the
-    chunk's last row (writing the same values again) instead of branching."""
+    """The same y for a chunk of rows (prefill), lanes over W's rows: a task owns 8 rows of W; per group
+    it unpacks their 8 × 32 nibbles once into 8 vectors (word c of every row side by side) and then,
+    for each of up to TOKEN_BLOCK activation rows, multiplies them by that row's 4-byte digit groups
+    broadcast to every lane: 8 dot products per digit give the 8 rows' exact group sums at once, and
+    one conversion and one FMA by (the rows' scales × the row's d) per group and row. Each output
+    is a sum over groups in order; the zero points' group sums (-7·Σ digits) come first, in parallel."""
     groups = k // GROUP
-    pairs = k // PAIR
     words = k // 8
-    rows_per_task = next(t for t in ROWS_PER_TASK if n % t == 0)
-    tokens = TOKENS_PER_STEP
+    tiles = (n + LANES - 1) // LANES
+    block = TOKEN_BLOCK
 
     @T.prim_func(private=True, s_tir=True)
     def q4_q8_gemm(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
@@ -289,16 +356,26 @@ def gemm_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
         xd = T.match_buffer(xd_h, (m, groups), "float32")
         y = T.match_buffer(y_h, (m, n), out_dtype)
         with T.sblock("root"):
-            for tile in T.parallel(n // rows_per_task):
-                acc = T.decl_buffer((tokens * 8,), "float32", scope="local")
-                for step, i in T.grid((m + tokens - 1) // tokens, rows_per_task):
-                    for t in T.unroll(tokens):
-                        acc[T.ramp(t * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
-                    for p in T.serial(pairs):
-                        for t in T.unroll(tokens):
-                            acc[T.ramp(t * 8, 1, 8)] = acc[T.ramp(t * 8, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, T.min(step * tokens + t, m - 1), p, levels)
-                    for t in T.unroll(tokens):
-                        y[T.min(step * tokens + t, m - 1), tile * rows_per_task + i] = T.Cast(out_dtype, _lane_sum(acc, t * 8))
+            zg = T.alloc_buffer((m, groups), "int32")
+            for rg in T.parallel(m * groups):
+                zg[rg // groups, rg % groups] = (zc[rg // groups, rg % groups * 4] + zc[rg // groups, rg % groups * 4 + 1]) + (zc[rg // groups, rg % groups * 4 + 2] + zc[rg // groups, rg % groups * 4 + 3])
+            for tile in T.parallel(tiles):
+                acc = T.decl_buffer((block * LANES,), "float32", scope="local")
+                nib = T.decl_buffer((8 * 32,), "uint8", scope="local")
+                sv = T.decl_buffer((LANES,), "float32", scope="local")
+                for tb in T.serial((m + block - 1) // block):
+                    for t in T.serial(T.min(block, m - tb * block)):
+                        acc[T.ramp(t * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
+                    for g in T.serial(groups):
+                        for c in T.unroll(4):
+                            nib[T.ramp(2 * c * 32, 1, 32)] = T.bitwise_and(_word_column(w, _tile_rows(tile, n), g, c), T.broadcast(T.uint8(15), 32))
+                            nib[T.ramp((2 * c + 1) * 32, 1, 32)] = T.bitwise_and(T.shift_right(_word_column(w, _tile_rows(tile, n), g, c), T.broadcast(T.uint8(4), 32)), T.broadcast(T.uint8(15), 32))
+                        sv[T.ramp(0, 1, LANES)] = T.Cast("float32x8", _gather(s, _tile_rows(tile, n), g, "float16"))
+                        for t in T.serial(T.min(block, m - tb * block)):
+                            acc[T.ramp(t * LANES, 1, LANES)] = acc[T.ramp(t * LANES, 1, LANES)] + T.Cast("float32x8", _group_dot(isa, nib, xq, zg, tb * block + t, g, levels)) * (sv[T.ramp(0, 1, LANES)] * T.broadcast(xd[tb * block + t, g], LANES))
+                    for t in T.serial(T.min(block, m - tb * block)):
+                        for lane in T.unroll(LANES):
+                            y[tb * block + t, T.min(tile * LANES + lane, n - 1)] = T.Cast(out_dtype, acc[t * LANES + lane])
 
     return q4_q8_gemm.with_attr("tirx.is_scheduled", True)
 
@@ -329,10 +406,9 @@ def _is_q4_group32(mod: tvm.IRModule, call: Any) -> bool:
 def int8_matmuls(isa: Isa, levels: int = LEVELS):
     """Relax pass (after LegalizeOps, before the dequantize + matmul fusion): every
     `NT_matmul(x, dequantize(q_weight, q_scale))` on q4f16_1 weights of one activation row per sequence
-    (decode, batch_decode) becomes quantize_q8(x) → q4_q8_gemv (`levels` int8 digits per activation);
-    with one digit, those of a chunk of rows (prefill) too, → q4_q8_gemm. Two digits keep prefill on
-    the float kernel: the integer GEMM is no faster there (`python -m bench.gemv`: 77 against 78 GMAC/s
-    on AVX2). Each activation is quantized once for all its matmuls."""
+    (decode, batch_decode) becomes quantize_q8(x) → q4_q8_gemv (`levels` int8 digits per activation),
+    and those of a chunk of rows (prefill) quantize_q8(x) → q4_q8_gemm. Each activation is quantized
+    once for all its matmuls."""
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
     @relax.expr_functor.mutator
@@ -379,7 +455,7 @@ def int8_matmuls(isa: Isa, levels: int = LEVELS):
             # one token per sequence (decode, batch_decode): the sequence axis is a static 1
             one_row = _as_int(x_shape[-2]) == 1
             if (
-                k is None or n is None or k % PAIR or not (one_row or levels == 1) or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
+                k is None or n is None or k % PAIR or w_shape != [n, k // 8] or s_shape != [n, k // GROUP]
                 or _as_int(y_shape[-1]) != n or str(w.ty.dtype) != "uint32" or str(s.ty.dtype) != "float16"
                 or x_dtype not in ("float16", "float32") or y_dtype not in ("float16", "float32")
             ):

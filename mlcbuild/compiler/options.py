@@ -96,8 +96,8 @@ class CompileOptions:
     """MLC flags asked on that this build cannot honour (`flashinfer=1`): warned about, never keyed."""
     cpu_int8_digits: int = 2
     """int8 digits per activation in the llvm q4 matmuls (compiler/int8_gemv.py): 2 keeps the float
-    path's numerics (decode only; prefill stays float), 1 is llama.cpp's Q8_0 for decode and prefill
-    (faster, looser), 0 the float dequantize path."""
+    path's numerics, 1 is llama.cpp's Q8_0 (faster, looser), 0 the float dequantize path; decode and
+    prefill alike."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> "CompileOptions":

@@ -88,11 +88,11 @@ def cpu_legalize_map(level: int) -> dict[str, Any] | None:
 
 
 def cpu_kernel_passes(target: Any, options: CompileOptions, sliding_window: bool = True) -> list[Any]:
-    """Where llvm kernels are scheduled: the decode GEMV on q4f16_1 weights as integer dot products
+    """Where llvm kernels are scheduled: matmuls on q4f16_1 weights as integer dot products
     (compiler/int8_gemv.py) where the target has them (x86 AVX2, AVX-512 VNNI / AVX-VNNI, AArch64
     dotprod), and attention as vector kernels (compiler/cpu_attention.py).
     `compile: {cpu_int8_digits: 1}` quantizes activations to one int8 digit (llama.cpp's Q8_0)
-    instead of two (the default), for prefill's matmuls too; 0 keeps the float path. `sliding_window`:
+    instead of two (the default); 0 keeps the float path. `sliding_window`:
     the model may run with a sliding window (unknown counts as yes): its runtime cache then rotates
     q and k inside attention, which only TVM's attention kernels do."""
     if options.level < 1 or "cpu" not in target.keys:
