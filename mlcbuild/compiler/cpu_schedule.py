@@ -19,9 +19,9 @@ The reduction is only reassociated (eight partial sums, then their sum), in the 
 accumulator dtype; the dequantized tile keeps the kernel's dtype, so values are what the
 unscheduled kernel computes up to summation order. Measured on the RedPajama-3B shapes (one core):
 the dequantize is 8 AVX2 instructions per 8 weights and dominated decode, so on targets with integer
-dot products the decode GEMVs on q4f16_1 no longer come here (`int8_gemv.py`; with one int8 digit,
-prefill's neither). Prefill's matmul runs ~80 GMAC/s on 2 cores (`python -m bench.gemv`): each 8 fp16
-weights cost a load and a conversion beside their FMA. `Injective` parallelizes the outer loop of
+dot products matmuls on q4f16_1 no longer come here (`int8_gemv.py`), others do (q4f32_1, q3f16_1,
+q0f32, other targets). Prefill's matmul runs ~80 GMAC/s on 2 cores (`python -m bench.gemv`): each 8
+fp16 weights cost a load and a conversion beside their FMA. `Injective` parallelizes the outer loop of
 elementwise kernels (embedding lookups, casts) and vectorizes their inner one.
 
 `LEGALIZE` replaces legalizations whose TIR LLVM cannot vectorize: gelu's `erf` is a scalar libm
