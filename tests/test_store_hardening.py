@@ -411,13 +411,16 @@ def test_edited_output_and_corrupt_object_are_restored_by_the_next_build(tmp_pat
 
 @pytest.mark.slow
 def test_gc_during_a_build_deletes_nothing_the_build_uses(tmp_path: Path, cache: Path) -> None:
-    recipe = write_recipe(tmp_path / "r", conv_template="chatml")
+    # a context window the cache has not compiled: gc starts while the compile runs (seconds), not in the
+    # few hundred ms a build has left after its gen-config when the compile is a cache hit
+    overrides = {"context_window_size": 384, "prefill_chunk_size": 128, "max_batch_size": 1}
+    recipe = write_recipe(tmp_path / "r", conv_template="chatml", overrides=overrides)
     before = len(list(Store(cache).iter_actions()))
     env = {**os.environ, "MLCBUILD_CACHE_DIR": str(cache)}
     build = subprocess.Popen([sys.executable, "-m", "mlcbuild", "build", str(recipe)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while not list((cache / "tmp").glob("gen-config-*")):
+    while not list((cache / "tmp").glob("compile-*")):
         assert build.poll() is None and time.time() < deadline, build.communicate()
         time.sleep(0.02)
     gc = subprocess.Popen([sys.executable, "-m", "mlcbuild", "cache", "gc", "--older-than", "0"], env=env,

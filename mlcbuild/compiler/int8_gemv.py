@@ -298,7 +298,7 @@ def _word_column(w: Any, rows: list[Any], g: Any, c: int) -> Any:
 
 def _digits4(xq: Any, tok: Any, g: Any, level: int, levels: int, c: int, odd: int) -> Any:
     """int8x32: the 4 activation digits that word c's low (odd = 0) or high nibbles of group g meet, in
-    every lane (LLVM folds it into the dot product's broadcast memory operand)."""
+    every lane (with VNNI, LLVM folds it into the dot product's broadcast memory operand)."""
     from tvm import tirx
 
     at = g // 2 * PAIR * levels + level * PAIR + odd * GROUP + g % 2 * (GROUP // 2) + 4 * c
