@@ -91,7 +91,7 @@ def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None
     if not needs <= _cpu_flags():
         pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
     rng = np.random.default_rng(k + levels)
-    m, n = 70, 44  # 70 rows: two token blocks of the GEMM, the second short
+    m, n = 70, 44  # 70 rows: three token blocks of the GEMM, the last short
     x = rng.standard_normal((m, k)).astype(np.float16)
     x[1, :32] = 0  # an all-zero group: scale 0, no division by zero
     w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
