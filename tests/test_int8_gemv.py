@@ -161,6 +161,8 @@ def test_compiled_gemv_uses_integer_dot_products(variant: str, wanted: tuple[str
         assert instr in asm, instr
     for instr in unwanted:
         assert instr not in asm, instr
+    if variant == "znver4":  # the prefill GEMM's lanes are W's rows: each token's 4 digits broadcast from memory
+        assert any("vpdpbusd" in line and "{1to8}" in line for line in asm.splitlines())
 
 
 def test_targets_without_integer_dot_products_keep_the_float_path() -> None:
