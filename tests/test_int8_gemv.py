@@ -79,12 +79,13 @@ def numpy_q4_q8_gemv(x: np.ndarray, w: np.ndarray, s: np.ndarray, levels: int) -
     return (isum * (s.astype(np.float32)[None] * d[:, None, :]).astype(np.float64)).sum(-1)
 
 
-@pytest.mark.parametrize("variant, isa", [("x86_64", None), ("znver4", None), ("x86_64", "reference")])
+@pytest.mark.parametrize("variant, isa", [("x86_64", None), ("znver4", None), ("znver4", "vnni"), ("x86_64", "reference")])
 @pytest.mark.parametrize("k", [64, 512])
 @pytest.mark.parametrize("levels", [1, 2])
 def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None, k: int, levels: int) -> None:
-    """On x86: AVX2, VNNI, and the NEON kernel's split into 16-byte sdot halves with sdot's semantics
-    written in plain TIR (`reference`; the aarch64 library itself cannot run here)."""
+    """On x86: AVX2, AVX-512 VNNI (the GEMM on 512 bits), AVX-VNNI's 256-bit form (`vnni`), and the NEON
+    kernel's split into 16-byte sdot halves with sdot's semantics written in plain TIR (`reference`;
+    the aarch64 library itself cannot run here)."""
     import tvm
 
     needs = {"x86_64": {"avx2", "f16c"}, "znver4": {"avx512_vnni", "avx512vl", "avx512bw"}}[variant]
@@ -161,15 +162,15 @@ def test_compiled_gemv_uses_integer_dot_products(variant: str, wanted: tuple[str
         assert instr in asm, instr
     for instr in unwanted:
         assert instr not in asm, instr
-    if variant == "znver4":  # the prefill GEMM's lanes are W's rows: each token's 4 digits broadcast from memory
-        assert any("vpdpbusd" in line and "{1to8}" in line for line in asm.splitlines())
+    if variant == "znver4":  # the prefill GEMM's lanes are 16 of W's rows: each token's 4 digits broadcast from memory
+        assert any("vpdpbusd" in line and "{1to16}" in line and "%zmm" in line for line in asm.splitlines())
 
 
 def test_targets_without_integer_dot_products_keep_the_float_path() -> None:
     from mlcbuild.compiler.int8_gemv import Isa
 
     assert Isa.of(_target("x86_64")).name == "avx2"
-    assert Isa.of(_target("znver4")).name == "vnni"
+    assert Isa.of(_target("znver4")).name == "vnni512"
     assert Isa.of(_target("x86_64_baseline")) is None
     assert Isa.of(_target("aarch64_dotprod")).name == "neon"
     assert Isa.of(_target("aarch64")) is None  # NEON without the dot-product extension

@@ -22,8 +22,8 @@ and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpm
 dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
 row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
 taken in chunks of K across the task's rows, each row's sum still in order (the same bits). The
-prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side, each activation row's 4
-digits broadcast, so a group's weights are unpacked once for every token and one conversion and FMA
+prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI),
+each activation row's 4 digits broadcast, so a group's weights are unpacked once for every token and one conversion and FMA
 serve 8 outputs (its float sums run group by group: the last bits can differ from the GEMV's).
 
 Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
@@ -62,8 +62,11 @@ stream: mlp down (K = 10240, two digits: 25 KB) ran at 18 GB/s row by row, 27 GB
 (`python -m bench.gemv`); rows of K = 2560 (6.4 KB) run fastest whole, one contiguous stream."""
 CHUNK_PAIRS = 8
 """Pairs (64 weights) per chunk, unrolled: 8 and 4 measured alike, 16 and more as slow as whole rows."""
-LANES = 8
-"""W rows per prefill GEMM task, one per int32 lane of a 256-bit dot product."""
+WIDE_LANES = 16
+"""W rows per prefill GEMM task with AVX-512 VNNI (`vnni512`), one per int32 lane of a 512-bit
+`vpdpbusd`; 8 elsewhere (256-bit). On Zen 4, which splits a 512-bit instruction in two, 16 rows still
+ran 1.2-1.4× 8 (half the instructions to issue; 32 rows: one digit 229 → 273 GMAC/s, two digits 140 →
+171, qkv; mlp down 205 → 294 and 126 → 177)."""
 TOKEN_BLOCK = 32
 """Activation rows per pass over a GEMM tile's weights: at 128 rows (the chunks of a long prompt) 32
 ran 143 GMAC/s, 64 124 (VNNI, two digits; AVX2 alike, less apart): a block's digits stay nearer; 16
@@ -72,9 +75,10 @@ was 10% slower at 32 rows (weights unpacked twice as often)."""
 
 @dataclass(frozen=True)
 class Isa:
-    """Which integer dot-product instructions a target has (None: leave the float path): `vnni`
-    (x86 vpdpbusd), `avx2` (vpmaddubsw + vpmaddwd), `neon` (AArch64 sdot, +dotprod); `reference`
-    is the same 4-byte dot products in plain TIR (tests check the NEON split and order with it on x86)."""
+    """Which integer dot-product instructions a target has (None: leave the float path): `vnni512`
+    (x86 AVX-512 VNNI: vpdpbusd on 256 and 512 bits), `vnni` (AVX-VNNI: 256 bits only), `avx2`
+    (vpmaddubsw + vpmaddwd), `neon` (AArch64 sdot, +dotprod); `reference` is the same 4-byte dot
+    products in plain TIR (tests check the NEON split and order with it on x86)."""
 
     name: str
 
@@ -90,7 +94,9 @@ class Isa:
                 return cls("neon") if target_has_features("dotprod") else None
             if arch != "x86_64":
                 return None
-            if target_has_features(["avx512vnni", "avx512vl"]) or target_has_features("avxvnni"):
+            if target_has_features(["avx512vnni", "avx512vl", "avx512bw"]):
+                return cls("vnni512")
+            if target_has_features("avxvnni"):
                 return cls("vnni")
             if target_has_features("avx2"):
                 return cls("avx2")
@@ -192,7 +198,7 @@ def _dot4(isa: str, acc: Any, a: Any, b: Any) -> Any:
     """int32x8 acc + the 4-byte dot products of 32 unsigned nibble bytes a with 32 int8 b."""
     from tvm import tirx
 
-    if isa == "vnni":
+    if isa in ("vnni", "vnni512"):
         return tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc, a, b)
     # NEON: two 16-byte halves (nibbles 0..15 are the same as signed bytes: sdot is s8 × s8)
     halves = []
@@ -275,48 +281,52 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
     return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
 
 
-def _tile_rows(tile: Any, n: int) -> list[Any]:
-    """W rows of a GEMM tile's lanes; past the last row (N not a multiple of 8) the last row again, so
-    the tail lanes compute and write its values twice instead of branching."""
+def gemm_lanes(isa: str) -> int:
+    return WIDE_LANES if isa == "vnni512" else 8
+
+
+def _tile_rows(tile: Any, n: int, lanes: int) -> list[Any]:
+    """W rows of a GEMM tile's lanes; past the last row (N not a multiple of the lanes) the last row
+    again, so the tail lanes compute and write its values twice instead of branching."""
     from tvm import tirx
 
-    return [tile * LANES + lane if n % LANES == 0 else tirx.min(tile * LANES + lane, n - 1) for lane in range(LANES)]
+    return [tile * lanes + lane if n % lanes == 0 else tirx.min(tile * lanes + lane, n - 1) for lane in range(lanes)]
 
 
 def _gather(buf: Any, rows: list[Any], col: Any, dtype: str) -> Any:
-    """`dtype`x8: buf[rows[lane], col] in lane `lane`."""
+    """`dtype`xL: buf[rows[lane], col] in lane `lane` (L = len(rows))."""
     from tvm import tirx
 
-    return tirx.Shuffle([buf.vload([r, col], dtype) for r in rows], list(range(LANES)))
+    return tirx.Shuffle([buf.vload([r, col], dtype) for r in rows], list(range(len(rows))))
 
 
 def _word_column(w: Any, rows: list[Any], g: Any, c: int) -> Any:
-    """uint8x32: word c of group g of the tile's rows (row `lane`'s 4 bytes in bytes 4·lane..4·lane+3)."""
+    """uint8x(4L): word c of group g of the tile's rows (row `lane`'s 4 bytes in bytes 4·lane..4·lane+3)."""
     from tvm import tirx
 
-    return tirx.reinterpret("uint8x32", _gather(w, rows, g * 4 + c, "uint32"))
+    return tirx.reinterpret(f"uint8x{4 * len(rows)}", _gather(w, rows, g * 4 + c, "uint32"))
 
 
-def _digits4(xq: Any, tok: Any, g: Any, level: int, levels: int, c: int, odd: int) -> Any:
-    """int8x32: the 4 activation digits that word c's low (odd = 0) or high nibbles of group g meet, in
+def _digits4(xq: Any, tok: Any, g: Any, level: int, levels: int, c: int, odd: int, lanes: int) -> Any:
+    """int8x(4L): the 4 activation digits that word c's low (odd = 0) or high nibbles of group g meet, in
     every lane (with VNNI, LLVM folds it into the dot product's broadcast memory operand)."""
     from tvm import tirx
 
     at = g // 2 * PAIR * levels + level * PAIR + odd * GROUP + g % 2 * (GROUP // 2) + 4 * c
-    return tirx.reinterpret("int8x32", tirx.Broadcast(tirx.reinterpret("int32", xq.vload([tok, at], "int8x4")), LANES))
+    return tirx.reinterpret(f"int8x{4 * lanes}", tirx.Broadcast(tirx.reinterpret("int32", xq.vload([tok, at], "int8x4")), lanes))
 
 
-def _group_dot(isa: str, nib: Any, xq: Any, zg: Any, tok: Any, g: Any, levels: int) -> Any:
-    """int32x8: Σ_j (q[row, g, j] - 7) · digits[tok, g, j] for the tile's 8 rows, exact. `nib` holds the
-    group's unpacked weights, word c's low nibbles at 64·c, its high ones at 64·c + 32. Independent
+def _group_dot(isa: str, nib: Any, xq: Any, zg: Any, tok: Any, g: Any, levels: int, lanes: int) -> Any:
+    """int32xL: Σ_j (q[row, g, j] - 7) · digits[tok, g, j] for the tile's L rows, exact. `nib` holds the
+    group's unpacked weights, word c's low nibbles at 8L·c, its high ones at 8L·c + 4L. Independent
     dependency chains (low and high nibbles apart, pairwise int16 sums): one chain of 16 dot products
     ran at 117 GMAC/s, two of 8 at 149 (VNNI, two digits)."""
     from tvm import tirx
 
-    dot = tirx.Broadcast(zg[tok, g], LANES)
+    dot = tirx.Broadcast(zg[tok, g], lanes)
     for level in range(levels):
         shift = 8 * (levels - 1 - level)
-        terms = [[(nib.vload([(2 * c + odd) * 32], "uint8x32"), _digits4(xq, tok, g, level, levels, c, odd)) for c in range(4)] for odd in range(2)]
+        terms = [[(nib.vload([(2 * c + odd) * 4 * lanes], f"uint8x{4 * lanes}"), _digits4(xq, tok, g, level, levels, c, odd, lanes)) for c in range(4)] for odd in range(2)]
         if isa == "avx2":
             # pairs of u8 × s8 sum to at most 2·15·127; eight of them 30480 < 2^15: no saturation
             sums = [tirx.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a, b) for chain in terms for a, b in chain]
@@ -327,25 +337,30 @@ def _group_dot(isa: str, nib: Any, xq: Any, zg: Any, tok: Any, g: Any, levels: i
             continue
         chains = []
         for odd, chain in enumerate(terms):
-            part = dot if shift == 0 and odd == 0 else tirx.Broadcast(tirx.const(0, "int32"), LANES)
+            part = dot if shift == 0 and odd == 0 else tirx.Broadcast(tirx.const(0, "int32"), lanes)
             for a, b in chain:
-                part = _dot4(isa, part, a, b)
+                if lanes == WIDE_LANES:
+                    part = tirx.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.x86.avx512.vpdpbusd.512", part, a, b)
+                else:
+                    part = _dot4(isa, part, a, b)
             chains.append(part)
         both = chains[0] + chains[1]
-        dot = both if shift == 0 else dot + tirx.shift_left(both, tirx.Broadcast(tirx.const(shift, "int32"), LANES))
+        dot = both if shift == 0 else dot + tirx.shift_left(both, tirx.Broadcast(tirx.const(shift, "int32"), lanes))
     return dot
 
 
 def gemm_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
-    """The same y for a chunk of rows (prefill), lanes over W's rows: a task owns 8 rows of W; per group
-    it unpacks their 8 × 32 nibbles once into 8 vectors (word c of every row side by side) and then,
-    for each of up to TOKEN_BLOCK activation rows, multiplies them by that row's 4-byte digit groups
-    broadcast to every lane: 8 dot products per digit give the 8 rows' exact group sums at once, and
-    one conversion and one FMA by (the rows' scales × the row's d) per group and row. Each output
-    is a sum over groups in order; the zero points' group sums (-7·Σ digits) come first, in parallel."""
+    """The same y for a chunk of rows (prefill), lanes over W's rows: a task owns L rows of W (L =
+    `gemm_lanes(isa)`: 16 with AVX-512 VNNI, else 8); per group it unpacks their L × 32 nibbles once
+    into 8 vectors (word c of every row side by side) and then, for each of up to TOKEN_BLOCK
+    activation rows, multiplies them by that row's 4-byte digit groups broadcast to every lane: 8 dot
+    products per digit give the L rows' exact group sums at once, and one conversion and one FMA by
+    (the rows' scales × the row's d) per group and row. Each output is a sum over groups in order; the
+    zero points' group sums (-7·Σ digits) come first, in parallel."""
     groups = k // GROUP
     words = k // 8
-    tiles = (n + LANES - 1) // LANES
+    lanes = gemm_lanes(isa)
+    tiles = (n + lanes - 1) // lanes
     block = TOKEN_BLOCK
 
     @T.prim_func(private=True, s_tir=True)
@@ -361,22 +376,22 @@ def gemm_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
             for rg in T.parallel(m * groups):
                 zg[rg // groups, rg % groups] = (zc[rg // groups, rg % groups * 4] + zc[rg // groups, rg % groups * 4 + 1]) + (zc[rg // groups, rg % groups * 4 + 2] + zc[rg // groups, rg % groups * 4 + 3])
             for tile in T.parallel(tiles):
-                acc = T.decl_buffer((block * LANES,), "float32", scope="local")
-                nib = T.decl_buffer((8 * 32,), "uint8", scope="local")
-                sv = T.decl_buffer((LANES,), "float32", scope="local")
+                acc = T.decl_buffer((block * lanes,), "float32", scope="local")
+                nib = T.decl_buffer((8 * 4 * lanes,), "uint8", scope="local")
+                sv = T.decl_buffer((lanes,), "float32", scope="local")
                 for tb in T.serial((m + block - 1) // block):
                     for t in T.serial(T.min(block, m - tb * block)):
-                        acc[T.ramp(t * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
+                        acc[T.ramp(t * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
                     for g in T.serial(groups):
                         for c in T.unroll(4):
-                            nib[T.ramp(2 * c * 32, 1, 32)] = T.bitwise_and(_word_column(w, _tile_rows(tile, n), g, c), T.broadcast(T.uint8(15), 32))
-                            nib[T.ramp((2 * c + 1) * 32, 1, 32)] = T.bitwise_and(T.shift_right(_word_column(w, _tile_rows(tile, n), g, c), T.broadcast(T.uint8(4), 32)), T.broadcast(T.uint8(15), 32))
-                        sv[T.ramp(0, 1, LANES)] = T.Cast("float32x8", _gather(s, _tile_rows(tile, n), g, "float16"))
+                            nib[T.ramp(2 * c * 4 * lanes, 1, 4 * lanes)] = T.bitwise_and(_word_column(w, _tile_rows(tile, n, lanes), g, c), T.broadcast(T.uint8(15), 4 * lanes))
+                            nib[T.ramp((2 * c + 1) * 4 * lanes, 1, 4 * lanes)] = T.bitwise_and(T.shift_right(_word_column(w, _tile_rows(tile, n, lanes), g, c), T.broadcast(T.uint8(4), 4 * lanes)), T.broadcast(T.uint8(15), 4 * lanes))
+                        sv[T.ramp(0, 1, lanes)] = T.Cast(f"float32x{lanes}", _gather(s, _tile_rows(tile, n, lanes), g, "float16"))
                         for t in T.serial(T.min(block, m - tb * block)):
-                            acc[T.ramp(t * LANES, 1, LANES)] = acc[T.ramp(t * LANES, 1, LANES)] + T.Cast("float32x8", _group_dot(isa, nib, xq, zg, tb * block + t, g, levels)) * (sv[T.ramp(0, 1, LANES)] * T.broadcast(xd[tb * block + t, g], LANES))
+                            acc[T.ramp(t * lanes, 1, lanes)] = acc[T.ramp(t * lanes, 1, lanes)] + T.Cast(f"float32x{lanes}", _group_dot(isa, nib, xq, zg, tb * block + t, g, levels, lanes)) * (sv[T.ramp(0, 1, lanes)] * T.broadcast(xd[tb * block + t, g], lanes))
                     for t in T.serial(T.min(block, m - tb * block)):
-                        for lane in T.unroll(LANES):
-                            y[tb * block + t, T.min(tile * LANES + lane, n - 1)] = T.Cast(out_dtype, acc[t * LANES + lane])
+                        for lane in T.unroll(lanes):
+                            y[tb * block + t, T.min(tile * lanes + lane, n - 1)] = T.Cast(out_dtype, acc[t * lanes + lane])
 
     return q4_q8_gemm.with_attr("tirx.is_scheduled", True)
 
