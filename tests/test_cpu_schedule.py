@@ -212,6 +212,27 @@ def test_one_digit_library_prefills_and_decodes_in_integers_near_transformers(co
     assert err.max() > FP16_TOL / 10, "the one-digit rounding shows: the integer path ran"
 
 
+def test_native_library_runs_the_512_bit_gemm_near_transformers(compiled_model) -> None:
+    """`llvm:znver4` (AVX-512 VNNI): prefill's GEMM takes 16 rows of W per task in 512-bit dot products
+    with each token's digits broadcast from memory; the library matches transformers as the portable one
+    does (20 prompt tokens: chunks of 16 and 4 rows)."""
+    import subprocess
+    from pathlib import Path
+
+    from mlcbuild.runtime.engine import Engine
+
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    if not {"avx512_vnni", "avx512bw", "avx512vl"} <= set(flags):
+        pytest.skip("this CPU cannot run an AVX-512 VNNI library")
+    built = compiled_model("gpt_neox", "q4f16_1", target="llvm:znver4")
+    disassembly = subprocess.run(["objdump", "-d", str(built.lib)], capture_output=True, text=True, check=True).stdout
+    assert any("vpdpbusd" in line and "{1to16}" in line and "%zmm" in line for line in disassembly.splitlines())
+    ids = _tokens(28, seed=3)
+    ours = Engine.load(built.model_dir, built.lib).logits_for(ids[:20], ids[20:])
+    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", "q4f16_1", ids)[19:]
+    assert np.abs(ours - ref).max() <= FP16_TOL
+
+
 @pytest.mark.parametrize("digits, kernels_expected", [(1, True), (0, False)])
 def test_int8_digits_option(compiled_model, digits: int, kernels_expected: bool) -> None:
     """`compile: {cpu_int8_digits: 1}` is llama.cpp's one-digit Q8_0 activation (64 int8 per row of
