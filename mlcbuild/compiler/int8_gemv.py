@@ -23,8 +23,9 @@ dotprod, 16-byte halves), then one int→float conversion and one FMA by the two
 row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
 taken in chunks of K across the task's rows, each row's sum still in order (the same bits). The
 prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI),
-each activation row's 4 digits broadcast, so a group's weights are unpacked once for every token and one conversion and FMA
-serve 8 outputs (its float sums run group by group: the last bits can differ from the GEMV's).
+each activation row's 4 digits broadcast, so a group's weights are unpacked once for every token and
+one conversion and FMA serve 8 (16) outputs (its float sums run group by group: the last bits can
+differ from the GEMV's).
 
 Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
 11 bits: logits as the float path's to 6e-5 on the 3B shape), ≤ d/2 with one (llama.cpp's Q8_0).
@@ -282,6 +283,7 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
 
 
 def gemm_lanes(isa: str) -> int:
+    """W rows per prefill GEMM task: one per int32 lane of the widest dot product the ISA has."""
     return WIDE_LANES if isa == "vnni512" else 8
 
 
