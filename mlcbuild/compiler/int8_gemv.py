@@ -195,10 +195,13 @@ def _dot4_reference(acc: Any, a: Any, b: Any, lanes: int) -> Any:
     return acc
 
 
-def _dot4(isa: str, acc: Any, a: Any, b: Any) -> Any:
-    """int32x8 acc + the 4-byte dot products of 32 unsigned nibble bytes a with 32 int8 b."""
+def _dot4(isa: str, acc: Any, a: Any, b: Any, lanes: int = 8) -> Any:
+    """int32x`lanes` acc + the 4-byte dot products of 4·lanes unsigned nibble bytes a with 4·lanes
+    int8 b; 16 lanes are `vnni512`'s 512-bit form."""
     from tvm import tirx
 
+    if lanes == WIDE_LANES:
+        return tirx.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.x86.avx512.vpdpbusd.512", acc, a, b)
     if isa in ("vnni", "vnni512"):
         return tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc, a, b)
     # NEON: two 16-byte halves (nibbles 0..15 are the same as signed bytes: sdot is s8 × s8)
@@ -341,10 +344,7 @@ def _group_dot(isa: str, nib: Any, xq: Any, zg: Any, tok: Any, g: Any, levels: i
         for odd, chain in enumerate(terms):
             part = dot if shift == 0 and odd == 0 else tirx.Broadcast(tirx.const(0, "int32"), lanes)
             for a, b in chain:
-                if lanes == WIDE_LANES:
-                    part = tirx.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.x86.avx512.vpdpbusd.512", part, a, b)
-                else:
-                    part = _dot4(isa, part, a, b)
+                part = _dot4(isa, part, a, b, lanes)
             chains.append(part)
         both = chains[0] + chains[1]
         dot = both if shift == 0 else dot + tirx.shift_left(both, tirx.Broadcast(tirx.const(shift, "int32"), lanes))
