@@ -35,8 +35,10 @@ demo: $(BASE)
 	@echo "chat with it: $(BIN)/mlcbuild chat recipes/demo.yaml   serve it: $(BIN)/mlcbuild serve recipes/demo.yaml --port 8000"
 
 # tmux drives `mlcbuild chat` and headless Chromium the chat page in the tests (CI runs as root on a clean machine);
-# the aarch64 cross linker links the llvm:aarch64* libraries the tests cross-compile.
+# the aarch64 cross linker links the llvm:aarch64* libraries the tests cross-compile; objdump reads the
+# instructions of the x86 libraries they build.
 tools:
+	command -v objdump > /dev/null || (apt-get update -qq && apt-get install -y -qq binutils)
 	command -v tmux > /dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
 	command -v aarch64-linux-gnu-gcc > /dev/null || (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu)
 	command -v chromium > /dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
