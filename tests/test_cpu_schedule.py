@@ -62,6 +62,8 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
     else:
         assert len(gemvs) >= 4 and len(gemms) >= 4, sorted(kernels)
         assert not [name for name in matmuls if "dequantize" in name], sorted(kernels)
+        # decode streams weights from DRAM and prefetches them ahead; prefill's GEMM reuses each tile
+        assert all("llvm.prefetch" in kernels[name] for name in gemvs) and not any("llvm.prefetch" in kernels[name] for name in gemms)
     for name, text in matmuls.items():
         assert "T.parallel(" in text and "T.vectorized(" in text, name
     assert "T.parallel(" in kernels["temperature_softmax"]

@@ -21,8 +21,8 @@ and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpm
 `vpmaddwd` (AVX2: u8 × s8 pairs in int16 cannot saturate, 2·15·127 < 2^15) or four `sdot` (AArch64
 dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
 row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
-taken in chunks of K across the task's rows, each row's sum still in order (the same bits). The
-prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI),
+taken in chunks of K across the task's rows, each row's sum still in order (the same bits); the
+weights a task reads 4 KB later are prefetched (`PREFETCH_PAIRS`). The prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI),
 each activation row's 4 digits broadcast, so a group's weights are unpacked once for every token and
 one conversion and FMA serve 8 (16) outputs (its float sums run group by group: the last bits can
 differ from the GEMV's).
@@ -72,6 +72,12 @@ TOKEN_BLOCK = 32
 """Activation rows per pass over a GEMM tile's weights: at 128 rows (the chunks of a long prompt) 32
 ran 143 GMAC/s, 64 124 (VNNI, two digits; AVX2 alike, less apart): a block's digits stay nearer; 16
 was 10% slower at 32 rows (weights unpacked twice as often)."""
+PREFETCH_PAIRS = 128
+"""How far ahead (in pairs: 4 KB) a GEMV task prefetches the weights of whole rows; a task that takes
+rows in chunks prefetches its row's next chunk, which it reads CHUNK_PAIRS × its rows pairs later (also
+4 KB with 16 rows). The hardware prefetchers alone left the 2-core VM's DRAM under-used between two
+digits' dot products (`python -m bench.gemv`-shaped runs, interleaved, VNNI two digits: qkv 31 → 33-35
+GB/s, mlp down 21-22 → 24-25; AVX2 two digits: qkv 28 → 31, down unchanged); 2 KB ahead ran alike."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,14 @@ def _pair_term(isa: str, w: Any, s: Any, row: Any, xq: Any, zc: Any, xd: Any, r:
     return tirx.Cast("float32x8", dot) * tirx.Shuffle([scales] * 4, [0, 0, 0, 0, 1, 1, 1, 1])
 
 
+def _prefetch(w: Any, row: Any, word: Any) -> Any:
+    """Prefetch (into L1) the cache line of w[row, word]; past the row's end that is a later row's (W is
+    row-major), and a prefetch of an address past W's end is harmless."""
+    from tvm import tirx
+
+    return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", tirx.address_of(w[row, word]), tirx.IntImm("int32", 0), tirx.IntImm("int32", 3), tirx.IntImm("int32", 1))
+
+
 def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
     """y[M, N] = x · W[N, K]^T (q4f16_1 W) from `quantize_func`'s outputs: tasks of rows of W in
     parallel; each row's sum runs over K in order, whole or (long rows) in chunks across the task's rows."""
@@ -258,6 +272,7 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
 
     chunked = levels * k + k // 2 > ROW_BYTES_IN_L1 and pairs % CHUNK_PAIRS == 0
     chunk = CHUNK_PAIRS if chunked else pairs
+    ahead = chunk if chunked else PREFETCH_PAIRS
 
     @T.prim_func(private=True, s_tir=True)
     def q4_q8_gemv(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
@@ -277,6 +292,7 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
                     for c, i in T.grid(pairs // chunk, rows_per_task):
                         acc[T.ramp(0, 1, 8)] = sums[T.ramp(i * 8, 1, 8)]
                         for p in T.unroll(chunk) if chunked else T.serial(chunk):
+                            T.evaluate(_prefetch(w, tile * rows_per_task + i, (c * chunk + p + ahead) * 8))
                             acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * chunk + p, levels)
                         sums[T.ramp(i * 8, 1, 8)] = acc[T.ramp(0, 1, 8)]
                     for i in T.serial(rows_per_task):
