@@ -173,9 +173,10 @@ def test_aarch64_dotprod_library_cross_compiles_and_links(compiled_model) -> Non
     assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     import subprocess
 
-    # the decode GEMVs are NEON dot products (compiler/int8_gemv.py); objdump comes with the cross gcc
+    # the decode GEMVs are NEON dot products (compiler/int8_gemv.py); decode's prefetches (the GEMVs'
+    # weights, attention's rows) are prfm pldl1keep; objdump comes with the cross gcc
     disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(built.lib)], capture_output=True, text=True, check=True).stdout
-    assert "\tsdot\t" in disassembly
+    assert "\tsdot\t" in disassembly and "pldl1keep" in disassembly
 
 
 def test_attention_rewrite_leaves_other_kernels_alone() -> None:
