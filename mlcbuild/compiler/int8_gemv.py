@@ -22,10 +22,10 @@ and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpm
 dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
 row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
 taken in chunks of K across the task's rows, each row's sum still in order (the same bits); the
-weights a task reads 4 KB later are prefetched (`PREFETCH_PAIRS`). The prefill GEMM (`q4_q8_gemm`) turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI),
-each activation row's 4 digits broadcast, so a group's weights are unpacked once for every token and
-one conversion and FMA serve 8 (16) outputs (its float sums run group by group: the last bits can
-differ from the GEMV's).
+weights a task reads 4 KB later are prefetched (`PREFETCH_PAIRS`). The prefill GEMM (`q4_q8_gemm`)
+turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI), each activation row's 4 digits
+broadcast, so a group's weights are unpacked once for every token and one conversion and FMA serve 8
+(16) outputs (its float sums run group by group: the last bits can differ from the GEMV's).
 
 Numerics: the only new rounding is the activation's, |error| ≤ d/512 with two digits (float16 keeps
 11 bits: logits as the float path's to 6e-5 on the 3B shape), ≤ d/2 with one (llama.cpp's Q8_0).
@@ -76,8 +76,9 @@ PREFETCH_PAIRS = 128
 """How far ahead (in pairs: 4 KB) a GEMV task prefetches the weights of whole rows; a task that takes
 rows in chunks prefetches its row's next chunk, which it reads CHUNK_PAIRS × its rows pairs later (also
 4 KB with 16 rows). The hardware prefetchers alone left the 2-core VM's DRAM under-used between two
-digits' dot products (`python -m bench.gemv`-shaped runs, interleaved, VNNI two digits: qkv 31 → 33-35
-GB/s, mlp down 21-22 → 24-25; AVX2 two digits: qkv 28 → 31, down unchanged); 2 KB ahead ran alike."""
+digits' dot products (this kernel with and without, interleaved in one process, `bench.gemv`'s shapes
+and 8 weight copies, 2 threads; VNNI two digits: qkv 31 → 33-35 GB/s, mlp down 21-22 → 24-25; AVX2 two
+digits: qkv 28 → 31, down unchanged); 2 KB ahead ran alike."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ def _pair_term(isa: str, w: Any, s: Any, row: Any, xq: Any, zc: Any, xd: Any, r:
 
 def _prefetch(w: Any, row: Any, word: Any) -> Any:
     """Prefetch (into L1) the cache line of w[row, word]; past the row's end that is a later row's (W is
-    row-major), and a prefetch of an address past W's end is harmless."""
+    row-major). The last task's run past W's end: a prefetch never faults (x86 prefetcht0, AArch64 prfm)."""
     from tvm import tirx
 
     return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", tirx.address_of(w[row, word]), tirx.IntImm("int32", 0), tirx.IntImm("int32", 3), tirx.IntImm("int32", 1))
