@@ -35,15 +35,24 @@ demo: $(BASE)
 	@echo "chat with it: $(BIN)/mlcbuild chat recipes/demo.yaml   serve it: $(BIN)/mlcbuild serve recipes/demo.yaml --port 8000"
 
 # tmux drives `mlcbuild chat` and headless Chromium the chat page in the tests (CI runs as root on a clean machine);
-# the aarch64 cross linker links the llvm:aarch64* libraries the tests cross-compile; objdump reads the
-# instructions of the x86 libraries they build.
+# the aarch64 cross linker links the llvm:aarch64* libraries the tests cross-compile, and qemu-user runs
+# their kernels on the aarch64 TVM runtime of the venv's TVM versions; objdump reads the instructions of
+# the x86 libraries they build.
+AARCH64_TVM := $(VENV)/aarch64-tvm
+AARCH64_STAMP := $(AARCH64_TVM)/.fetched-$(PYPROJECT)
+
 tools:
 	command -v objdump > /dev/null || (apt-get update -qq && apt-get install -y -qq binutils)
 	command -v tmux > /dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
 	command -v aarch64-linux-gnu-gcc > /dev/null || (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu)
+	command -v qemu-aarch64 > /dev/null || (apt-get update -qq && apt-get install -y -qq qemu-user)
 	command -v chromium > /dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: $(STAMP) tools
+$(AARCH64_STAMP): $(BASE)
+	$(BIN)/python tests/aarch64/fetch_runtime.py $(AARCH64_TVM)
+	touch $@
+
+test: $(STAMP) tools $(AARCH64_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
