@@ -36,10 +36,11 @@ demo: $(BASE)
 
 # tmux drives `mlcbuild chat` and headless Chromium the chat page in the tests (CI runs as root on a clean machine);
 # the aarch64 cross linker links the llvm:aarch64* libraries the tests cross-compile, and qemu-user runs
-# their kernels on the aarch64 TVM runtime of the venv's TVM versions; objdump reads the instructions of
-# the x86 libraries they build.
-AARCH64_TVM := $(VENV)/aarch64-tvm
-AARCH64_STAMP := $(AARCH64_TVM)/.fetched-$(PYPROJECT)
+# them in an aarch64 Python with TVM's aarch64 runtime (Debian's arm64 python3.11 and the aarch64 wheels
+# of the venv's numpy and TVM versions, unpacked into the venv); objdump reads the instructions of the x86
+# libraries they build.
+AARCH64_ENV := $(VENV)/aarch64
+AARCH64_STAMP := $(VENV)/.aarch64-$(PYPROJECT)
 
 tools:
 	command -v objdump > /dev/null || (apt-get update -qq && apt-get install -y -qq binutils)
@@ -49,7 +50,8 @@ tools:
 	command -v chromium > /dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 $(AARCH64_STAMP): $(BASE)
-	$(BIN)/python tests/aarch64/fetch_runtime.py $(AARCH64_TVM)
+	$(BIN)/python tests/aarch64/make_env.py $(AARCH64_ENV)
+	rm -f $(VENV)/.aarch64-*
 	touch $@
 
 test: $(STAMP) tools $(AARCH64_STAMP)

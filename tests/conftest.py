@@ -212,3 +212,35 @@ def demo_artifacts(tmp_path_factory):
         model_dir=lambda q: root / "dist" / f"{name}-{q}-MLC",
         lib=lambda q: next((root / "dist" / "libs").glob(f"{name}-{q}-llvm*.so")),
     )
+
+
+# --- an aarch64 Python under qemu-user (tests/aarch64/make_env.py; test_int8_gemv.py, test_cpu_schedule.py)
+@_pytest.fixture(scope="session")
+def aarch64_python():
+    """aarch64_python(script, *args) -> CompletedProcess: `python -c script args` on the aarch64 Python
+    that `make tools` unpacks into the venv, under qemu-user, with TVM's aarch64 runtime (no compiler)
+    and this checkout importable; skips where `make tools` has not run."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env_dir = Path(sys.prefix) / "aarch64"
+    root = env_dir / "root"
+    python = root / "usr" / "bin" / "python3.11"
+    if shutil.which("qemu-aarch64") is None or not python.is_file():
+        _pytest.skip("`make tools` installs qemu-user and the aarch64 Python (tests/aarch64/make_env.py)")
+    guest_env = {
+        "LD_LIBRARY_PATH": f"{root}/lib/aarch64-linux-gnu:{root}/usr/lib/aarch64-linux-gnu",
+        "PYTHONHOME": f"{root}/usr",
+        "PYTHONPATH": f"{env_dir / 'site'}:{Path(__file__).resolve().parent.parent}",
+        "TVM_USE_RUNTIME_LIB": "1",
+        "TVM_NUM_THREADS": "2",
+    }
+    flags = [arg for key, value in guest_env.items() for arg in ("-E", f"{key}={value}")]
+
+    def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", *flags, str(python), "-c", script, *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run

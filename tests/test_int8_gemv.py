@@ -6,7 +6,6 @@ instructions the target has, and targets without them keep the float path.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,28 +147,35 @@ def test_long_rows_in_chunks_give_the_same_bits(variant: str, monkeypatch) -> No
     assert np.abs(outputs[0] - want).max() <= 1e-5 * np.abs(want).max()
 
 
-AARCH64_RUNTIME = Path(sys.prefix) / "aarch64-tvm"
-"""The venv's TVM versions' aarch64 runtime (`make tools`: tests/aarch64/fetch_runtime.py)."""
+KERNELS_ON_AARCH64 = """
+import sys
+import numpy as np
+import tvm
+lib, folder = tvm.runtime.load_module(sys.argv[1]), sys.argv[2]
+x, w, s = (np.load(f"{folder}/{name}.npy") for name in ("x", "w", "s"))
+m, k, n, levels = x.shape[0], x.shape[1], w.shape[0], int(sys.argv[3])
+dev = tvm.cpu()
+xq, zc, xd = tvm.runtime.empty((m, levels * k), "int8", dev), tvm.runtime.empty((m, k // 8), "int32", dev), tvm.runtime.empty((m, k // 32), "float32", dev)
+lib["quantize_q8"](tvm.runtime.tensor(x, dev), xq, zc, xd)
+for kernel in ("gemv", "gemm"):
+    y = tvm.runtime.empty((m, n), "float32", dev)
+    lib[kernel](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
+    np.save(f"{folder}/y_{kernel}.npy", y.numpy())
+"""
 
 
 @pytest.mark.parametrize("levels", [1, 2])
-def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(tmp_path: Path, levels: int) -> None:
-    """The llvm:aarch64_dotprod kernels run: cross-compiled and linked here, loaded by the aarch64 TVM
-    runtime's module loader (as MLC's runtimes load a library) in tests/aarch64/run_kernels.c under
-    qemu-user, the activation quantizer, decode's GEMV and prefill's GEMM (NEON sdot) compute what the
-    x86 kernels do: the numpy statement, 70 rows (three GEMM token blocks, the last short) × N = 44."""
+def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(aarch64_python, tmp_path: Path, levels: int) -> None:
+    """The llvm:aarch64_dotprod kernels run: cross-compiled and linked here, loaded by TVM's aarch64
+    runtime in an aarch64 Python under qemu-user (conftest `aarch64_python`), the activation quantizer,
+    decode's GEMV and prefill's GEMM (NEON sdot) compute the numpy statement, as the x86 kernels do: 70
+    rows (three GEMM token blocks, the last short) × N = 44."""
     import shutil
-    import subprocess
 
     from tvm.support import cc
 
-    missing = [tool for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64") if shutil.which(tool) is None]
-    if missing or not (AARCH64_RUNTIME / "libtvm_runtime.so").is_file():
-        pytest.skip(f"`make tools` installs {missing or AARCH64_RUNTIME}")
-    runner = tmp_path / "run_kernels"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-std=c11", "-D_POSIX_C_SOURCE=200112L", f"-I{AARCH64_RUNTIME / 'include'}",
-                    str(Path(__file__).parent / "aarch64" / "run_kernels.c"), "-o", str(runner), f"-Wl,-rpath,{AARCH64_RUNTIME}",
-                    f"-L{AARCH64_RUNTIME}", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi"], check=True)
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64-linux-gnu-gcc (`make tools` installs gcc-aarch64-linux-gnu)")
     m, n, k = 70, 44, 512
     rng = np.random.default_rng(11 + levels)
     x = rng.standard_normal((m, k)).astype(np.float16)
@@ -177,29 +183,14 @@ def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(tmp_path
     w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
     s = (rng.random((n, k // 32)) * 0.02).astype(np.float16)
     for name, array in (("x", x), ("w", w), ("s", s)):
-        array.tofile(tmp_path / f"{name}.bin")
-    _build(n, k, "aarch64_dotprod", levels).export_library(str(tmp_path / "kernels.so"), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
-    script = f"""
-        buf x float16 {m}x{k} {tmp_path / "x.bin"}
-        buf w uint32 {n}x{k // 8} {tmp_path / "w.bin"}
-        buf s float16 {n}x{k // 32} {tmp_path / "s.bin"}
-        buf xq int8 {m}x{levels * k} -
-        buf zc int32 {m}x{k // 8} -
-        buf xd float32 {m}x{k // 32} -
-        buf y_gemv float32 {m}x{n} -
-        buf y_gemm float32 {m}x{n} -
-        call quantize_q8 x xq zc xd ;
-        call gemv xq zc xd w s y_gemv ;
-        call gemm xq zc xd w s y_gemm ;
-        save y_gemv {tmp_path / "y_gemv.bin"}
-        save y_gemm {tmp_path / "y_gemm.bin"}
-    """
-    run = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(runner), str(tmp_path / "kernels.so")],
-                         input=script, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+        np.save(tmp_path / f"{name}.npy", array)
+    lib = tmp_path / "kernels.so"
+    _build(n, k, "aarch64_dotprod", levels).export_library(str(lib), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    run = aarch64_python(KERNELS_ON_AARCH64, str(lib), str(tmp_path), str(levels))
+    assert run.returncode == 0, run.stderr[-3000:]
     want = numpy_q4_q8_gemv(x, w, s, levels)
     for kernel in ("gemv", "gemm"):
-        out = np.fromfile(tmp_path / f"y_{kernel}.bin", np.float32).reshape(m, n)
+        out = np.load(tmp_path / f"y_{kernel}.npy")
         assert np.abs(out - want).max() <= 1e-5 * np.abs(want).max(), kernel
 
 

@@ -68,9 +68,10 @@ class Engine:
         device: str | Any = "cpu",
         weights_dir: str | Path | None = None,
     ) -> "Engine":
-        """Load and check: the library's `_metadata` is compared with the weights before any run."""
+        """Load and check: the library's `_metadata` is compared with the weights before any run. Needs
+        TVM's runtime only (`tvm.runtime.vm`, not relax's compiler), as MLC's runtimes do."""
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         model_dir = Path(model_dir)
         lib_path = Path(lib_path)
@@ -79,7 +80,7 @@ class Engine:
             raise UserError(f"{lib_path}: model library not found")
         folder = open_model_folder(model_dir, weights)
         dev = _device(device)
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
+        vm = VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
         metadata = read_library_metadata(vm)
         check_weights(metadata, folder.index, folder.config, lib_name=lib_path.name)
         params = load_params(metadata, folder.index, dev)
