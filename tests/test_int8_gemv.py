@@ -57,6 +57,17 @@ def _dequantized(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     return ((_nibbles(w) - 7).reshape(n, -1, 32) * s.astype(np.float64)[:, :, None]).reshape(n, -1)
 
 
+def _problem(m: int, n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random activations x[m, k] (row 1's first group all zero: scale 0, no division by zero), q4f16_1
+    words w[n, k/8] and scales s[n, k/32]."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    x[1, :32] = 0
+    w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
+    s = (rng.random((n, k // 32)) * 0.02).astype(np.float16)
+    return x, w, s
+
+
 def numpy_q4_q8_gemv(x: np.ndarray, w: np.ndarray, s: np.ndarray, levels: int) -> np.ndarray:
     """The integer path's math: x per group of 32 as base-256 int8 digits of x/d (d = max|x|/127),
     exact integer dot products with the nibbles, minus 7·Σx, times scale · d."""
@@ -91,12 +102,8 @@ def test_integer_gemv_computes_the_numpy_statement(variant: str, isa: str | None
     needs = {"x86_64": {"avx2", "f16c"}, "znver4": {"avx512_vnni", "avx512vl", "avx512bw"}}[variant]
     if not needs <= _cpu_flags():
         pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
-    rng = np.random.default_rng(k + levels)
     m, n = 70, 44  # 70 rows: three token blocks of the GEMM, the last short
-    x = rng.standard_normal((m, k)).astype(np.float16)
-    x[1, :32] = 0  # an all-zero group: scale 0, no division by zero
-    w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
-    s = (rng.random((n, k // 32)) * 0.02).astype(np.float16)
+    x, w, s = _problem(m, n, k, seed=k + levels)
     lib = _build(n, k, variant, levels, isa=isa)
     dev = tvm.cpu()
     xq = tvm.runtime.empty((m, levels * k), "int8", dev)
@@ -177,11 +184,7 @@ def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(aarch64_
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("no aarch64-linux-gnu-gcc (`make tools` installs gcc-aarch64-linux-gnu)")
     m, n, k = 70, 44, 512
-    rng = np.random.default_rng(11 + levels)
-    x = rng.standard_normal((m, k)).astype(np.float16)
-    x[1, :32] = 0
-    w = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
-    s = (rng.random((n, k // 32)) * 0.02).astype(np.float16)
+    x, w, s = _problem(m, n, k, seed=11 + levels)
     for name, array in (("x", x), ("w", w), ("s", s)):
         np.save(tmp_path / f"{name}.npy", array)
     lib = tmp_path / "kernels.so"
