@@ -158,25 +158,25 @@ KERNELS_ON_AARCH64 = """
 import sys
 import numpy as np
 import tvm
-lib, folder = tvm.runtime.load_module(sys.argv[1]), sys.argv[2]
+folder, dev = sys.argv[1], tvm.cpu()
 x, w, s = (np.load(f"{folder}/{name}.npy") for name in ("x", "w", "s"))
-m, k, n, levels = x.shape[0], x.shape[1], w.shape[0], int(sys.argv[3])
-dev = tvm.cpu()
-xq, zc, xd = tvm.runtime.empty((m, levels * k), "int8", dev), tvm.runtime.empty((m, k // 8), "int32", dev), tvm.runtime.empty((m, k // 32), "float32", dev)
-lib["quantize_q8"](tvm.runtime.tensor(x, dev), xq, zc, xd)
-for kernel in ("gemv", "gemm"):
-    y = tvm.runtime.empty((m, n), "float32", dev)
-    lib[kernel](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
-    np.save(f"{folder}/y_{kernel}.npy", y.numpy())
+m, k, n = x.shape[0], x.shape[1], w.shape[0]
+for levels in (1, 2):
+    lib = tvm.runtime.load_module(f"{folder}/kernels{levels}.so")
+    xq, zc, xd = tvm.runtime.empty((m, levels * k), "int8", dev), tvm.runtime.empty((m, k // 8), "int32", dev), tvm.runtime.empty((m, k // 32), "float32", dev)
+    lib["quantize_q8"](tvm.runtime.tensor(x, dev), xq, zc, xd)
+    for kernel in ("gemv", "gemm"):
+        y = tvm.runtime.empty((m, n), "float32", dev)
+        lib[kernel](xq, zc, xd, tvm.runtime.tensor(w, dev), tvm.runtime.tensor(s, dev), y)
+        np.save(f"{folder}/y_{kernel}{levels}.npy", y.numpy())
 """
 
 
-@pytest.mark.parametrize("levels", [1, 2])
-def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(aarch64_python, tmp_path: Path, levels: int) -> None:
+def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(aarch64_python, tmp_path: Path) -> None:
     """The llvm:aarch64_dotprod kernels run: cross-compiled and linked here, loaded by TVM's aarch64
     runtime in an aarch64 Python under qemu-user (conftest `aarch64_python`), the activation quantizer,
-    decode's GEMV and prefill's GEMM (NEON sdot) compute the numpy statement, as the x86 kernels do: 70
-    rows (three GEMM token blocks, the last short) × N = 44."""
+    decode's GEMV and prefill's GEMM (NEON sdot) compute the numpy statement with one and two digits, as
+    the x86 kernels do: 70 rows (three GEMM token blocks, the last short) × N = 44."""
     import shutil
 
     from tvm.support import cc
@@ -184,17 +184,18 @@ def test_aarch64_kernels_run_under_qemu_and_compute_the_numpy_statement(aarch64_
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("no aarch64-linux-gnu-gcc (`make tools` installs gcc-aarch64-linux-gnu)")
     m, n, k = 70, 44, 512
-    x, w, s = _problem(m, n, k, seed=11 + levels)
+    x, w, s = _problem(m, n, k, seed=11)
     for name, array in (("x", x), ("w", w), ("s", s)):
         np.save(tmp_path / f"{name}.npy", array)
-    lib = tmp_path / "kernels.so"
-    _build(n, k, "aarch64_dotprod", levels).export_library(str(lib), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
-    run = aarch64_python(KERNELS_ON_AARCH64, str(lib), str(tmp_path), str(levels))
+    for levels in (1, 2):
+        _build(n, k, "aarch64_dotprod", levels).export_library(str(tmp_path / f"kernels{levels}.so"), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    run = aarch64_python(KERNELS_ON_AARCH64, str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
-    want = numpy_q4_q8_gemv(x, w, s, levels)
-    for kernel in ("gemv", "gemm"):
-        out = np.load(tmp_path / f"y_{kernel}.npy")
-        assert np.abs(out - want).max() <= 1e-5 * np.abs(want).max(), kernel
+    for levels in (1, 2):
+        want = numpy_q4_q8_gemv(x, w, s, levels)
+        for kernel in ("gemv", "gemm"):
+            out = np.load(tmp_path / f"y_{kernel}{levels}.npy")
+            assert np.abs(out - want).max() <= 1e-5 * np.abs(want).max(), (kernel, levels)
 
 
 @pytest.mark.parametrize(
