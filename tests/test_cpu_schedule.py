@@ -19,6 +19,13 @@ ONE_DIGIT_TOL = 0.15
 """llama.cpp's one-digit activations: |error| ≤ d/2 per activation (0.061 on these logits, decode only)."""
 
 
+def _prompt_and_reference(built, quantization: str = "q4f16_1") -> tuple[list[int], np.ndarray]:
+    """28 tokens (the first 20 a prompt: prefill chunks of 16 and 4, the second against cached pages;
+    then 8 decoded) and transformers' logits for the 9 positions `logits_for(ids[:20], ids[20:])` returns."""
+    ids = _tokens(28, seed=3)
+    return ids, reference_logits(built.hf_dir, built.model_dir, "gpt_neox", quantization, ids)[19:]
+
+
 def _llvm() -> object:
     import tvm
 
@@ -79,9 +86,8 @@ def test_matmul_kernels_are_parallel_vectorized_and_match_transformers(compiled_
         assert "T.erf(" not in text and "T.vectorized(" in text
 
     engine = Engine.load(built.model_dir, built.lib)
-    ids = _tokens(28, seed=3)  # 20 prompt tokens: two prefill chunks of 16, the second against cached pages
+    ids, ref = _prompt_and_reference(built, quantization)
     ours = engine.logits_for(ids[:20], ids[20:])
-    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", quantization, ids)[19:]
     assert np.abs(ours - ref).max() <= (EXACT_TOL if quantization == "q0f32" else FP16_TOL)
 
 
@@ -189,11 +195,10 @@ def test_aarch64_dotprod_library_runs_under_qemu_near_transformers(compiled_mode
     # weights, attention's rows) are prfm pldl1keep; objdump comes with the cross gcc
     disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(built.lib)], capture_output=True, text=True, check=True).stdout
     assert "\tsdot\t" in disassembly and "pldl1keep" in disassembly
-    ids = _tokens(28, seed=3)
+    ids, ref = _prompt_and_reference(built)
     run = aarch64_python(MODEL_ON_AARCH64, str(built.model_dir), str(built.lib), str(tmp_path / "logits.npy"), ",".join(map(str, ids)))
     assert run.returncode == 0, run.stderr[-3000:]
     ours = np.load(tmp_path / "logits.npy")
-    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", "q4f16_1", ids)[19:]
     assert ours.shape == ref.shape and np.abs(ours - ref).max() <= FP16_TOL
 
 
@@ -249,9 +254,8 @@ def test_native_library_runs_the_512_bit_gemm_near_transformers(compiled_model) 
     built = compiled_model("gpt_neox", "q4f16_1", target="llvm:znver4")
     disassembly = subprocess.run(["objdump", "-d", str(built.lib)], capture_output=True, text=True, check=True).stdout
     assert any("vpdpbusd" in line and "{1to16}" in line and "%zmm" in line for line in disassembly.splitlines())
-    ids = _tokens(28, seed=3)
+    ids, ref = _prompt_and_reference(built)
     ours = Engine.load(built.model_dir, built.lib).logits_for(ids[:20], ids[20:])
-    ref = reference_logits(built.hf_dir, built.model_dir, "gpt_neox", "q4f16_1", ids)[19:]
     assert np.abs(ours - ref).max() <= FP16_TOL
 
 

@@ -26,6 +26,8 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from mlcbuild.compiler.cpu_schedule import prefetch
+
 KEY_BLOCK = 32
 LANES = 8
 LOG2E = math.log2(math.e)
@@ -65,7 +67,7 @@ def _exp2(x, lanes: int):
 def _prefetch(buf, row, d, per_line):
     """Prefetch a row's cache lines: every per_line elements (64 bytes) and its last element."""
     for c in T.unroll((d + per_line - 1) // per_line + 1):
-        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[(*row, T.min(c * per_line, d - 1))]), 0, 3, 1))
+        T.evaluate(prefetch(buf, (*row, T.min(c * per_line, d - 1))))
 
 
 def supports(h_kv: int, h_q: int, d: int) -> bool:

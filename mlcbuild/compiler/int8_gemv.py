@@ -42,7 +42,7 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
-from mlcbuild.compiler.cpu_schedule import _as_int
+from mlcbuild.compiler.cpu_schedule import _as_int, prefetch
 from mlcbuild.compiler.fusion import _callee_name
 
 GROUP = 32
@@ -255,14 +255,6 @@ def _pair_term(isa: str, w: Any, s: Any, row: Any, xq: Any, zc: Any, xd: Any, r:
     return tirx.Cast("float32x8", dot) * tirx.Shuffle([scales] * 4, [0, 0, 0, 0, 1, 1, 1, 1])
 
 
-def _prefetch(w: Any, row: Any, word: Any) -> Any:
-    """Prefetch (into L1) the cache line of w[row, word]; past the row's end that is a later row's (W is
-    row-major). The last task's run past W's end: a prefetch never faults (x86 prefetcht0, AArch64 prfm)."""
-    from tvm import tirx
-
-    return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", tirx.address_of(w[row, word]), tirx.IntImm("int32", 0), tirx.IntImm("int32", 3), tirx.IntImm("int32", 1))
-
-
 def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
     """y[M, N] = x · W[N, K]^T (q4f16_1 W) from `quantize_func`'s outputs: tasks of rows of W in
     parallel; each row's sum runs over K in order, whole or (long rows) in chunks across the task's rows."""
@@ -293,7 +285,8 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
                     for c, i in T.grid(pairs // chunk, rows_per_task):
                         acc[T.ramp(0, 1, 8)] = sums[T.ramp(i * 8, 1, 8)]
                         for p in T.unroll(chunk) if chunked else T.serial(chunk):
-                            T.evaluate(_prefetch(w, tile * rows_per_task + i, (c * chunk + p + ahead) * 8))
+                            # past the row's end: a later row's words (W is row-major)
+                            T.evaluate(prefetch(w, (tile * rows_per_task + i, (c * chunk + p + ahead) * 8)))
                             acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * chunk + p, levels)
                         sums[T.ramp(i * 8, 1, 8)] = acc[T.ramp(0, 1, 8)]
                     for i in T.serial(rows_per_task):

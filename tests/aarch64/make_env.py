@@ -26,7 +26,8 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24
 
 
 def make(dest: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         staged = Path(tmp) / "env"
         debs = Path(tmp) / "debs"
         debs.mkdir()
