@@ -51,6 +51,12 @@ DEQUANT_UNROLL = (4, 2, 1)
 
 INJECTIVE_VECTOR = 8
 
+TASK_SCOPE = "global"
+"""Storage scope of a kernel's small per-task buffers (accumulators, softmax state). TVM lowers a CPU
+"global" allocation under 1 KB to a stack alloca, which LLVM keeps in registers, but a "local" one to
+a TVMBackendAllocWorkspace call per task, heap memory every access goes through (decode attention at
+512 cached tokens, cache-hot: 7.9 → 4.7 ns per key and head)."""
+
 
 def _as_int(expr: Any) -> int | None:
     return int(expr.value) if isinstance(expr, tirx.IntImm) else None

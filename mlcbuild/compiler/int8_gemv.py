@@ -42,7 +42,7 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
-from mlcbuild.compiler.cpu_schedule import _as_int, prefetch
+from mlcbuild.compiler.cpu_schedule import TASK_SCOPE, _as_int, prefetch
 from mlcbuild.compiler.fusion import _callee_name
 
 GROUP = 32
@@ -176,8 +176,8 @@ def quantize_func(k: int, x_dtype: str, levels: int = LEVELS) -> tvm.tirx.PrimFu
         xd = T.match_buffer(xd_h, (m, groups), "float32")
         with T.sblock("root"):
             for rg in T.parallel(m * groups):
-                amax = T.decl_buffer((1,), "float32", scope="local")
-                inv = T.decl_buffer((1,), "float32", scope="local")
+                amax = T.decl_buffer((1,), "float32", scope=TASK_SCOPE)
+                inv = T.decl_buffer((1,), "float32", scope=TASK_SCOPE)
                 amax[0] = _abs_max(x, rg // groups, rg % groups)
                 xd[rg // groups, rg % groups] = amax[0] / T.float32(unit)
                 inv[0] = T.Select(amax[0] > T.float32(0), T.float32(127) / T.max(amax[0], T.float32(1e-30)), T.float32(0))
@@ -277,8 +277,8 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
         y = T.match_buffer(y_h, (m, n), out_dtype)
         with T.sblock("root"):
             for tile in T.parallel(n // rows_per_task):
-                sums = T.decl_buffer((rows_per_task * 8,), "float32", scope="local")
-                acc = T.decl_buffer((8,), "float32", scope="local")
+                sums = T.decl_buffer((rows_per_task * 8,), "float32", scope=TASK_SCOPE)
+                acc = T.decl_buffer((8,), "float32", scope=TASK_SCOPE)
                 for r in T.serial(m):
                     for i in T.serial(rows_per_task):
                         sums[T.ramp(i * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
@@ -388,9 +388,9 @@ def gemm_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
             for rg in T.parallel(m * groups):
                 zg[rg // groups, rg % groups] = (zc[rg // groups, rg % groups * 4] + zc[rg // groups, rg % groups * 4 + 1]) + (zc[rg // groups, rg % groups * 4 + 2] + zc[rg // groups, rg % groups * 4 + 3])
             for tile in T.parallel(tiles):
-                acc = T.decl_buffer((block * lanes,), "float32", scope="local")
-                nib = T.decl_buffer((8 * 4 * lanes,), "uint8", scope="local")
-                sv = T.decl_buffer((lanes,), "float32", scope="local")
+                acc = T.decl_buffer((block * lanes,), "float32", scope=TASK_SCOPE)
+                nib = T.decl_buffer((8 * 4 * lanes,), "uint8", scope=TASK_SCOPE)
+                sv = T.decl_buffer((lanes,), "float32", scope=TASK_SCOPE)
                 for tb in T.serial((m + block - 1) // block):
                     for t in T.serial(T.min(block, m - tb * block)):
                         acc[T.ramp(t * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)

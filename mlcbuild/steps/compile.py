@@ -55,7 +55,7 @@ def check_pins(target: ResolvedTarget, target_file: str | None) -> None:
 
 class CompileStep(Step):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "10"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py); 4: llvm gelu with fast_erf; 5: MLC's ABI functions (compiler/abi), clamped embed, GPT-NeoX fp32 MLP; 6: llvm decode GEMVs as integer dot products (compiler/int8_gemv.py); 7: llvm: long GEMV rows in chunks, every PrimFunc noalias (compiler/llvm_alias.py), one-digit prefill GEMM, ragged prefill attention's queries in parallel; 8: llvm attention kernels vectorized (compiler/cpu_attention_kernels.py); 9: llvm prefill GEMM on q4f16_1 integer with two digits too, lanes over W's rows; 10: llvm decode GEMVs prefetch their weights 4 KB ahead
+    version: ClassVar[str] = "11"  # 2: canonical TIR store order, content build-id (same key ⇒ same bytes); 3: llvm kernels scheduled (cpu_schedule.py); 4: llvm gelu with fast_erf; 5: MLC's ABI functions (compiler/abi), clamped embed, GPT-NeoX fp32 MLP; 6: llvm decode GEMVs as integer dot products (compiler/int8_gemv.py); 7: llvm: long GEMV rows in chunks, every PrimFunc noalias (compiler/llvm_alias.py), one-digit prefill GEMM, ragged prefill attention's queries in parallel; 8: llvm attention kernels vectorized (compiler/cpu_attention_kernels.py); 9: llvm prefill GEMM on q4f16_1 integer with two digits too, lanes over W's rows; 10: llvm decode GEMVs prefetch their weights 4 KB ahead; 11: llvm kernels keep per-task buffers on the stack (cpu_schedule.TASK_SCOPE), attention vectors LANES at a time
 
     def check(self, params: Mapping[str, JSON]) -> None:
         from mlcbuild.compiler.options import CompileOptions
