@@ -138,3 +138,24 @@ def test_a_rotating_call_is_an_error_never_a_wrong_answer() -> None:
     assert np.abs(args[-2].numpy()).max() > 0
     with pytest.raises(Exception, match="do not rotate q and k"):
         lib["decode"](*args, 1, 1.0, 1e4, 0.25)
+
+
+def test_vector_kernels_keep_their_state_in_registers() -> None:
+    """A task's query, output and softmax state are stack arrays LLVM keeps in registers
+    (`cpu_schedule.TASK_SCOPE`), the output D lanes wide taken 8 at a time: as TVM "local" buffers they
+    were a TVMBackendAllocWorkspace call per task, and one float32x80 output vector was scalarized
+    (vinsertps into stack slots, ~280 instructions per key); the 3B shape's decode ran 1.6-2.7× slower."""
+    import tvm
+
+    from mlcbuild.compiler import cpu_attention_kernels as kernels
+    from mlcbuild.targets import resolve_target
+
+    funcs = {
+        "decode": kernels.decode_func(4, 4, 80, "float16", PAGE),
+        "paged": kernels.prefill_paged_func(4, 4, 80, "float16", PAGE),
+        "ragged": kernels.prefill_ragged_func(4, 4, 80, "float16"),
+    }
+    target = tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
+    lib = tvm.compile(tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()}), target=target)
+    assert "TVMBackendAllocWorkspace" not in lib.mod.inspect_source("ll")
+    assert "vinsertps" not in lib.mod.inspect_source("asm")

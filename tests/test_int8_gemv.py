@@ -225,3 +225,17 @@ def test_targets_without_integer_dot_products_keep_the_float_path() -> None:
     assert Isa.of(_target("x86_64_baseline")) is None
     assert Isa.of(_target("aarch64_dotprod")).name == "neon"
     assert Isa.of(_target("aarch64")) is None  # NEON without the dot-product extension
+
+
+def test_decode_kernels_keep_their_state_out_of_the_workspace_allocator() -> None:
+    """The quantizer's and the GEMV's per-task accumulators are stack arrays (`cpu_schedule.TASK_SCOPE`),
+    not a TVMBackendAllocWorkspace call and free per task of 16 rows (480 per qkv GEMV of the 3B shape)."""
+    import tvm
+
+    from mlcbuild.compiler.int8_gemv import gemv_func, quantize_func
+
+    mod = tvm.IRModule({
+        "quantize_q8": quantize_func(256, "float16", 2).with_attr("global_symbol", "quantize_q8"),
+        "gemv": gemv_func(64, 256, "float16", "avx2", 2).with_attr("global_symbol", "gemv"),
+    })
+    assert "TVMBackendAllocWorkspace" not in tvm.compile(mod, target=_target("x86_64")).mod.inspect_source("ll")
