@@ -144,7 +144,8 @@ def test_vector_kernels_keep_their_state_in_registers() -> None:
     """A task's query, output and softmax state are stack arrays LLVM keeps in registers
     (`cpu_schedule.TASK_SCOPE`), the output D lanes wide taken 8 at a time: as TVM "local" buffers they
     were a TVMBackendAllocWorkspace call per task, and one float32x80 output vector was scalarized
-    (vinsertps into stack slots, ~280 instructions per key); the 3B shape's decode ran 1.6-2.7× slower."""
+    (vinsertps into stack slots, ~280 instructions per key): the 3B shape's decode attention ran 1.6-1.9×
+    (pages from DRAM) to 4.5× (cache-hot) slower."""
     import tvm
 
     from mlcbuild.compiler import cpu_attention_kernels as kernels
