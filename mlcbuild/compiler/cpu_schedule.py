@@ -62,11 +62,12 @@ def _as_int(expr: Any) -> int | None:
     return int(expr.value) if isinstance(expr, tirx.IntImm) else None
 
 
-def prefetch(buf: Any, index: Any) -> Any:
-    """A read prefetch into L1 of the cache line holding buf[index] (x86 prefetcht0, AArch64 prfm
-    pldl1keep), for the kernels that stream rows from memory. A prefetch never faults, so an index past
-    the buffer's end (the last rows' lookahead) is harmless."""
-    return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", tirx.address_of(buf[index]), tirx.IntImm("int32", 0), tirx.IntImm("int32", 3), tirx.IntImm("int32", 1))
+def prefetch(buf: Any, index: Any, locality: int = 3) -> Any:
+    """A read prefetch of the cache line holding buf[index], for the kernels that stream rows from
+    memory: into L1 (locality 3: x86 prefetcht0, AArch64 prfm pldl1keep) or L2 only (2: prefetcht1,
+    pldl2keep). A prefetch never faults, so an index past the buffer's end (the last rows' lookahead)
+    is harmless."""
+    return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", tirx.address_of(buf[index]), tirx.IntImm("int32", 0), tirx.IntImm("int32", locality), tirx.IntImm("int32", 1))
 
 
 def _same_var(expr: Any, var: Any) -> bool:

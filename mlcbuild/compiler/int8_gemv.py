@@ -20,9 +20,8 @@ them (`zc`, the int32 accumulator's start). Per 64 weights (`q4_q8_gemv`): one 3
 and two masks, then per digit two `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), two `vpmaddubsw` + one
 `vpmaddwd` (AVX2: u8 × s8 pairs in int16 cannot saturate, 2·15·127 < 2^15) or four `sdot` (AArch64
 dotprod, 16-byte halves), then one int→float conversion and one FMA by the two group scales. A
-row's digits stay in L1 while its weights stream; a row too long for that (mlp down, K = 10240) is
-taken in chunks of K across the task's rows, each row's sum still in order (the same bits); the
-weights a task reads 4 KB later are prefetched (`PREFETCH_PAIRS`). The prefill GEMM (`q4_q8_gemm`)
+row's digits stay in L1 while its weights stream: the weights a task reads 4 KB later are prefetched
+(`PREFETCH_PAIRS`), into L2 only where the digits fill L1 (`ROW_BYTES_IN_L1`: mlp down, K = 10240). The prefill GEMM (`q4_q8_gemm`)
 turns lanes around: 8 rows of W side by side (16 with AVX-512 VNNI), each activation row's 4 digits
 broadcast, so a group's weights are unpacked once for every token and one conversion and FMA serve 8
 (16) outputs (its float sums run group by group: the last bits can differ from the GEMV's).
@@ -58,11 +57,12 @@ ROWS_PER_TASK = (16, 8, 4, 2, 1)
 """Rows of W per parallel task, largest dividing N first: a task's scratch buffers are allocated once."""
 ROW_BYTES_IN_L1 = 16 * 1024
 """Above this many bytes of one activation row's digits and zero points (levels·K + K/2), a task
-takes K in chunks of CHUNK_PAIRS pairs across its rows, so the chunk stays in L1 while the weights
-stream: mlp down (K = 10240, two digits: 25 KB) ran at 18 GB/s row by row, 27 GB/s chunked
-(`python -m bench.gemv`); rows of K = 2560 (6.4 KB) run fastest whole, one contiguous stream."""
-CHUNK_PAIRS = 8
-"""Pairs (64 weights) per chunk, unrolled: 8 and 4 measured alike, 16 and more as slow as whole rows."""
+prefetches its weights into L2 only, leaving L1 to the digits that every row reads again. mlp down
+(K = 10240, two digits: 25 KB), in an interleaved A/B on the 3B shape's weights (2 threads, VNNI):
+prefetched into L1, 22-25 GB/s whole rows and 27 GB/s taken in chunks of 8 pairs across 16 rows (the
+version-10 kernel); into L2, whole rows 38 GB/s. The same kernel reading its digits from a shorter
+row (wrong answers, same instructions) ran 25 GB/s at 25 KB and 37 at 12.5 KB: the digits' L1 misses
+were the cost. Rows of K = 2560 (6.4 KB) run fastest with the weights prefetched into L1."""
 WIDE_LANES = 16
 """W rows per prefill GEMM task with AVX-512 VNNI (`vnni512`), one per int32 lane of a 512-bit
 `vpdpbusd`; 8 elsewhere (256-bit). On Zen 4, which splits a 512-bit instruction in two, 16 rows still
@@ -73,12 +73,11 @@ TOKEN_BLOCK = 32
 ran 143 GMAC/s, 64 124 (VNNI, two digits; AVX2 alike, less apart): a block's digits stay nearer; 16
 was 10% slower at 32 rows (weights unpacked twice as often)."""
 PREFETCH_PAIRS = 128
-"""How far ahead (in pairs: 4 KB) a GEMV task prefetches the weights of whole rows; a task that takes
-rows in chunks prefetches its row's next chunk, which it reads CHUNK_PAIRS × its rows pairs later (also
-4 KB with 16 rows). The hardware prefetchers alone left the 2-core VM's DRAM under-used between two
-digits' dot products (this kernel with and without, interleaved in one process, `bench.gemv`'s shapes
-and 8 weight copies, 2 threads; VNNI two digits: qkv 31 → 33-35 GB/s, mlp down 21-22 → 24-25; AVX2 two
-digits: qkv 28 → 31, down unchanged); 2 KB ahead ran alike."""
+"""How far ahead (in pairs: 4 KB) a GEMV task prefetches the weights of its rows (past a row's end:
+the next row's, W being row-major). The hardware prefetchers alone left the 2-core VM's DRAM
+under-used between two digits' dot products (this kernel with and without, interleaved in one
+process, `bench.gemv`'s shapes and 8 weight copies, 2 threads; VNNI two digits: qkv 31 → 33-35 GB/s;
+AVX2 two digits: qkv 28 → 31); 2 KB ahead ran alike."""
 
 
 @dataclass(frozen=True)
@@ -257,15 +256,13 @@ def _pair_term(isa: str, w: Any, s: Any, row: Any, xq: Any, zc: Any, xd: Any, r:
 
 def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) -> tvm.tirx.PrimFunc:
     """y[M, N] = x · W[N, K]^T (q4f16_1 W) from `quantize_func`'s outputs: tasks of rows of W in
-    parallel; each row's sum runs over K in order, whole or (long rows) in chunks across the task's rows."""
+    parallel; each row's sum runs over K in order."""
     groups = k // GROUP
     pairs = k // PAIR
     words = k // 8
     rows_per_task = next(t for t in ROWS_PER_TASK if n % t == 0)
 
-    chunked = levels * k + k // 2 > ROW_BYTES_IN_L1 and pairs % CHUNK_PAIRS == 0
-    chunk = CHUNK_PAIRS if chunked else pairs
-    ahead = chunk if chunked else PREFETCH_PAIRS
+    locality = 2 if levels * k + k // 2 > ROW_BYTES_IN_L1 else 3
 
     @T.prim_func(private=True, s_tir=True)
     def q4_q8_gemv(xq_h: T.handle, zc_h: T.handle, xd_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), "float16"), y_h: T.handle):
@@ -277,20 +274,13 @@ def gemv_func(n: int, k: int, out_dtype: str, isa: str, levels: int = LEVELS) ->
         y = T.match_buffer(y_h, (m, n), out_dtype)
         with T.sblock("root"):
             for tile in T.parallel(n // rows_per_task):
-                sums = T.decl_buffer((rows_per_task * 8,), "float32", scope=TASK_SCOPE)
                 acc = T.decl_buffer((8,), "float32", scope=TASK_SCOPE)
-                for r in T.serial(m):
-                    for i in T.serial(rows_per_task):
-                        sums[T.ramp(i * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
-                    for c, i in T.grid(pairs // chunk, rows_per_task):
-                        acc[T.ramp(0, 1, 8)] = sums[T.ramp(i * 8, 1, 8)]
-                        for p in T.unroll(chunk) if chunked else T.serial(chunk):
-                            # past the row's end: a later row's words (W is row-major)
-                            T.evaluate(prefetch(w, (tile * rows_per_task + i, (c * chunk + p + ahead) * 8)))
-                            acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, c * chunk + p, levels)
-                        sums[T.ramp(i * 8, 1, 8)] = acc[T.ramp(0, 1, 8)]
-                    for i in T.serial(rows_per_task):
-                        y[r, tile * rows_per_task + i] = T.Cast(out_dtype, _lane_sum(sums, i * 8))
+                for r, i in T.grid(m, rows_per_task):
+                    acc[T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
+                    for p in T.serial(pairs):
+                        T.evaluate(prefetch(w, (tile * rows_per_task + i, (p + PREFETCH_PAIRS) * 8), locality))
+                        acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + _pair_term(isa, w, s, tile * rows_per_task + i, xq, zc, xd, r, p, levels)
+                    y[r, tile * rows_per_task + i] = T.Cast(out_dtype, _lane_sum(acc, 0))
 
     return q4_q8_gemv.with_attr("tirx.is_scheduled", True)
 
