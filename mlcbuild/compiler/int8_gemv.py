@@ -54,7 +54,7 @@ per group: the tiny test model's logits 0.079 from transformers', 4× the q4f16_
 `compile: {cpu_int8_digits: 1}`); 2 adds the rounded remainder (|error| ≤ d/512: 0.0044) for twice the
 dot products."""
 ROWS_PER_TASK = (16, 8, 4, 2, 1)
-"""Rows of W per parallel task, largest dividing N first: a task's scratch buffers are allocated once."""
+"""Rows of W per parallel task, largest dividing N first: fewer, longer tasks for the thread pool to split."""
 ROW_BYTES_IN_L1 = 16 * 1024
 """Above this many bytes of one activation row's digits and zero points (levels·K + K/2), a task
 prefetches its weights into L2 only, leaving L1 to the digits that every row reads again. mlp down
