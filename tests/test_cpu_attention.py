@@ -11,12 +11,10 @@ PAGE = 16
 
 
 def _compiled(h_kv: int, h_q: int, d: int, dtype: str):
-    import tvm
     from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
     from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu
 
     from mlcbuild.compiler.cpu_attention import vector_kernel
-    from mlcbuild.targets import resolve_target
 
     tvm_kernels = {
         "batch_decode_paged_kv_cpu": _attention_decode_cpu(h_kv, h_q, d, dtype, False, {}, PAGE),
@@ -25,10 +23,19 @@ def _compiled(h_kv: int, h_q: int, d: int, dtype: str):
     }
     funcs = {}
     for name, func in tvm_kernels.items():
-        funcs[f"tvm_{name}"] = func.with_attr("global_symbol", f"tvm_{name}")
-        funcs[f"ours_{name}"] = vector_kernel(name, func).with_attr("global_symbol", f"ours_{name}")
+        funcs[f"tvm_{name}"] = func
+        funcs[f"ours_{name}"] = vector_kernel(name, func)
+    return _compile(funcs)
+
+
+def _compile(funcs: dict):
+    """One library of the named PrimFuncs for the portable llvm target."""
+    import tvm
+
+    from mlcbuild.targets import resolve_target
+
     target = tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
-    return tvm.compile(tvm.IRModule(funcs), target=target)
+    return tvm.compile(tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()}), target=target)
 
 
 def _run(lib, name: str, arrays: list[np.ndarray], scalars: list, out_shapes: list[tuple], dtype: str) -> dict[str, list[np.ndarray]]:
@@ -126,10 +133,8 @@ def test_a_rotating_call_is_an_error_never_a_wrong_answer() -> None:
     import tvm
 
     from mlcbuild.compiler import cpu_attention_kernels as kernels
-    from mlcbuild.targets import resolve_target
 
-    target = tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
-    lib = tvm.compile(tvm.IRModule({"decode": kernels.decode_func(2, 4, 16, "float32", PAGE).with_attr("global_symbol", "decode")}), target=target)
+    lib = _compile({"decode": kernels.decode_func(2, 4, 16, "float32", PAGE)})
     rng = np.random.default_rng(1)
     q = rng.standard_normal((1, 4, 16)).astype("float32")
     arrays = [q, *_pages(rng, 2, 16, "float32", [5]), np.zeros(1, "int32"), np.zeros(1, "int32"), np.zeros_like(q), np.zeros((1, 4), "float32")]
@@ -146,17 +151,12 @@ def test_vector_kernels_keep_their_state_in_registers() -> None:
     were a TVMBackendAllocWorkspace call per task, and one float32x80 output vector was scalarized
     (vinsertps into stack slots, ~280 instructions per key): the 3B shape's decode attention ran 1.6-1.9×
     (pages from DRAM) to 4.5× (cache-hot) slower."""
-    import tvm
-
     from mlcbuild.compiler import cpu_attention_kernels as kernels
-    from mlcbuild.targets import resolve_target
 
-    funcs = {
+    lib = _compile({
         "decode": kernels.decode_func(4, 4, 80, "float16", PAGE),
         "paged": kernels.prefill_paged_func(4, 4, 80, "float16", PAGE),
         "ragged": kernels.prefill_ragged_func(4, 4, 80, "float16"),
-    }
-    target = tvm.target.Target(resolve_target("llvm", None).tvm_target_config())
-    lib = tvm.compile(tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()}), target=target)
+    })
     assert "TVMBackendAllocWorkspace" not in lib.mod.inspect_source("ll")
     assert "vinsertps" not in lib.mod.inspect_source("asm")

@@ -35,11 +35,16 @@ MASKED = -5e4
 ROTARY_UNSUPPORTED = "mlcbuild's CPU attention kernels do not rotate q and k (rotary_mode 1: a sliding-window cache); this library was built for a model without a sliding window"
 
 
+def _lanes(c):
+    """Indices of the c-th LANES-lane vector of a d-wide row."""
+    return T.ramp(c * LANES, 1, LANES)
+
+
 def _dot(q_local, k, row, d: int):
     """Σ_i q_local[i]·k[row.., i] in LANES float32 lanes, the lanes then added pairwise."""
     acc = None
     for c in range(d // LANES):
-        term = q_local[T.ramp(c * LANES, 1, LANES)] * T.Cast(f"float32x{LANES}", k[(*row, T.ramp(c * LANES, 1, LANES))])
+        term = q_local[_lanes(c)] * T.Cast(f"float32x{LANES}", k[(*row, _lanes(c))])
         acc = term if acc is None else acc + term
     half = LANES // 2
     while half:
@@ -86,8 +91,8 @@ def _attend(q, q_at, kbuf, k_at, vbuf, v_at, n, output, lse, out_at, scale, d, d
     s = T.decl_buffer((KEY_BLOCK,), "float32", scope=TASK_SCOPE)
     st = T.decl_buffer((4,), "float32", scope=TASK_SCOPE)  # running max, running sum, the block's new max, the rescale
     for c in T.unroll(d // LANES):
-        q_local[T.ramp(c * LANES, 1, LANES)] = T.Cast(f"float32x{LANES}", q[(*q_at, T.ramp(c * LANES, 1, LANES))]) * T.broadcast(scale[0], LANES)
-        o[T.ramp(c * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
+        q_local[_lanes(c)] = T.Cast(f"float32x{LANES}", q[(*q_at, _lanes(c))]) * T.broadcast(scale[0], LANES)
+        o[_lanes(c)] = T.broadcast(T.float32(0), LANES)
     st[0] = T.float32(MASKED)
     st[1] = T.float32(1)
     for blk in T.serial((n + KEY_BLOCK - 1) // KEY_BLOCK):
@@ -100,7 +105,7 @@ def _attend(q, q_at, kbuf, k_at, vbuf, v_at, n, output, lse, out_at, scale, d, d
         st[3] = T.exp2(st[0] - st[2])
         st[1] = st[1] * st[3]
         for c in T.unroll(d // LANES):
-            o[T.ramp(c * LANES, 1, LANES)] = o[T.ramp(c * LANES, 1, LANES)] * T.broadcast(st[3], LANES)
+            o[_lanes(c)] = o[_lanes(c)] * T.broadcast(st[3], LANES)
         st[0] = st[2]
         s[T.ramp(0, 1, KEY_BLOCK)] = _exp2(s[T.ramp(0, 1, KEY_BLOCK)] - T.broadcast(st[0], KEY_BLOCK), KEY_BLOCK)
         for j in T.serial(T.min(KEY_BLOCK, n - blk * KEY_BLOCK)):
@@ -108,9 +113,9 @@ def _attend(q, q_at, kbuf, k_at, vbuf, v_at, n, output, lse, out_at, scale, d, d
                 _prefetch(kbuf, k_at((blk + 1) * KEY_BLOCK + j), d, 512 // tvm.DataType(dtype).bits)
             st[1] = st[1] + s[j]
             for c in T.unroll(d // LANES):
-                o[T.ramp(c * LANES, 1, LANES)] = o[T.ramp(c * LANES, 1, LANES)] + T.broadcast(s[j], LANES) * T.Cast(f"float32x{LANES}", vbuf[(*v_at(blk * KEY_BLOCK + j), T.ramp(c * LANES, 1, LANES))])
+                o[_lanes(c)] = o[_lanes(c)] + T.broadcast(s[j], LANES) * T.Cast(f"float32x{LANES}", vbuf[(*v_at(blk * KEY_BLOCK + j), _lanes(c))])
     for c in T.unroll(d // LANES):
-        output[(*out_at, T.ramp(c * LANES, 1, LANES))] = T.Cast(f"{dtype}x{LANES}", o[T.ramp(c * LANES, 1, LANES)] / T.broadcast(st[1], LANES))
+        output[(*out_at, _lanes(c))] = T.Cast(f"{dtype}x{LANES}", o[_lanes(c)] / T.broadcast(st[1], LANES))
     lse[out_at] = st[0] + T.log2(st[1])
 
 
